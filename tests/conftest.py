@@ -1,0 +1,62 @@
+"""Shared fixtures: real data slices from ../shared/data and qm9pack, and a throwaway store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+torch.set_num_threads(1)  # stable timings on 2 shared cores
+
+from chemgen.data.crystals import default_data_dir  # noqa: E402
+
+DATA_DIR = default_data_dir()
+MP20_DIR = DATA_DIR / "mp_20"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not MP20_DIR.is_dir():
+        pytest.fail(f"{MP20_DIR} not found: set CHEMGEN_DATA_DIR to the shared data folder")
+    return DATA_DIR
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture(scope="session")
+def mp20_slice_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A small MP-20 folder in the shared layout: 40 train, 40 val, 40 test rows.
+
+    Val and test slices include rows rebuilt from MatterGen's cache (empty e_above_hull
+    and index) so that the tolerance for empty fields is exercised.
+    """
+    folder = tmp_path_factory.mktemp("mp_20")
+    pd.read_csv(MP20_DIR / "train_first1000.csv.gz", nrows=40).to_csv(folder / "train_first1000.csv.gz", index=False)
+    for split in ("val", "test"):
+        frame = pd.read_csv(MP20_DIR / f"{split}.csv.gz")
+        empty = frame[frame.e_above_hull.isna()].head(10)
+        full = frame[frame.e_above_hull.notna()].head(30)
+        pd.concat([full, empty]).to_csv(folder / f"{split}.csv.gz", index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qm9_systems():
+    from chemgen.data.qm9 import iter_qm9, read_qm9_frame
+
+    frame = read_qm9_frame().sample(n=60, random_state=1)
+    return [s for _, s in iter_qm9(frame)]
+
+
+@pytest.fixture(scope="session")
+def mp20_systems(data_dir: Path):
+    from chemgen.data.crystals import iter_crystals
+
+    frame = pd.read_csv(MP20_DIR / "test.csv.gz", nrows=30)
+    return [s for _, s in iter_crystals("mp20", frame, "test")]

@@ -1,0 +1,30 @@
+import torch
+
+from chemgen.batching import DATASET_INDEX, collate, from_dense, num_atoms_histogram, to_dense
+
+
+def test_dense_batch_shapes_and_masks(qm9_systems, mp20_systems):
+    systems = [*qm9_systems[:3], *mp20_systems[:2]]
+    batch = collate(systems)
+    dense = to_dense(batch)
+    n_max = max(s.num_atoms for s in systems)
+    assert dense.atomic_numbers.shape == (5, n_max)
+    assert dense.pos.shape == dense.frac_coords.shape == (5, n_max, 3)
+    assert dense.cell.shape == (5, 3, 3)
+    assert dense.mask.sum(1).tolist() == [s.num_atoms for s in systems]
+    assert torch.all(dense.atomic_numbers[~dense.mask] == 0)  # padding carries no atom type
+    assert dense.pbc.tolist() == [False] * 3 + [True] * 2
+    assert dense.dataset_idx.tolist() == [DATASET_INDEX["qm9"]] * 3 + [DATASET_INDEX["mp20"]] * 2
+
+
+def test_dense_round_trip_to_records(qm9_systems, mp20_systems):
+    systems = [*qm9_systems[:3], *mp20_systems[:2]]
+    back = from_dense(to_dense(collate(systems)))
+    for a, b in zip(systems, back):
+        assert b.dataset == a.dataset
+        assert b.allclose(a, atol=1e-4)  # float32 tensors
+
+
+def test_num_atoms_histogram(qm9_systems):
+    counts = num_atoms_histogram(qm9_systems, max_atoms=29)
+    assert counts.shape == (30,) and counts.sum() == len(qm9_systems)
