@@ -1,0 +1,375 @@
+"""Thermodynamic stability of crystals against an MP-20 convex hull.
+
+Two pieces:
+
+* `MP20Hull` — a convex hull in formation-energy space built from the formation energies of all
+  45,229 MP-20 entries (train metadata + val + test), with every element at 0 eV/atom. One
+  pymatgen `PhaseDiagram` is built per chemical system on first use and kept in memory, so a query
+  costs milliseconds; building the entry table takes about a second, so it is rebuilt rather than
+  cached on disk (`to_json`/`from_json` exist for moving it elsewhere; nothing is pickled).
+* The CHGNet route — relax a structure with CHGNet and turn its energy into a formation energy on
+  the same scale as the dataset column, then into an energy above the hull.
+
+Energy scheme (why it is consistent)
+------------------------------------
+The MP-20 column ``formation_energy_per_atom`` is ``(E_MP2020 - sum_i n_i mu_i^MP) / N``: Materials
+Project total energies *with MP2020 corrections* minus MP's elemental ground-state energies. CHGNet
+is trained on MPtrj's corrected energies, so its predictions already sit on the MP2020-corrected
+scale; applying `MaterialsProject2020Compatibility` again would count the anion and +U corrections
+twice, so it is deliberately not applied. What CHGNet lacks is MP's elemental references
+``mu_i^MP`` on its own energy scale. We estimate them once by least squares over reference
+structures whose MP formation energy is known (MP-20 ``train_first1000`` + ``val``; never ``test``)::
+
+    E_CHGNet(r) / N_r - E_form^MP(r) = sum_i x_{r,i} mu_i        (x = atomic fractions)
+
+and then, for any structure, ``E_form = E_CHGNet / N - sum_i x_i mu_i``. CHGNet's elemental
+polymorph energies are not used directly because only 42 of the 89 MP-20 elements have their
+ground-state structure (an MP-20 row with formation energy 0) with coordinates on hand, and the fit
+also absorbs CHGNet's mean per-element bias. The fit uses CHGNet single points at the DFT
+geometries; generated structures are relaxed first (CHGNet `StructOptimizer`, FIRE).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.core import Composition, Structure
+
+log = logging.getLogger(__name__)
+
+MP20_SPLITS_WITH_COORDS = ("train_first1000", "val", "test")
+# The splits whose structures are used to fit CHGNet's elemental references (test is held out).
+REFERENCE_FIT_SPLITS = ("train_first1000", "val")
+STABLE_THRESHOLD = 0.0  # eV/atom: FlowMM / ADiT / LeMat "stable"
+METASTABLE_THRESHOLD = 0.1  # eV/atom: MatterGen's "stable", others' "metastable"
+
+
+def default_data_dir() -> Path:
+    """``$CHEMGEN_DATA_DIR`` or ``../shared/data`` beside the repository."""
+    env = os.environ.get("CHEMGEN_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def default_cache_dir() -> Path:
+    """``$CHEMGEN_CACHE_DIR`` or ``~/.cache/chemgen`` (derived files, never committed)."""
+    env = os.environ.get("CHEMGEN_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "chemgen"
+
+
+# ----------------------------------------------------------------------------- the data hull
+@dataclass(frozen=True)
+class HullEntry:
+    """One MP-20 entry: identifier, reduced formula and formation energy (eV/atom)."""
+
+    material_id: str
+    formula: str
+    e_form_per_atom: float
+
+
+class MP20Hull:
+    """Convex hull of MP-20 formation energies, with elements at 0 eV/atom.
+
+    Parameters
+    ----------
+    entries : the competing phases; formulas may be reduced (energies are per atom).
+
+    Notes
+    -----
+    The dataset's ``e_above_hull`` column was computed against the whole Materials Project, which
+    has phases this 20-atom subset lacks, so this hull can only underestimate the column: over all
+    14,686 canonical val/test rows the column minus ours is >= -5e-5 eV/atom (rounding), its mean
+    absolute value 2.1 meV/atom, 87.6 % within 1 meV/atom, max 0.079 eV/atom.
+    """
+
+    def __init__(self, entries: Iterable[HullEntry]) -> None:
+        from pymatgen.core import Composition
+
+        self.entries: list[HullEntry] = list(entries)
+        # Entries keyed by their element set, so a chemical system gathers its subsystems quickly.
+        self._by_chemsys: dict[frozenset[str], list[tuple[Composition, float]]] = {}
+        for entry in self.entries:
+            comp = Composition(entry.formula)
+            key = frozenset(el.symbol for el in comp.elements)
+            self._by_chemsys.setdefault(key, []).append((comp, entry.e_form_per_atom))
+        self._diagrams: dict[frozenset[str], PhaseDiagram] = {}
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_mp20(cls, data_dir: str | Path | None = None) -> MP20Hull:
+        """All 45,229 MP-20 entries: train metadata plus the val and test CSVs."""
+        import pandas as pd
+
+        root = Path(data_dir or default_data_dir()) / "mp_20"
+        columns = ["material_id", "pretty_formula", "formation_energy_per_atom"]
+        frames = [pd.read_csv(root / f"{name}.csv.gz", usecols=columns)[columns]
+                  for name in ("train_metadata_no_coords", "val", "test")]
+        table = pd.concat(frames, ignore_index=True).drop_duplicates("material_id")
+        return cls(HullEntry(str(m), str(f), float(e)) for m, f, e in table.itertuples(index=False))
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the entry table as JSON (the hull itself is rebuilt on load)."""
+        rows = [[e.material_id, e.formula, e.e_form_per_atom] for e in self.entries]
+        Path(path).write_text(json.dumps({"columns": ["material_id", "formula", "e_form_per_atom"],
+                                          "rows": rows}))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> MP20Hull:
+        data = json.loads(Path(path).read_text())
+        return cls(HullEntry(str(m), str(f), float(e)) for m, f, e in data["rows"])
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def elements(self) -> set[str]:
+        return set().union(*self._by_chemsys)
+
+    def phase_diagram(self, elements: Iterable[str]) -> PhaseDiagram:
+        """The phase diagram of one chemical system (built once, then reused)."""
+        from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+        from pymatgen.core import Composition
+
+        key = frozenset(elements)
+        if key not in self._diagrams:
+            unknown = key - self.elements
+            if unknown:
+                raise KeyError(f"no MP-20 entries contain {sorted(unknown)}")
+            # Elemental references at exactly 0 eV/atom make the hull's zero the dataset's zero.
+            pd_entries = [PDEntry(Composition(el), 0.0) for el in sorted(key)]
+            for size in range(1, len(key) + 1):
+                for subsystem in itertools.combinations(sorted(key), size):
+                    for comp, e_form in self._by_chemsys.get(frozenset(subsystem), ()):
+                        pd_entries.append(PDEntry(comp, e_form * comp.num_atoms))
+            self._diagrams[key] = PhaseDiagram(pd_entries)
+        return self._diagrams[key]
+
+    def hull_energy_per_atom(self, composition: Composition | str) -> float:
+        """Formation energy (eV/atom) of the hull at ``composition``."""
+        from pymatgen.core import Composition
+
+        comp = Composition(composition)
+        diagram = self.phase_diagram(el.symbol for el in comp.elements)
+        return float(diagram.get_hull_energy_per_atom(comp))
+
+    def e_above_hull(self, composition: Composition | str, e_form_per_atom: float) -> float:
+        """Energy above the hull (eV/atom); negative when the phase lies below the MP-20 hull."""
+        return float(e_form_per_atom) - self.hull_energy_per_atom(composition)
+
+
+_HULL_CACHE: dict[str, MP20Hull] = {}
+
+
+def load_mp20_hull(data_dir: str | Path | None = None) -> MP20Hull:
+    """The MP-20 hull, built once per process and data directory (about 1 s)."""
+    key = str(Path(data_dir or default_data_dir()).resolve())
+    if key not in _HULL_CACHE:
+        start = time.perf_counter()
+        _HULL_CACHE[key] = MP20Hull.from_mp20(key)
+        log.info("built MP-20 hull entry table in %.2f s", time.perf_counter() - start)
+    return _HULL_CACHE[key]
+
+
+# ----------------------------------------------------------------------------- CHGNet route
+def _chgnet_model(model: Any = None) -> Any:
+    if model is not None:
+        return model
+    from chgnet.model import CHGNet
+
+    return CHGNet.load(verbose=False)  # weights ship inside the wheel; no download
+
+
+def chgnet_energies_per_atom(structures: Sequence[Structure], model: Any = None,
+                             batch_size: int = 16) -> np.ndarray:
+    """CHGNet single-point energies (eV/atom, MP2020-compatible scale) of ``structures``."""
+    model = _chgnet_model(model)
+    energies = np.empty(len(structures))
+    for start in range(0, len(structures), batch_size):
+        chunk = list(structures[start:start + batch_size])
+        preds = model.predict_structure(chunk, task="e", batch_size=batch_size)
+        preds = [preds] if isinstance(preds, dict) else preds
+        energies[start:start + len(chunk)] = [float(p["e"]) for p in preds]
+    return energies
+
+
+@dataclass(frozen=True)
+class RelaxResult:
+    """A CHGNet relaxation: final structure, its energy (eV/atom) and the number of ionic steps."""
+
+    structure: Structure
+    energy_per_atom: float
+    steps: int
+
+
+def relax_with_chgnet(structure: Structure, fmax: float = 0.1, steps: int = 200,
+                      optimizer: Any = None, relax_cell: bool = True) -> RelaxResult:
+    """Relax positions and cell with CHGNet's `StructOptimizer` (FIRE) to ``fmax`` eV/A."""
+    if optimizer is None:
+        from chgnet.model import StructOptimizer
+
+        optimizer = StructOptimizer(model=_chgnet_model())
+    result = optimizer.relax(structure, fmax=fmax, steps=steps, relax_cell=relax_cell, verbose=False)
+    final = result["final_structure"]
+    trajectory = result["trajectory"]
+    return RelaxResult(final, float(trajectory.energies[-1]) / len(final), len(trajectory.energies))
+
+
+@dataclass
+class ElementalReferences:
+    """MP's elemental reference energies on CHGNet's scale (eV/atom), fitted by least squares.
+
+    Attributes
+    ----------
+    mu : per-element reference energy
+    counts : number of fit rows containing each element
+    rmse : root-mean-square residual of the fit (eV/atom), i.e. CHGNet's formation-energy error
+        on the fit rows
+    source : what the fit was built from
+    """
+
+    mu: dict[str, float]
+    counts: dict[str, int] = field(default_factory=dict)
+    rmse: float = float("nan")
+    source: str = ""
+
+    def formation_energy_per_atom(self, composition: Composition | str, energy_per_atom: float) -> float:
+        """``E / N - sum_i x_i mu_i``; raises KeyError for an element without a reference."""
+        from pymatgen.core import Composition
+
+        fractions = Composition(composition).fractional_composition
+        missing = [el.symbol for el in fractions.elements if el.symbol not in self.mu]
+        if missing:
+            raise KeyError(f"no CHGNet elemental reference for {missing}")
+        return float(energy_per_atom - sum(x * self.mu[el.symbol] for el, x in fractions.items()))
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"mu": self.mu, "counts": self.counts, "rmse": self.rmse,
+                                          "source": self.source}, indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ElementalReferences:
+        data = json.loads(Path(path).read_text())
+        return cls({k: float(v) for k, v in data["mu"].items()},
+                   {k: int(v) for k, v in data["counts"].items()}, float(data["rmse"]), data["source"])
+
+
+def fit_elemental_references(compositions: Sequence[Composition | str], energies_per_atom: Sequence[float],
+                             formation_energies: Sequence[float], source: str = "") -> ElementalReferences:
+    """Least-squares ``mu`` such that ``E/N - E_form = sum_i x_i mu_i`` over the given rows."""
+    from pymatgen.core import Composition
+
+    comps = [Composition(c).fractional_composition for c in compositions]
+    elements = sorted({el.symbol for c in comps for el in c.elements})
+    column = {el: j for j, el in enumerate(elements)}
+    design = np.zeros((len(comps), len(elements)))
+    for i, comp in enumerate(comps):
+        for el, x in comp.items():
+            design[i, column[el.symbol]] = x
+    target = np.asarray(energies_per_atom, float) - np.asarray(formation_energies, float)
+    keep = np.isfinite(target)
+    mu, *_ = np.linalg.lstsq(design[keep], target[keep], rcond=None)
+    residual = design[keep] @ mu - target[keep]
+    counts = (design[keep] > 0).sum(axis=0)
+    return ElementalReferences({el: float(mu[column[el]]) for el in elements},
+                               {el: int(counts[column[el]]) for el in elements},
+                               float(np.sqrt(np.mean(residual**2))), source)
+
+
+def build_chgnet_references(data_dir: str | Path | None = None, splits: Sequence[str] = REFERENCE_FIT_SPLITS,
+                            model: Any = None, limit: int | None = None,
+                            progress_every: int = 500) -> ElementalReferences:
+    """Fit `ElementalReferences` from CHGNet single points on MP-20 reference structures.
+
+    About 65 ms per structure on one thread: ~11 min for ``train_first1000`` + ``val``.
+    """
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    root = Path(data_dir or default_data_dir()) / "mp_20"
+    table = pd.concat([pd.read_csv(root / f"{s}.csv.gz", usecols=["pretty_formula", "formation_energy_per_atom",
+                                                                  "cif"]) for s in splits], ignore_index=True)
+    if limit is not None:
+        table = table.iloc[:limit]
+    model = _chgnet_model(model)
+    energies = np.empty(len(table))
+    start = time.perf_counter()
+    for begin in range(0, len(table), progress_every):
+        cifs = table["cif"].iloc[begin:begin + progress_every]
+        structures = [Structure.from_str(c, fmt="cif", primitive=False) for c in cifs]
+        energies[begin:begin + len(structures)] = chgnet_energies_per_atom(structures, model)
+        log.info("CHGNet single points %d/%d (%.0f s)", begin + len(structures), len(table),
+                 time.perf_counter() - start)
+    return fit_elemental_references(table["pretty_formula"], energies, table["formation_energy_per_atom"],
+                                    source=f"CHGNet single points on MP-20 {'+'.join(splits)} ({len(table)} rows)")
+
+
+def load_chgnet_references(path: str | Path | None = None, data_dir: str | Path | None = None) -> ElementalReferences:
+    """Cached `ElementalReferences` (JSON); fitted and written on first use."""
+    path = Path(path or default_cache_dir() / "chgnet_mp20_elemental_references.json")
+    if path.exists():
+        return ElementalReferences.from_json(path)
+    refs = build_chgnet_references(data_dir)
+    refs.to_json(path)
+    return refs
+
+
+@dataclass(frozen=True)
+class StabilityRecord:
+    """CHGNet-relaxed energy, formation energy and energy above the MP-20 hull (eV/atom)."""
+
+    energy_per_atom: float
+    e_form_per_atom: float
+    e_above_hull: float
+    steps: int
+    structure: Structure | None = None
+    error: str | None = None
+
+
+def chgnet_stability(structure: Structure, hull: MP20Hull, references: ElementalReferences,
+                     optimizer: Any = None, fmax: float = 0.1, steps: int = 200) -> StabilityRecord:
+    """Relax with CHGNet, then E_form and E_hull on the MP-20 scale; failures are recorded, not raised."""
+    nan = float("nan")
+    comp = structure.composition
+    missing = sorted({el.symbol for el in comp.elements} - set(references.mu))
+    if missing:
+        return StabilityRecord(nan, nan, nan, 0, error=f"no elemental reference for {missing}")
+    try:
+        relaxed = relax_with_chgnet(structure, fmax=fmax, steps=steps, optimizer=optimizer)
+    except (ValueError, RuntimeError, IndexError) as exc:  # graph construction / NaN forces
+        return StabilityRecord(nan, nan, nan, 0, error=f"relaxation failed: {type(exc).__name__}: {exc}")
+    if not np.isfinite(relaxed.energy_per_atom):
+        return StabilityRecord(nan, nan, nan, relaxed.steps, relaxed.structure, error="non-finite energy")
+    e_form = references.formation_energy_per_atom(comp, relaxed.energy_per_atom)
+    try:
+        e_hull = hull.e_above_hull(comp, e_form)
+    except KeyError as exc:
+        return StabilityRecord(relaxed.energy_per_atom, e_form, nan, relaxed.steps, relaxed.structure,
+                               error=str(exc))
+    return StabilityRecord(relaxed.energy_per_atom, e_form, e_hull, relaxed.steps, relaxed.structure)
+
+
+def stability_rates(e_above_hull: Sequence[float], n_total: int | None = None,
+                    prefix: str = "chgnet_mp20") -> dict[str, float]:
+    """Stable and metastable fractions; NaN (not relaxed, failed) counts as neither.
+
+    ``<prefix>/stable_rate`` is E_hull <= 0.0 (FlowMM / ADiT / LeMat "stable");
+    ``<prefix>/metastable_rate`` is E_hull <= 0.1 eV/atom (MatterGen's "stable"). The denominator is
+    ``n_total`` (e.g. all generated samples) or the length of ``e_above_hull``.
+    """
+    e = np.asarray(e_above_hull, float)
+    n = n_total if n_total is not None else len(e)
+    below = np.where(np.isfinite(e), e, np.inf)
+    if n == 0:
+        return {f"{prefix}/stable_rate": float("nan"), f"{prefix}/metastable_rate": float("nan")}
+    return {f"{prefix}/stable_rate": float(np.sum(below <= STABLE_THRESHOLD) / n),
+            f"{prefix}/metastable_rate": float(np.sum(below <= METASTABLE_THRESHOLD) / n)}

@@ -1,0 +1,481 @@
+"""Molecule scores as EDM computes them, beside a second bond protocol.
+
+Protocols (every score key starts with its protocol, e.g. ``"edm/atom_stability"``):
+
+``edm``
+    EDM (Hoogeboom et al. 2022; ``qm9/analyze.py``, ``qm9/rdkit_functions.py``). Bonds come from
+    the distance table (`chemgen.bonds.edm_bond_orders`). An atom is *stable* when the sum of
+    its bond orders is one of its allowed valences (`ALLOWED_VALENCES`); *atom stability* is
+    stable atoms / all atoms and *molecule stability* the fraction of molecules whose atoms are
+    all stable. For validity the same bonds build an RDKit molecule whose atoms may take
+    implicit hydrogens (EDM's ``build_molecule``): a molecule is *valid* when
+    ``Chem.SanitizeMol`` succeeds, and the canonical SMILES of its largest fragment is kept
+    (disconnected molecules still count as valid). *Uniqueness* = distinct valid SMILES /
+    valid; *novelty* = distinct valid SMILES absent from the training SMILES / distinct valid
+    SMILES, where training SMILES are whole-molecule SMILES rebuilt the same way from training
+    coordinates (EDM's ``compute_qm9_smiles``).
+``rdkit``
+    The same definitions with bonds from RDKit's ``rdDetermineBonds`` for a neutral molecule
+    (`chemgen.bonds.rdkit_determine_bonds`). No implicit hydrogens are added; an atom is stable
+    when its valence is allowed *and* its formal charge is zero. A molecule for which RDKit
+    finds no neutral bond assignment is invalid and all its atoms are unstable.
+
+Besides EDM's novelty, ``<protocol>/novelty_over_valid`` divides the same novel count by the
+number of valid molecules, the denominator ADiT uses (``novel_rate``); ADiT's own validity
+(OpenBabel bonds via PDB) is not reproduced here.
+
+A bad input never stops a batch: a record that cannot be read as a molecule (non-finite
+coordinates, atomic numbers outside 1..118, a crystal), an element outside EDM's atom decoder,
+or an RDKit failure makes that molecule invalid, with the reason kept in ``failures``.
+Deliberate deviations from EDM's code: non-finite coordinates are invalid (EDM would leave
+every atom unbonded and sanitize it), and elements outside EDM's decoder are invalid under
+``edm`` (EDM raises ``KeyError``). A single atom is scored exactly as EDM does: unstable (it
+has no bonds) but valid if it sanitizes (a lone C becomes methane via implicit hydrogens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rdkit import Chem, rdBase
+
+from chemgen.atoms import ATOMIC_NUMBERS, MAX_ATOMIC_NUMBER, SYMBOLS, AtomicSystem, InvalidSystemError
+from chemgen.bonds import BondPerceptionError, edm_bond_orders, rdkit_determine_bonds
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas as pd
+
+MOLECULE_PROTOCOLS: tuple[str, ...] = ("edm", "rdkit")
+
+# EDM's ``allowed_bonds``: the valences (sums of bond orders) that make an atom stable.
+ALLOWED_VALENCES: MappingProxyType[str, tuple[int, ...]] = MappingProxyType({
+    "H": (1,), "C": (4,), "N": (3,), "O": (2,), "F": (1,), "B": (3,), "Al": (3,), "Si": (4,),
+    "P": (3, 5), "S": (4,), "Cl": (1,), "As": (3,), "Br": (1,), "I": (1,), "Hg": (1, 2), "Bi": (3, 5),
+})
+_MAX_VALENCE_COLUMN = 1 + max(max(v) for v in ALLOWED_VALENCES.values())
+# (Z+1, max+2) bool: _ALLOWED[z, v] for v clipped to the last column, which is always False.
+_ALLOWED = np.zeros((MAX_ATOMIC_NUMBER + 1, _MAX_VALENCE_COLUMN + 1), dtype=bool)
+for _symbol, _valences in ALLOWED_VALENCES.items():
+    _ALLOWED[ATOMIC_NUMBERS[_symbol], list(_valences)] = True
+_ALLOWED.flags.writeable = False
+_IN_EDM_DECODER = _ALLOWED.any(axis=1)
+_BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
+
+
+# ============================================================================ one molecule
+@dataclass(frozen=True, eq=False)
+class MoleculeOutcome:
+    """One molecule scored under one protocol.
+
+    Attributes
+    ----------
+    atomic_numbers : (N,) int
+    valences : (N,) int, sum of bond orders per atom; -1 where bonds could not be perceived
+    atom_stable : (N,) bool
+    mol : the sanitized RDKit molecule (whole, all fragments), None when invalid
+    failure : why the molecule is invalid, None when valid
+    """
+
+    atomic_numbers: np.ndarray
+    valences: np.ndarray
+    atom_stable: np.ndarray
+    mol: Chem.Mol | None
+    failure: str | None
+
+    @property
+    def valid(self) -> bool:
+        return self.mol is not None
+
+    def smiles(self, largest_fragment: bool = True) -> str | None:
+        """Canonical SMILES (hydrogens stay explicit atoms); of the largest fragment by default."""
+        if self.mol is None:
+            return None
+        return largest_fragment_smiles(self.mol) if largest_fragment else Chem.MolToSmiles(self.mol)
+
+
+def _failed(atomic_numbers: np.ndarray, failure: str) -> MoleculeOutcome:
+    n = atomic_numbers.size
+    return MoleculeOutcome(atomic_numbers, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool), None, failure)
+
+
+def allowed_valence(atomic_numbers: np.ndarray, valences: np.ndarray) -> np.ndarray:
+    """(N,) bool: each valence is one EDM allows for its element (False for unknown elements)."""
+    columns = np.clip(valences, 0, _MAX_VALENCE_COLUMN)  # larger valences land on the all-False column
+    return _ALLOWED[atomic_numbers, columns] & (valences >= 0)
+
+
+def build_edm_molecule(atomic_numbers: np.ndarray, orders: np.ndarray) -> Chem.Mol:
+    """EDM's ``build_molecule``: atoms that may take implicit H and the distance-table bonds.
+
+    Not sanitized. Bonds are added in EDM's order (``i`` ascending, then ``j < i``).
+    """
+    mol = Chem.RWMol()
+    for z in atomic_numbers:
+        mol.AddAtom(Chem.Atom(int(z)))  # implicit hydrogens allowed, as in EDM
+    for i, j in zip(*np.nonzero(np.tril(orders, k=-1))):
+        mol.AddBond(int(i), int(j), _BOND_TYPES[int(orders[i, j])])
+    return mol
+
+
+def _sanitized(mol: Chem.Mol) -> tuple[Chem.Mol | None, str | None]:
+    try:
+        Chem.SanitizeMol(mol)
+    except ValueError as err:  # AtomValenceException, KekulizeException, ... derive from ValueError
+        return None, f"SanitizeMol: {err}"
+    return mol, None
+
+
+def largest_fragment_smiles(mol: Chem.Mol) -> str:
+    """Canonical SMILES of the fragment with most atoms (the first such, as EDM's ``max``)."""
+    fragments = Chem.GetMolFrags(mol, asMols=True)
+    return Chem.MolToSmiles(max(fragments, default=mol, key=lambda m: m.GetNumAtoms()))
+
+
+def score_edm(system: AtomicSystem) -> MoleculeOutcome:
+    """One molecule under the ``edm`` protocol."""
+    numbers = system.atomic_numbers
+    unknown = sorted({SYMBOLS[z] for z in numbers[~_IN_EDM_DECODER[numbers]]})
+    if unknown:
+        return _failed(numbers, f"elements {unknown} are outside EDM's atom decoder")
+    orders = edm_bond_orders(numbers, system.pos)  # (N, N)
+    valences = orders.sum(axis=1)
+    mol, failure = _sanitized(build_edm_molecule(numbers, orders))
+    return MoleculeOutcome(numbers, valences, allowed_valence(numbers, valences), mol, failure)
+
+
+def score_rdkit(system: AtomicSystem) -> MoleculeOutcome:
+    """One molecule under the ``rdkit`` protocol (rdDetermineBonds, neutral)."""
+    numbers = system.atomic_numbers
+    try:
+        mol = rdkit_determine_bonds(system, charge=0)
+    except BondPerceptionError as err:
+        return _failed(numbers, str(err))
+    atoms = list(mol.GetAtoms())
+    valences = np.array([atom.GetTotalValence() for atom in atoms], dtype=np.int64)
+    neutral = np.array([atom.GetFormalCharge() == 0 for atom in atoms], dtype=bool)
+    return MoleculeOutcome(numbers, valences, allowed_valence(numbers, valences) & neutral, mol, None)
+
+
+_SCORERS = {"edm": score_edm, "rdkit": score_rdkit}
+
+
+def _as_molecule(item: Any) -> AtomicSystem:
+    """A record, or a raw ``(atomic_numbers, pos)`` pair, as a non-periodic `AtomicSystem`."""
+    if isinstance(item, AtomicSystem):
+        if item.pbc:
+            raise InvalidSystemError("a periodic system is not a molecule")
+        return item
+    numbers, pos = item
+    return AtomicSystem.molecule(numbers, pos)
+
+
+def _readable_numbers(item: Any) -> np.ndarray:
+    """Atomic numbers of a rejected item so that its atoms still count; 0 where unreadable."""
+    if isinstance(item, AtomicSystem):
+        return item.atomic_numbers
+    try:
+        numbers = np.asarray(item[0], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, IndexError, KeyError):
+        return np.zeros(0, dtype=np.int64)
+    ok = np.isfinite(numbers) & (numbers >= 1) & (numbers <= MAX_ATOMIC_NUMBER) & (numbers == np.round(numbers))
+    return np.where(ok, numbers, 0).astype(np.int64)
+
+
+def score_one(item: AtomicSystem | tuple[Any, Any], protocol: str) -> MoleculeOutcome:
+    """One item (a record or an ``(atomic_numbers, pos)`` pair) under one protocol.
+
+    Never raises for a bad molecule: non-finite coordinates, bad atomic numbers, a crystal or
+    anything else unreadable give an invalid outcome whose ``failure`` says why.
+    """
+    _check_protocols((protocol,))
+    try:
+        system = _as_molecule(item)
+    except (InvalidSystemError, ValueError, TypeError) as err:  # InvalidSystemError says which array is bad
+        return _failed(_readable_numbers(item), f"unreadable: {type(err).__name__}: {err}")
+    return _SCORERS[protocol](system)
+
+
+# ============================================================================ a batch
+def uniqueness(valid_smiles: Sequence[str]) -> float:
+    """EDM: distinct valid SMILES / valid molecules (0.0 when none is valid, as EDM)."""
+    return len(set(valid_smiles)) / len(valid_smiles) if valid_smiles else 0.0
+
+
+def novel_smiles(valid_smiles: Iterable[str], reference: Collection[str]) -> set[str]:
+    """Distinct valid SMILES absent from the reference (training) SMILES."""
+    return {s for s in set(valid_smiles) if s not in reference}
+
+
+@dataclass(frozen=True, eq=False)
+class ProtocolScores:
+    """Per-molecule results of a batch under one protocol.
+
+    Attributes
+    ----------
+    protocol : ``"edm"`` or ``"rdkit"``
+    num_atoms, num_stable_atoms : (M,) int
+    valid : (M,) bool
+    smiles : (M,) largest-fragment canonical SMILES, None for invalid molecules
+    failures : (M,) why each molecule is invalid, None for valid ones
+    atom_numbers, atom_valences, atom_stable, atom_molecule : (A,) every atom of the batch,
+        concatenated; valence -1 where bonds could not be perceived
+    reference : the training SMILES novelty is measured against, None if not given
+    """
+
+    protocol: str
+    num_atoms: np.ndarray
+    num_stable_atoms: np.ndarray
+    valid: np.ndarray
+    smiles: tuple[str | None, ...]
+    failures: tuple[str | None, ...]
+    atom_numbers: np.ndarray
+    atom_valences: np.ndarray
+    atom_stable: np.ndarray
+    atom_molecule: np.ndarray
+    reference: frozenset[str] | None = None
+
+    @classmethod
+    def from_outcomes(cls, protocol: str, outcomes: Iterable[MoleculeOutcome],
+                      reference: Collection[str] | None = None) -> ProtocolScores:
+        """Collect outcomes one by one, so that no RDKit molecule outlives its SMILES."""
+        num_atoms, valid, smiles, failures = [], [], [], []
+        atom_numbers, atom_valences, atom_stable = [], [], []
+        for o in outcomes:
+            num_atoms.append(o.atomic_numbers.size)
+            valid.append(o.valid)
+            smiles.append(o.smiles())
+            failures.append(o.failure)
+            atom_numbers.append(o.atomic_numbers)
+            atom_valences.append(o.valences)
+            atom_stable.append(o.atom_stable)
+        sizes = np.array(num_atoms, dtype=np.int64)
+        stable = np.concatenate(atom_stable).astype(bool) if atom_stable else np.zeros(0, bool)
+        molecule = np.repeat(np.arange(sizes.size), sizes)
+        return cls(
+            protocol=protocol,
+            num_atoms=sizes,
+            num_stable_atoms=np.bincount(molecule, weights=stable, minlength=sizes.size).astype(np.int64),
+            valid=np.array(valid, dtype=bool),
+            smiles=tuple(smiles),
+            failures=tuple(failures),
+            atom_numbers=np.concatenate(atom_numbers).astype(np.int64) if atom_numbers else np.zeros(0, np.int64),
+            atom_valences=np.concatenate(atom_valences).astype(np.int64) if atom_valences else np.zeros(0, np.int64),
+            atom_stable=stable,
+            atom_molecule=molecule,
+            reference=frozenset(reference) if reference is not None else None,
+        )
+
+    @property
+    def num_molecules(self) -> int:
+        return int(self.valid.size)
+
+    @property
+    def molecule_stable(self) -> np.ndarray:
+        """(M,) bool: every atom stable (a molecule with no readable atoms is not)."""
+        return (self.num_stable_atoms == self.num_atoms) & (self.num_atoms > 0)
+
+    @property
+    def valid_smiles(self) -> list[str]:
+        return [s for s, ok in zip(self.smiles, self.valid) if ok and s is not None]
+
+    @property
+    def novel(self) -> np.ndarray | None:
+        """(M,) bool: valid with a SMILES absent from the reference; None without a reference."""
+        if self.reference is None:
+            return None
+        return np.array([ok and s not in self.reference for s, ok in zip(self.smiles, self.valid)], dtype=bool)
+
+    def metrics(self) -> dict[str, float]:
+        """Batch scores as fractions in [0, 1], keys prefixed with the protocol."""
+        valid_smiles = self.valid_smiles
+        num_valid, num_unique = len(valid_smiles), len(set(valid_smiles))
+        m = self.num_molecules
+        total_atoms = int(self.num_atoms.sum())
+        scores = {
+            "num_molecules": float(m),
+            "atom_stability": float(self.num_stable_atoms.sum()) / total_atoms if total_atoms else 0.0,
+            "molecule_stability": float(self.molecule_stable.mean()),
+            "validity": num_valid / m,
+            "uniqueness": uniqueness(valid_smiles),
+            "valid_and_unique": num_unique / m,  # = validity x uniqueness
+        }
+        if self.reference is not None:
+            num_novel = len(novel_smiles(valid_smiles, self.reference))
+            scores["novelty"] = num_novel / num_unique if num_unique else 0.0  # EDM
+            scores["novelty_over_valid"] = num_novel / num_valid if num_valid else 0.0  # ADiT's denominator
+        return {f"{self.protocol}/{key}": value for key, value in scores.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class MoleculeScores:
+    """Scores of a batch under one or more protocols; ``scores["edm"]`` gives one protocol."""
+
+    by_protocol: Mapping[str, ProtocolScores]
+
+    def __getitem__(self, protocol: str) -> ProtocolScores:
+        return self.by_protocol[protocol]
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return tuple(self.by_protocol)
+
+    def as_dict(self) -> dict[str, float]:
+        """All batch scores, e.g. ``{"edm/atom_stability": 0.99, "rdkit/validity": 0.95, ...}``."""
+        return {key: value for p in self.by_protocol.values() for key, value in p.metrics().items()}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per molecule: ``<protocol>/num_atoms``, ``/molecule_stable``, ``/valid``, ..."""
+        import pandas as pd  # only this export needs pandas
+
+        columns: dict[str, Any] = {}
+        for name, p in self.by_protocol.items():
+            columns[f"{name}/num_atoms"] = p.num_atoms
+            columns[f"{name}/num_stable_atoms"] = p.num_stable_atoms
+            columns[f"{name}/molecule_stable"] = p.molecule_stable
+            columns[f"{name}/valid"] = p.valid
+            columns[f"{name}/smiles"] = list(p.smiles)
+            if p.novel is not None:
+                columns[f"{name}/novel"] = p.novel
+            columns[f"{name}/failure"] = list(p.failures)
+        return pd.DataFrame(columns)
+
+
+def _check_protocols(protocols: Sequence[str]) -> None:
+    unknown = [p for p in protocols if p not in MOLECULE_PROTOCOLS]
+    if unknown or not protocols:
+        raise ValueError(f"protocols must be a non-empty subset of {MOLECULE_PROTOCOLS}, got {tuple(protocols)}")
+
+
+def score_molecules(systems: Sequence[AtomicSystem | tuple[Any, Any]],
+                    reference_smiles: Mapping[str, Collection[str]] | None = None,
+                    protocols: Sequence[str] = MOLECULE_PROTOCOLS) -> MoleculeScores:
+    """Score a batch of generated molecules under each protocol.
+
+    Parameters
+    ----------
+    systems : records, or raw ``(atomic_numbers, pos)`` pairs straight from a sampler (pairs
+        with NaN coordinates or bad atomic numbers are scored invalid, not raised)
+    reference_smiles : training SMILES per protocol, from `reference_smiles`; novelty is
+        reported only for protocols present here
+    protocols : any of ``("edm", "rdkit")``
+
+    Returns
+    -------
+    `MoleculeScores`; ``.as_dict()`` gives e.g. ``"edm/atom_stability"``, ``"edm/novelty"``.
+    """
+    _check_protocols(protocols)
+    if isinstance(reference_smiles, (set, frozenset, list, tuple)):
+        raise TypeError("reference_smiles maps each protocol to its SMILES: use reference_smiles(train_systems)")
+    if len(systems) == 0:
+        raise ValueError("no molecules to score")
+    by_protocol = {}
+    with rdBase.BlockLogs():  # RDKit logs every sanitization failure; the reasons are kept instead
+        for protocol in protocols:
+            outcomes = (score_one(item, protocol) for item in systems)
+            reference = reference_smiles.get(protocol) if reference_smiles is not None else None
+            by_protocol[protocol] = ProtocolScores.from_outcomes(protocol, outcomes, reference)
+    return MoleculeScores(by_protocol)
+
+
+def reference_smiles(systems: Iterable[AtomicSystem],
+                     protocols: Sequence[str] = MOLECULE_PROTOCOLS) -> dict[str, frozenset[str]]:
+    """Training SMILES per protocol, rebuilt from coordinates as EDM's ``compute_qm9_smiles``:
+    whole-molecule canonical SMILES (not the largest fragment) of each molecule that is valid
+    under the protocol; invalid training molecules are left out."""
+    _check_protocols(protocols)
+    found: dict[str, set[str]] = {p: set() for p in protocols}
+    with rdBase.BlockLogs():
+        for system in systems:
+            for protocol in protocols:
+                smiles = score_one(system, protocol).smiles(largest_fragment=False)
+                if smiles is not None:
+                    found[protocol].add(smiles)
+    return {p: frozenset(s) for p, s in found.items()}
+
+
+# ============================================================================ plots
+def plot_molecule_scores(scores: MoleculeScores, out_dir: str | Path) -> list[Path]:
+    """Save PNG plots per protocol; returns their paths.
+
+    ``<protocol>_valence_by_element.png``: per element, how many atoms have each valence, with
+    the allowed valences in green. ``<protocol>_num_atoms.png``: molecule sizes of all, stable
+    and valid molecules. ``<protocol>_stability.png``: fraction of stable atoms per molecule, and
+    molecule stability and validity by molecule size.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for protocol, p in scores.by_protocol.items():
+        paths.append(_plot_valences(p, out / f"{protocol}_valence_by_element.png"))
+        paths.append(_plot_sizes(p, out / f"{protocol}_num_atoms.png"))
+        paths.append(_plot_stability(p, out / f"{protocol}_stability.png"))
+    return paths
+
+
+def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Any, Any]:
+    # The object-oriented Figure API renders with Agg without touching pyplot's global backend.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _plot_valences(p: ProtocolScores, path: Path) -> Path:
+    perceived = p.atom_valences >= 0
+    elements = sorted(set(p.atom_numbers[perceived].tolist())) or [1]
+    fig, axes = _figure(ncols=len(elements), width=3.2)
+    for ax, z in zip(axes, elements):
+        valences = p.atom_valences[perceived & (p.atom_numbers == z)]
+        values, counts = np.unique(valences, return_counts=True)
+        allowed = _ALLOWED[z, np.clip(values, 0, _MAX_VALENCE_COLUMN)]
+        ax.bar(values, counts, width=0.8, color=np.where(allowed, "tab:green", "tab:red"))
+        ax.set_yscale("log")
+        top = max(int(values.max(initial=0)), *ALLOWED_VALENCES.get(SYMBOLS[z], (0,)))
+        ax.set_xlim(-0.5, top + 0.5)
+        ax.set_xticks(range(top + 1))
+        allowed_text = " or ".join(map(str, ALLOWED_VALENCES.get(SYMBOLS[z], ()))) or "none"
+        ax.set_title(f"{SYMBOLS[z]} (allowed: {allowed_text})")
+        ax.set_xlabel("valence (sum of bond orders)")
+    axes[0].set_ylabel("atoms")
+    fig.suptitle(f"{p.protocol}: valence by element (green = allowed)")
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_sizes(p: ProtocolScores, path: Path) -> Path:
+    fig, (ax,) = _figure()
+    bins = np.arange(0, max(int(p.num_atoms.max(initial=0)), 1) + 2) - 0.5
+    ax.hist(p.num_atoms, bins=bins, label="all", color="lightgray")
+    ax.hist(p.num_atoms[p.valid], bins=bins, label="valid", histtype="step", linewidth=1.5)
+    ax.hist(p.num_atoms[p.molecule_stable], bins=bins, label="stable", histtype="step", linewidth=1.5)
+    ax.set_xlabel("number of atoms")
+    ax.set_ylabel("molecules")
+    ax.legend()
+    ax.set_title(f"{p.protocol}: molecule sizes")
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_stability(p: ProtocolScores, path: Path) -> Path:
+    fig, (left, right) = _figure(ncols=2)
+    fraction = p.num_stable_atoms / np.maximum(p.num_atoms, 1)
+    left.hist(fraction, bins=np.linspace(0, 1, 21))
+    left.set_yscale("log")
+    left.set_xlabel("fraction of stable atoms in a molecule")
+    left.set_ylabel("molecules")
+    sizes = np.unique(p.num_atoms)
+    right.plot(sizes, [p.molecule_stable[p.num_atoms == n].mean() for n in sizes], "o-", label="molecule stable")
+    right.plot(sizes, [p.valid[p.num_atoms == n].mean() for n in sizes], "s-", label="valid")
+    right.set_xlabel("number of atoms")
+    right.set_ylabel("fraction of molecules")
+    right.set_ylim(-0.02, 1.02)
+    right.legend()
+    fig.suptitle(f"{p.protocol}: stability")
+    fig.savefig(path, dpi=100)
+    return path
+
