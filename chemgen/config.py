@@ -1,0 +1,169 @@
+"""Typed model configs: nested frozen dataclasses loaded from YAML in models/.
+
+Dataclasses (not pydantic) keep the training path importable on GPU machines that have
+only torch and lightning. `load_config` rejects unknown keys and wrong types with a
+message that names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+class ConfigError(ValueError):
+    """A config file with a missing, unknown or mistyped key."""
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    d_model: int = 512
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    encoder_layers: int = 8
+    decoder_layers: int = 8
+    latent_dim: int = 8
+    max_atom_types: int = 100
+    kl_weight: float = 1e-5
+    # ADiT's loss weights: periodic (crystals) / non-periodic (molecules)
+    weight_atom_types: float = 1.0
+    weight_lengths: float = 1.0
+    weight_angles: float = 10.0
+    weight_frac_coords: float = 10.0
+    weight_pos: float = 10.0
+    # Denoising corruption during training: fraction of atom types masked, of positions jittered
+    corrupt_fraction: float = 0.1
+    corrupt_pos_std: float = 0.1  # Angstrom
+    augment_rotation: bool = True
+    augment_translation: bool = True
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    d_model: int = 384
+    num_heads: int = 6
+    num_layers: int = 12
+    mlp_ratio: float = 4.0
+    class_dropout: float = 0.1
+    num_datasets: int = 5  # chemgen.batching.DATASET_INDEX labels, 0 = null class
+    num_spacegroups: int = 230
+    spacegroup_conditioning: bool = False
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    min_t: float = 0.01
+    num_steps: int = 100
+    self_condition_prob: float = 0.5
+    cfg_scale: float = 2.0
+    solver: str = "euler"
+
+    def __post_init__(self) -> None:
+        if self.solver not in ("euler", "heun"):
+            raise ConfigError(f"solver must be 'euler' or 'heun', got {self.solver!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    datasets: tuple[str, ...] = ("qm9", "mp20")
+    batch_size: int = 256
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    max_steps: int = 100_000
+    val_every_steps: int = 1_000
+    checkpoint_every_steps: int = 1_000
+    ema_decay: float = 0.9999
+    seed: int = 42
+    num_workers: int = 0
+    limit_per_dataset: int | None = None  # tiny slices for tests and demos
+
+
+@dataclass(frozen=True)
+class ADiTConfig:
+    name: str = "adit"
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    vae_train: TrainConfig = field(default_factory=TrainConfig)
+    dit_train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat_params(self) -> dict[str, Any]:
+        """``section.key -> value`` for experiment trackers."""
+        return {f"{section}.{k}": v for section, values in self.to_dict().items() if isinstance(values, dict)
+                for k, v in values.items()}
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and not isinstance(value, annotation) or (
+            annotation in (int, float) and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], values: Any, where: str = "config") -> T:
+    """Build a (nested) config dataclass, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} (known: {sorted(known)})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """``tiny`` -> models/adit-tiny.yaml; a path is used as it is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    candidate = MODELS_DIR / f"adit-{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(p.stem.removeprefix("adit-") for p in MODELS_DIR.glob("adit-*.yaml"))
+        raise ConfigError(f"no config named {name_or_path!r} (known: {', '.join(known)})")
+    return candidate
+
+
+def load_config(name_or_path: str | Path) -> ADiTConfig:
+    path = resolve_config_path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    return from_dict(ADiTConfig, values or {}, where=str(path))

@@ -1,0 +1,125 @@
+"""Curated systems as one flat pack of tensors, for fast training on CPU or GPU.
+
+A `TensorPack` concatenates the atoms of many systems (like a PyG batch of the whole
+dataset) and saves as a plain dict of tensors, which ``torch.load(weights_only=True)``
+reads without unpickling code. Packs are built on a CPU machine from the curated store
+and carried to GPU machines that lack the chemistry stack.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from chemgen.atoms import AtomicSystem
+from chemgen.batching import DATASET_INDEX, DenseBatch
+
+PACK_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TensorPack:
+    atomic_numbers: torch.Tensor  # (A,) long, all atoms of all systems
+    pos: torch.Tensor             # (A, 3) float32, Angstrom; molecules centred at their mean
+    frac_coords: torch.Tensor     # (A, 3) float32, zeros for molecules
+    num_atoms: torch.Tensor       # (S,) long
+    cell: torch.Tensor            # (S, 3, 3) float32, zeros for molecules
+    pbc: torch.Tensor             # (S,) bool
+    dataset_idx: torch.Tensor     # (S,) long, chemgen.batching.DATASET_INDEX
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "offsets", torch.cat([torch.zeros(1, dtype=torch.long), self.num_atoms.cumsum(0)]))
+        if int(self.offsets[-1]) != self.atomic_numbers.numel():
+            raise ValueError(f"pack is inconsistent: num_atoms sums to {int(self.offsets[-1])} "
+                             f"but there are {self.atomic_numbers.numel()} atoms")
+
+    def __len__(self) -> int:
+        return int(self.num_atoms.numel())
+
+    @classmethod
+    def from_systems(cls, systems: Sequence[AtomicSystem]) -> TensorPack:
+        if not systems:
+            raise ValueError("cannot pack an empty list of systems")
+        pos = []
+        for s in systems:
+            p = torch.tensor(s.pos, dtype=torch.float32)
+            pos.append(p if s.pbc else p - p.mean(0, keepdim=True))  # molecules: centre of geometry at 0
+        return cls(
+            atomic_numbers=torch.cat([torch.tensor(s.atomic_numbers) for s in systems]),
+            pos=torch.cat(pos),
+            frac_coords=torch.cat([torch.tensor(s.frac_coords, dtype=torch.float32) for s in systems]),
+            num_atoms=torch.tensor([s.num_atoms for s in systems]),
+            cell=torch.stack([torch.tensor(s.cell, dtype=torch.float32) for s in systems]),
+            pbc=torch.tensor([s.pbc for s in systems]),
+            dataset_idx=torch.tensor([DATASET_INDEX.get(s.dataset, 0) for s in systems]),
+        )
+
+    @classmethod
+    def concat(cls, packs: Sequence[TensorPack]) -> TensorPack:
+        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in packs]) for f in fields(cls)})
+
+    def subset(self, index: torch.Tensor) -> TensorPack:
+        index = torch.as_tensor(index, dtype=torch.long)
+        atoms = torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in index.tolist()])
+        return TensorPack(self.atomic_numbers[atoms], self.pos[atoms], self.frac_coords[atoms],
+                          self.num_atoms[index], self.cell[index], self.pbc[index], self.dataset_idx[index])
+
+    def dense(self, index: torch.Tensor | Sequence[int]) -> DenseBatch:
+        """Padded tensors of the systems at ``index``: (B, N_max, ...) with a mask."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        counts = self.num_atoms[index]
+        b, n_max = len(index), int(counts.max())
+        slot = torch.arange(n_max)
+        mask = slot[None, :] < counts[:, None]                                      # (B, N)
+        atom = (self.offsets[index][:, None] + slot[None, :]).clamp(max=self.atomic_numbers.numel() - 1)
+        types = torch.where(mask, self.atomic_numbers[atom], torch.zeros_like(atom))
+        pos = self.pos[atom] * mask[..., None]
+        frac = self.frac_coords[atom] * mask[..., None]
+        return DenseBatch(types, pos, frac, mask, self.cell[index], self.pbc[index], self.dataset_idx[index], counts)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        payload = {f.name: getattr(self, f.name) for f in fields(self)}
+        # Compact: element numbers fit in a byte, and molecules' fractional coordinates are zero by definition.
+        payload["atomic_numbers"] = self.atomic_numbers.to(torch.uint8)
+        payload["frac_coords"] = self.frac_coords[self.atom_is_periodic()]
+        torch.save({"format": PACK_FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TensorPack:
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
+        if not isinstance(payload, dict) or payload.get("format") != PACK_FORMAT:
+            raise ValueError(f"{path}: not a chemgen tensor pack (format {PACK_FORMAT})")
+        missing = [f.name for f in fields(cls) if f.name not in payload]
+        if missing:
+            raise ValueError(f"{path}: tensor pack lacks {missing}")
+        values = {f.name: payload[f.name] for f in fields(cls)}
+        values["atomic_numbers"] = values["atomic_numbers"].long()
+        periodic_atoms = torch.repeat_interleave(values["pbc"], values["num_atoms"])
+        frac = torch.zeros(len(periodic_atoms), 3, dtype=values["pos"].dtype)
+        frac[periodic_atoms] = values["frac_coords"]
+        values["frac_coords"] = frac
+        return cls(**values)
+
+    def atom_is_periodic(self) -> torch.Tensor:
+        return torch.repeat_interleave(self.pbc, self.num_atoms)
+
+    def num_atoms_histogram(self, dataset_idx: int, max_atoms: int) -> torch.Tensor:
+        """Counts of systems of one dataset by size (index = number of atoms)."""
+        sizes = self.num_atoms[self.dataset_idx == dataset_idx]
+        return torch.bincount(sizes, minlength=max_atoms + 1)[: max_atoms + 1]
+
+
+def pack_from_store(name: str, split: str, limit: int | None = None, root: str | os.PathLike | None = None) -> TensorPack:
+    """A curated split as a tensor pack (needs pyarrow; run on a CPU machine)."""
+    from chemgen.data.store import load
+
+    return TensorPack.from_systems(load(name, split, limit=limit, root=root))

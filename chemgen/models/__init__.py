@@ -1,0 +1,1 @@
+"""Generative models: ADiT (now), GFMDiff and DiffSpectra (to come)."""

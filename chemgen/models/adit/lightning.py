@@ -1,0 +1,99 @@
+"""Thin Lightning modules for ADiT's two stages; the maths lives in vae.py, dit.py and model.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from chemgen.batching import DenseBatch
+from chemgen.config import ADiTConfig, TrainConfig, from_dict
+from chemgen.models.adit.model import ADiT
+from chemgen.models.adit.vae import AllAtomVAE
+
+
+def _move(batch: DenseBatch, device: torch.device) -> DenseBatch:
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)})
+
+
+class _ADiTStage(L.LightningModule):
+    train_config: TrainConfig
+
+    def transfer_batch_to_device(self, batch: DenseBatch, device: torch.device, dataloader_idx: int) -> DenseBatch:
+        return _move(batch, device)
+
+    def _log_dict(self, prefix: str, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        on_step = prefix == "train"
+        self.log_dict({f"{prefix}/{k}": v.detach().float() for k, v in values.items()}, on_step=on_step,
+                      on_epoch=not on_step, prog_bar=False, batch_size=batch_size, sync_dist=not on_step)
+        self.log(f"{prefix}_loss", values["loss"].detach().float(), prog_bar=True, on_step=on_step,
+                 on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.train_config.lr, weight_decay=self.train_config.weight_decay)
+
+
+class VAEModule(_ADiTStage):
+    """Stage 1: the all-atom VAE."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.save_hyperparameters({"config": config})  # plain dict: checkpoints load with weights_only=True
+        self.config = from_dict(ADiTConfig, config)
+        self.train_config = self.config.vae_train
+        self.vae = AllAtomVAE(self.config.vae)
+
+    def training_step(self, batch: DenseBatch, batch_idx: int) -> torch.Tensor:
+        out = self.vae.loss(batch, train=True)
+        self._log_dict("train", out, len(batch.num_atoms))
+        return out["loss"]
+
+    def validation_step(self, batch: DenseBatch, batch_idx: int) -> None:
+        self._log_dict("val", self.vae.loss(batch, train=False), len(batch.num_atoms))
+
+
+class DiTModule(_ADiTStage):
+    """Stage 2: the latent DiT on a frozen VAE, with an EMA copy of the DiT for sampling."""
+
+    def __init__(self, config: dict[str, Any], vae_state: dict[str, torch.Tensor] | None = None,
+                 num_atoms_histogram: torch.Tensor | None = None):
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = from_dict(ADiTConfig, config)
+        self.train_config = self.config.dit_train
+        self.model = ADiT(self.config)
+        if vae_state is not None:
+            self.model.vae.load_state_dict(vae_state)
+        if num_atoms_histogram is not None:
+            self.model.num_atoms_histogram.copy_(num_atoms_histogram)
+        self.model.freeze_vae()
+        self.ema = AveragedModel(self.model.dit, multi_avg_fn=get_ema_multi_avg_fn(self.train_config.ema_decay),
+                                 use_buffers=True)
+        self.ema.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> DiTModule:
+        super().train(mode)
+        self.model.vae.eval()  # the VAE stays frozen in eval mode
+        return self
+
+    def training_step(self, batch: DenseBatch, batch_idx: int) -> torch.Tensor:
+        out = self.model.dit_loss(batch)
+        self._log_dict("train", out, len(batch.num_atoms))
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: DenseBatch, batch_idx: int) -> None:
+        self.ema.update_parameters(self.model.dit)
+
+    def validation_step(self, batch: DenseBatch, batch_idx: int) -> None:
+        self._log_dict("val", self.model.dit_loss(batch), len(batch.num_atoms))
+
+    def ema_model(self) -> ADiT:
+        """A copy of the full model whose DiT carries the EMA weights (what sampling uses)."""
+        model = ADiT(self.config)
+        model.load_state_dict(self.model.state_dict())
+        model.dit.load_state_dict(self.ema.module.state_dict())
+        return model.eval()

@@ -1,0 +1,120 @@
+"""ADiT end to end: the frozen VAE, the latent DiT and the flow, plus generation.
+
+Training has two stages (ADiT Sec. 3): first the VAE alone (`AllAtomVAE.loss`), then
+the DiT on latents of the frozen VAE (`ADiT.dit_loss`). Generation draws the number
+of atoms from the training histogram of the requested dataset, integrates the flow in
+latent space with classifier-free guidance on the dataset label, and decodes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from chemgen.batching import DATASET_INDEX, DenseBatch
+from chemgen.config import ADiTConfig
+from chemgen.diffusion.flow_matching import LinearFlowMatching
+from chemgen.geometry import cell_from_parameters
+from chemgen.models.adit.dit import DiT
+from chemgen.models.adit.vae import ANGSTROM_PER_NM, AllAtomVAE
+
+MAX_ATOMS = 64  # size of the number-of-atoms histograms (QM9 <= 29, MP-20 <= 20, MPTS-52 <= 52)
+KIND_TO_DATASET = {"molecule": "qm9", "crystal": "mp20"}
+
+
+@dataclass
+class DecodedBatch:
+    """Generated systems as padded tensors (float32, on the model's device)."""
+
+    atomic_numbers: torch.Tensor  # (B, N) long
+    pos: torch.Tensor             # (B, N, 3) Angstrom (molecules)
+    frac_coords: torch.Tensor     # (B, N, 3) in [0, 1) (crystals)
+    cell: torch.Tensor            # (B, 3, 3) lattice rows (crystals)
+    lengths: torch.Tensor         # (B, 3) Angstrom
+    angles: torch.Tensor          # (B, 3) degrees
+    mask: torch.Tensor            # (B, N)
+    periodic: torch.Tensor        # (B,) bool
+
+
+class ADiT(nn.Module):
+    def __init__(self, config: ADiTConfig):
+        super().__init__()
+        self.config = config
+        self.vae = AllAtomVAE(config.vae)
+        self.dit = DiT(config.dit, d_x=config.vae.latent_dim)
+        self.flow = LinearFlowMatching(config.flow.min_t)
+        # (datasets + 1, MAX_ATOMS + 1) counts of training systems by size, to draw N at sampling time
+        self.register_buffer("num_atoms_histogram", torch.zeros(config.dit.num_datasets + 1, MAX_ATOMS + 1))
+
+    def freeze_vae(self) -> None:
+        self.vae.requires_grad_(False)
+        self.vae.eval()
+
+    # ------------------------------------------------------------------ stage 2 loss
+    def dit_loss(self, batch: DenseBatch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            # ADiT trains the DiT on augmented (rotated / translated) systems too
+            clean = self.vae.augment(batch) if self.training else batch
+            posterior = self.vae.encode(clean.atomic_numbers, clean.pos, clean.frac_coords, clean.mask)
+            x_1 = posterior.sample() * batch.mask[..., None]                                   # (B, N, c)
+        t = self.flow.sample_t(len(x_1), x_1.device)
+        x_t = self.flow.interpolate(x_1, t, batch.mask)
+        x_sc = None
+        if self.training and random.random() < self.config.flow.self_condition_prob:
+            with torch.no_grad():  # self-conditioning: a first estimate, without gradient
+                x_sc = self.dit(x_t, t, batch.dataset_idx, batch.mask)
+        x_1_hat = self.dit(x_t, t, batch.dataset_idx, batch.mask, x_sc)
+        per_system = self.flow.loss(x_1, x_1_hat, t, batch.mask)
+        return {"loss": per_system.mean(), "latent_std": x_1[batch.mask].std()}
+
+    # ------------------------------------------------------------------ generation
+    def draw_num_atoms(self, dataset_idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        hist = self.num_atoms_histogram[dataset_idx].float().cpu()                            # (B, MAX+1)
+        if (hist.sum(-1) == 0).any():
+            raise ValueError("no number-of-atoms histogram for a requested dataset (was it in the training data?)")
+        return torch.multinomial(hist, 1, generator=generator).squeeze(-1).to(dataset_idx.device)
+
+    @torch.no_grad()
+    def sample_latents(self, dataset_idx: torch.Tensor, num_atoms: torch.Tensor, num_steps: int | None = None,
+                       solver: str | None = None, cfg_scale: float | None = None,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        flow = self.config.flow
+        mask = torch.arange(int(num_atoms.max()), device=num_atoms.device)[None] < num_atoms[:, None]   # (B, N)
+        scale = flow.cfg_scale if cfg_scale is None else cfg_scale
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor, x_sc: torch.Tensor | None) -> torch.Tensor:
+            return self.dit.forward_with_cfg(x_t, t, dataset_idx, mask, scale, x_sc)
+
+        z = self.flow.sample(denoise, mask, self.config.vae.latent_dim, num_steps or flow.num_steps,
+                             solver or flow.solver, self_condition=flow.self_condition_prob > 0, generator=generator)
+        return z, mask
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, mask: torch.Tensor, periodic: torch.Tensor) -> DecodedBatch:
+        out = self.vae.decode(z, mask)
+        logits = out.atom_type_logits.clone()
+        logits[..., 0] = -torch.inf  # type 0 is the mask token, never an element
+        types = logits.argmax(-1) * mask
+        n = mask.sum(1, keepdim=True).float()
+        lengths = out.lengths_scaled.float() * n ** (1 / 3)
+        cell = cell_from_parameters(lengths, out.angles.float())
+        frac = out.frac_coords % 1.0
+        pos_molecule = out.pos_nm * ANGSTROM_PER_NM
+        pos = torch.where(periodic[:, None, None], frac @ cell, pos_molecule) * mask[..., None]
+        return DecodedBatch(types, pos, frac, cell, lengths, torch.rad2deg(out.angles), mask, periodic)
+
+    @torch.no_grad()
+    def generate(self, num_samples: int, kind: str, num_steps: int | None = None, solver: str | None = None,
+                 cfg_scale: float | None = None, seed: int | None = None) -> DecodedBatch:
+        """Generate ``num_samples`` molecules or crystals as padded tensors (see `chemgen.models.adit.decode`)."""
+        if kind not in KIND_TO_DATASET:
+            raise ValueError(f"kind must be one of {list(KIND_TO_DATASET)}, got {kind!r}")
+        device = self.num_atoms_histogram.device
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        dataset_idx = torch.full((num_samples,), DATASET_INDEX[KIND_TO_DATASET[kind]], device=device)
+        num_atoms = self.draw_num_atoms(dataset_idx, generator)
+        z, mask = self.sample_latents(dataset_idx, num_atoms, num_steps, solver, cfg_scale, generator)
+        return self.decode(z, mask, torch.full((num_samples,), kind == "crystal", device=device))
