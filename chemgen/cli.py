@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chemgen.atoms import InvalidSystemError
+from chemgen.config import ConfigError
 from chemgen.data.store import StoreError
 from chemgen.io import StructureFileError
 
@@ -18,12 +19,16 @@ app = typer.Typer(help="chemgen: curated data, generative models and reference-e
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Curate datasets into the versioned store and inspect them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(help="Train generative models (tracked in MLflow, resumable).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+sample_app = typer.Typer(help="Generate structures with a trained model and score them.", no_args_is_help=True)
+app.add_typer(sample_app, name="sample")
 
 console = Console()
 err_console = Console(stderr=True)
 
 # Errors a user can fix: shown as one clear line and a non-zero exit, never a traceback.
-USER_ERRORS = (StructureFileError, StoreError, InvalidSystemError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (StructureFileError, StoreError, InvalidSystemError, ConfigError, FileNotFoundError, KeyError, ValueError)
 
 
 def _fail(err: Exception) -> None:
@@ -130,6 +135,144 @@ def convert(
     except USER_ERRORS as err:
         _fail(err)
     console.print(f"wrote {len(systems)} structure(s) to {target}")
+
+
+Config = Annotated[str, typer.Option(help="Config name in models/ (tiny, cpu, gpu-quick, dit-s, dit-b) or a YAML path.")]
+Accelerator = Annotated[str, typer.Option(help="auto | cpu | gpu")]
+
+
+def _train(stage: str, config: str, out: Optional[Path], vae: Optional[Path], store: Optional[Path], accelerator: str,
+           devices: int, max_steps: Optional[int], max_minutes: Optional[float], resume: bool) -> Path:
+    from chemgen.config import load_config
+    from chemgen.models.adit.workflow import train
+    from chemgen.paths import chemgen_home
+
+    cfg = load_config(config)
+    out = out or chemgen_home() / "models" / cfg.name / stage
+    outcome = train(stage, cfg, out, vae_path=vae, store=store, accelerator=accelerator, devices=devices,
+                    max_steps=max_steps, max_minutes=max_minutes, resume=resume)
+    console.print(f"[bold green]{stage} trained[/]: {outcome.steps} steps in {outcome.seconds:.1f} s "
+                  f"({outcome.systems_per_second:.1f} systems/s), MLflow run {outcome.run_id}")
+    for key in sorted(outcome.metrics):
+        if key.startswith("val/"):
+            console.print(f"  {key} = {outcome.metrics[key]:.4f}")
+    return out
+
+
+@train_app.command("adit-vae")
+def train_adit_vae(config: Config = "tiny", out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None,
+                   store: StoreDir = None, accelerator: Accelerator = "auto", devices: int = 1,
+                   max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
+                   resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = True) -> None:
+    """Stage 1: train ADiT's all-atom VAE on the curated datasets of the config."""
+    try:
+        out = _train("vae", config, out, None, store, accelerator, devices, max_steps, max_minutes, resume)
+    except USER_ERRORS as err:
+        _fail(err)
+    console.print(f"next: chemgen train adit-dit --config {config} --vae {out / 'vae.pt'}")
+
+
+@train_app.command("adit-dit")
+def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen train adit-vae`.")],
+                   config: Config = "tiny", out: Annotated[Optional[Path], typer.Option(help="Output model folder.")] = None,
+                   store: StoreDir = None, accelerator: Accelerator = "auto", devices: int = 1,
+                   max_steps: Optional[int] = None, max_minutes: Optional[float] = None, resume: bool = True,
+                   register: Annotated[Optional[str], typer.Option(help="Register the model under this name (alias challenger).")] = None) -> None:
+    """Stage 2: train the latent DiT on the frozen VAE; the output folder is the model."""
+    try:
+        out = _train("dit", config, out, vae, store, accelerator, devices, max_steps, max_minutes, resume)
+        if register:
+            from chemgen.models.adit.workflow import register as register_model
+
+            version = register_model(out, register)
+            console.print(f"registered {register} version {version.version} (alias challenger)")
+    except USER_ERRORS as err:
+        _fail(err)
+    console.print(f"model: {out}  (sample: chemgen sample adit --model {out} --kind crystal --n 100 --out samples/)")
+
+
+@sample_app.command("adit")
+def sample_adit(
+    model: Annotated[str, typer.Option(help="Model folder (vae.pt + dit.pt) or models:/NAME@ALIAS.")],
+    kind: Annotated[str, typer.Option(help="molecule | crystal")],
+    n: Annotated[int, typer.Option(help="Number of structures.")] = 100,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("samples"),
+    seed: int = 0,
+    steps: Annotated[Optional[int], typer.Option(help="ODE steps (default: the model's config, 100).")] = None,
+    solver: Annotated[Optional[str], typer.Option(help="euler (ADiT) | heun (2nd order, fewer steps).")] = None,
+    cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (ADiT: 2.0).")] = None,
+    score: Annotated[bool, typer.Option(help="Score the samples against the curated references.")] = True,
+    store: StoreDir = None,
+) -> None:
+    """Generate molecules (SDF + XYZ) or crystals (CIF + XYZ) with a CSV summary and scores."""
+    from chemgen.models.adit.workflow import load_model, sample_to_files
+    from chemgen.scoring.report import print_metrics
+
+    try:
+        if kind not in ("molecule", "crystal"):
+            raise ValueError(f"--kind must be molecule or crystal, got {kind!r}")
+        if n < 1:
+            raise ValueError("--n must be at least 1")
+        result = sample_to_files(load_model(model), kind, n, out, seed=seed, num_steps=steps, solver=solver,
+                                 cfg_scale=cfg_scale, score=score, store=store)
+    except USER_ERRORS as err:
+        _fail(err)
+    console.print(f"{n} {kind}s in {result['seconds']:.1f} s ({result['samples_per_second']:.1f}/s), "
+                  f"{result['failures']} not decodable; files: " + ", ".join(str(p) for p in result["files"].values()))
+    if score:
+        print_metrics(result["metrics"], console, title=f"{kind} scores")
+
+
+@app.command("score")
+def score(
+    path: Annotated[Path, typer.Argument(help="SDF, XYZ/extXYZ, a CIF file or folder, or a CSV (cif or xyz column).")],
+    kind: Annotated[str, typer.Option(help="molecule | crystal")],
+    protocol: Annotated[Optional[list[str]], typer.Option(help="Molecules: edm and/or rdkit (default both).")] = None,
+    preset: Annotated[str, typer.Option(help="Crystals: StructureMatcher preset, cdvae or mattergen.")] = "cdvae",
+    reference: Annotated[Optional[Path], typer.Option(help="Novelty reference structures (default: the curated store).")] = None,
+    stability: Annotated[bool, typer.Option(help="Crystals: CHGNet relaxation and E_hull (slow: ~1 s per structure).")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for scores.json, per_sample.csv and plots.")] = Path("scores"),
+    store: StoreDir = None,
+) -> None:
+    """Score generated structures with the reference protocols; prints a table, writes JSON, CSV and PNGs."""
+    from chemgen.scoring import report
+
+    try:
+        systems, reasons = report.read_structures(path, kind)
+        protocols = tuple(protocol or ("edm", "rdkit"))
+        if kind == "molecule":
+            if reference is not None:
+                from chemgen.scoring.molecules import reference_smiles
+
+                ref_systems = [s for s in report.read_structures(reference, "molecule")[0] if s is not None]
+                references = reference_smiles(ref_systems, protocols)
+            else:
+                references = _optional_reference(lambda: report.qm9_reference_smiles(protocols, store))
+            metrics, table, scores = report.score_systems(systems, kind, reasons, protocols=protocols, references=references)
+        else:
+            if reference is not None:
+                references = [s for s in report.read_structures(reference, "crystal")[0] if s is not None]
+            else:
+                references = _optional_reference(lambda: report.mp20_references(store))
+            metrics, table, scores = report.score_systems(systems, kind, reasons, preset=preset, references=references,
+                                                          stability=stability)
+        paths = report.save_report(metrics, table, scores, kind, out, context={"input": str(path)})
+    except USER_ERRORS as err:
+        _fail(err)
+    report.print_metrics(metrics, console, title=f"{kind} scores: {path}")
+    unreadable = sum(r is not None for r in reasons)
+    if unreadable:
+        console.print(f"[yellow]{unreadable} item(s) could not be read and were scored invalid (see per_sample.csv)[/]")
+    console.print(f"wrote {paths['json']}, {paths['csv']} and {len(paths) - 2} plot(s)")
+
+
+def _optional_reference(build):
+    """Novelty needs a curated reference; without one the other metrics are still computed."""
+    try:
+        return build()
+    except StoreError as err:
+        err_console.print(f"[yellow]no novelty reference ({err}); novelty is not reported[/]", soft_wrap=True)
+        return None
 
 
 def main() -> None:  # pragma: no cover - console entry point

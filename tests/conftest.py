@@ -11,6 +11,12 @@ import torch
 
 torch.set_num_threads(1)  # stable timings on 2 shared cores
 
+# Hermetic state: each test session gets its own store, MLflow database and caches.
+import tempfile  # noqa: E402
+
+os.environ["CHEMGEN_HOME"] = tempfile.mkdtemp(prefix="chemgen-test-home-")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
 from chemgen.data.crystals import default_data_dir  # noqa: E402
 
 DATA_DIR = default_data_dir()

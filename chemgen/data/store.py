@@ -35,11 +35,11 @@ import pyarrow.parquet as pq
 import chemgen
 from chemgen.atoms import SYMBOLS, AtomicSystem
 from chemgen.io import atomic_write
+from chemgen.paths import chemgen_home
 
 SCHEMA_VERSION = 1
 SHARD_ROWS = 50_000
 SPLIT_NAMES = ("train", "valid", "test")
-HOME_ENV = "CHEMGEN_HOME"
 
 SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -58,10 +58,6 @@ SCHEMA = pa.schema([
 
 class StoreError(RuntimeError):
     """A missing or corrupt dataset version in the curated store."""
-
-
-def chemgen_home() -> Path:
-    return Path(os.environ.get(HOME_ENV, ".chemgen")).resolve()
 
 
 def store_root(root: str | os.PathLike | None = None) -> Path:

@@ -1,0 +1,112 @@
+"""ADiT as an MLflow pyfunc: a DataFrame of requests in, a DataFrame of structures out.
+
+Logged as "models from code" (this file), so loading a registered model runs this module
+rather than unpickling an object. Requests have columns ``kind`` (molecule | crystal),
+``n``, and optionally ``seed``, ``num_steps``, ``cfg_scale``, ``solver``. Each generated
+structure is one output row: ``request``, ``sample``, ``kind``, ``formula``, ``num_atoms``,
+``smiles`` and ``inchikey`` (molecules whose EDM distance-table molecule sanitises), ``cif``
+(crystals), ``xyz`` (extended XYZ of every structure), ``failure`` (why a sample is no
+structure at all, else empty).
+
+    model = mlflow.pyfunc.load_model("models:/chemgen-adit@champion")
+    frame = model.predict(pd.DataFrame([{"kind": "crystal", "n": 10, "seed": 0}]))
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+REQUEST_COLUMNS = {"kind": str, "n": int, "seed": int, "num_steps": int, "cfg_scale": float, "solver": str}
+OUTPUT_COLUMNS = ["request", "sample", "kind", "formula", "num_atoms", "smiles", "inchikey", "cif", "xyz", "failure"]
+MAX_SAMPLES_PER_REQUEST = 10_000
+
+
+def structure_rows(systems: list, kind: str) -> list[dict[str, Any]]:
+    """Identifiers and file texts for generated records (and `Failure`s)."""
+    from ase.io import write as ase_write
+    from rdkit import Chem
+
+    from chemgen.models.adit.decode import Failure
+    from chemgen.scoring.molecules import score_edm
+
+    rows = []
+    for i, system in enumerate(systems):
+        row: dict[str, Any] = {"sample": i, "kind": kind, "formula": "", "num_atoms": 0, "smiles": "",
+                               "inchikey": "", "cif": "", "xyz": "", "failure": ""}
+        if isinstance(system, Failure):
+            row["failure"] = system.reason
+            rows.append(row)
+            continue
+        row.update(formula=system.formula, num_atoms=system.num_atoms)
+        buffer = io.StringIO()
+        ase_write(buffer, system.to_ase(), format="extxyz")
+        row["xyz"] = buffer.getvalue()
+        if kind == "molecule":
+            smiles = score_edm(system).smiles()
+            if smiles:
+                row["smiles"] = smiles
+                mol = Chem.MolFromSmiles(smiles)
+                row["inchikey"] = Chem.MolToInchiKey(mol) if mol is not None else ""
+        else:
+            from pymatgen.io.cif import CifWriter
+
+            row["cif"] = str(CifWriter(system.to_pymatgen()))
+        rows.append(row)
+    return rows
+
+
+class ADiTPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        from chemgen.models.adit.train import load_adit
+
+        self.model = load_adit(context.artifacts["model_dir"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from chemgen.models.adit.decode import to_systems
+        from chemgen.models.adit.model import KIND_TO_DATASET
+
+        requests = validate_requests(model_input)
+        frames = []
+        for index, request in requests.iterrows():
+            decoded = self.model.generate(
+                int(request["n"]), request["kind"], seed=int(request["seed"]),
+                num_steps=_optional_int(request.get("num_steps")), cfg_scale=_optional_float(request.get("cfg_scale")),
+                solver=request.get("solver") or None)
+            rows = structure_rows(to_systems(decoded, KIND_TO_DATASET[request["kind"]]), request["kind"])
+            frames.append(pd.DataFrame(rows).assign(request=index))
+        return pd.concat(frames, ignore_index=True)[OUTPUT_COLUMNS]
+
+
+def validate_requests(frame: pd.DataFrame) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame) or frame.empty:
+        raise ValueError("requests must be a non-empty DataFrame with columns 'kind' and 'n'")
+    missing = {"kind", "n"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"requests lack column(s) {sorted(missing)}")
+    unknown = set(frame.columns) - set(REQUEST_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown request column(s) {sorted(unknown)} (known: {sorted(REQUEST_COLUMNS)})")
+    frame = frame.reset_index(drop=True).copy()
+    bad_kind = ~frame["kind"].isin(["molecule", "crystal"])
+    if bad_kind.any():
+        raise ValueError(f"kind must be 'molecule' or 'crystal', got {frame.loc[bad_kind, 'kind'].tolist()}")
+    if ((frame["n"] < 1) | (frame["n"] > MAX_SAMPLES_PER_REQUEST)).any():
+        raise ValueError(f"n must lie in 1..{MAX_SAMPLES_PER_REQUEST}")
+    if "seed" not in frame:
+        frame["seed"] = range(len(frame))
+    return frame
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+mlflow.models.set_model(ADiTPyfunc())

@@ -1,0 +1,152 @@
+"""MLflow tracking and the model registry, on embedded defaults.
+
+Without ``MLFLOW_TRACKING_URI`` everything goes to a SQLite database and an artifact folder
+under ``$CHEMGEN_HOME`` (default ``./.chemgen``); set the variable to an MLflow server's URL
+(PostgreSQL backend, object-store artifacts in production) and the same code logs there.
+
+Registered models are MLflow pyfuncs (a DataFrame of requests in, a DataFrame of structures
+out). Every new version gets the alias ``challenger``; ``champion`` marks the version that
+serves and is moved only by `promote` (issue-level gates live in the flows).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from chemgen.paths import chemgen_home
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+DEFAULT_EXPERIMENT = "chemgen"
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or the project-local SQLite store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = chemgen_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def artifact_root() -> str | None:
+    """Local artifact folder for the embedded store; a server decides its own."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (chemgen_home() / "mlartifacts").as_uri()
+
+
+def configure() -> Any:
+    """Point MLflow at chemgen's store; returns the mlflow module."""
+    import logging
+
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the SQLite schema migration is chatty
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(tracking_uri())
+    return mlflow
+
+
+def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
+    mlflow = configure()
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_root())
+
+
+@contextmanager
+def run(name: str, experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, str] | None = None,
+        nested: bool = False) -> Iterator[Any]:
+    """An MLflow run on chemgen's store (nested inside an active run when ``nested``)."""
+    mlflow = configure()
+    with mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment), tags=tags, nested=nested) as active:
+        yield active
+
+
+def active_run_id() -> str | None:
+    import mlflow
+
+    active = mlflow.active_run()
+    return active.info.run_id if active else None
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    # MLflow caps a value at 6,000 characters and rejects re-logging a different value.
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import math
+
+    import mlflow
+
+    mlflow.log_metrics({_metric_name(k): float(v) for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and math.isfinite(float(v))}, step=step)
+
+
+def _metric_name(key: str) -> str:
+    # MLflow allows alphanumerics, _ - . / and spaces; scoring keys use "/" already.
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+def log_dataset_manifest(manifest: dict[str, Any], context: str = "train") -> None:
+    """Record a curated dataset version as a run input (name, version, content hash)."""
+    import mlflow
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow warns that a local path fits two equivalent source classes
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(str(chemgen_home() / "datasets" / manifest["name"] / manifest["version"]))
+    dataset = MetaDataset(source=source, name=f"{manifest['name']}@{manifest['version']}",
+                          digest=manifest["content_hash"][:36])
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tag(f"dataset.{manifest['name']}", f"{manifest['version']} sha256:{manifest['content_hash'][:16]}")
+
+
+def lightning_logger(experiment: str = DEFAULT_EXPERIMENT) -> Any:
+    """Lightning's MLflow logger writing into the active run (or a new one)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    configure()
+    return MLFlowLogger(experiment_name=experiment, tracking_uri=tracking_uri(), run_id=active_run_id(),
+                        artifact_location=artifact_root())
+
+
+# ---------------------------------------------------------------------------- registry
+def client() -> Any:
+    from mlflow import MlflowClient
+
+    configure()
+    return MlflowClient()
+
+
+def set_alias(name: str, alias: str, version: str | int) -> None:
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def version_by_alias(name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def promote(name: str, version: str | int) -> None:
+    """Make ``version`` the champion (the version downstream teams load)."""
+    set_alias(name, CHAMPION, version)
+
+
+def model_uri(name: str, alias: str = CHAMPION) -> str:
+    return f"models:/{name}@{alias}"
