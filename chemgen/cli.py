@@ -229,6 +229,7 @@ def score(
     kind: Annotated[str, typer.Option(help="molecule | crystal")],
     protocol: Annotated[Optional[list[str]], typer.Option(help="Molecules: edm and/or rdkit (default both).")] = None,
     preset: Annotated[str, typer.Option(help="Crystals: StructureMatcher preset, cdvae or mattergen.")] = "cdvae",
+    validity: Annotated[str, typer.Option(help="Crystals: cdvae, or adit (adds the (50, 130) degree lattice-angle rule).")] = "cdvae",
     reference: Annotated[Optional[Path], typer.Option(help="Novelty reference structures (default: the curated store).")] = None,
     stability: Annotated[bool, typer.Option(help="Crystals: CHGNet relaxation and E_hull (slow: ~1 s per structure).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for scores.json, per_sample.csv and plots.")] = Path("scores"),
@@ -255,7 +256,7 @@ def score(
             else:
                 references = _optional_reference(lambda: report.mp20_references(store))
             metrics, table, scores = report.score_systems(systems, kind, reasons, preset=preset, references=references,
-                                                          stability=stability)
+                                                          stability=stability, validity=validity)
         paths = report.save_report(metrics, table, scores, kind, out, context={"input": str(path)})
     except USER_ERRORS as err:
         _fail(err)

@@ -128,7 +128,7 @@ def mp20_references(store: str | os.PathLike | None = None) -> list[AtomicSystem
 def score_systems(systems: Sequence[AtomicSystem | None], kind: str, reasons: Sequence[str | None] | None = None,
                   protocols: Sequence[str] = ("edm", "rdkit"), preset: str = "cdvae",
                   references: Any = None, ground_truth: Sequence[AtomicSystem] | None = None,
-                  stability: bool = False) -> tuple[dict[str, float], pd.DataFrame, Any]:
+                  stability: bool = False, validity: str = "cdvae") -> tuple[dict[str, float], pd.DataFrame, Any]:
     """Metrics, a per-sample table and the raw scores object."""
     if kind == "molecule":
         import numpy as np
@@ -142,8 +142,10 @@ def score_systems(systems: Sequence[AtomicSystem | None], kind: str, reasons: Se
     else:
         from chemgen.scoring.crystals import score_crystals
 
+        if validity not in ("cdvae", "adit"):
+            raise ValueError(f"validity must be 'cdvae' or 'adit', got {validity!r}")
         scores = score_crystals(list(systems), references=references, preset=preset, ground_truth=ground_truth,
-                                stability=stability)
+                                stability=stability, validity=validity)
         table = scores.to_frame()
     if reasons is not None:
         table["read_error"] = list(reasons)

@@ -118,7 +118,9 @@ def train_vae(config: ADiTConfig, train: TensorPack, val: TensorPack | None, out
     trainer = make_trainer(out_dir, config.vae_train, accelerator, devices, logger, progress, max_steps, max_minutes)
     train_loader, val_loader = loaders(train, val, config.vae_train)
     seconds, steps = _fit(module, trainer, train_loader, val_loader, out_dir, resume)
-    path = export(out_dir / "vae.pt", config, {"vae": module.vae.state_dict()})
+    path = out_dir / "vae.pt"
+    if trainer.is_global_zero:  # under DDP one process writes the export
+        export(path, config, {"vae": module.vae.state_dict()})
     return StageResult(path, trainer.global_step, seconds, steps * config.vae_train.batch_size / max(seconds, 1e-9),
                        _metrics(trainer))
 
@@ -145,10 +147,11 @@ def train_dit(config: ADiTConfig, vae_path: str | os.PathLike, train: TensorPack
     trainer = make_trainer(out_dir, config.dit_train, accelerator, devices, logger, progress, max_steps, max_minutes)
     train_loader, val_loader = loaders(train, val, config.dit_train)
     seconds, steps = _fit(module, trainer, train_loader, val_loader, out_dir, resume)
-    ema = module.ema_model()
-    path = export(out_dir / "dit.pt", config, {"dit": ema.dit.state_dict(),
-                                               "num_atoms_histogram": {"counts": ema.num_atoms_histogram}})
-    shutil.copyfile(vae_path, out_dir / "vae.pt")  # out_dir is now a complete model directory
+    path = out_dir / "dit.pt"
+    if trainer.is_global_zero:  # under DDP one process writes the export
+        ema = module.ema_model()
+        export(path, config, {"dit": ema.dit.state_dict(), "num_atoms_histogram": {"counts": ema.num_atoms_histogram}})
+        shutil.copyfile(vae_path, out_dir / "vae.pt")  # out_dir is now a complete model directory
     return StageResult(path, trainer.global_step, seconds, steps * config.dit_train.batch_size / max(seconds, 1e-9),
                        _metrics(trainer))
 

@@ -70,15 +70,20 @@ def train(stage: str, config: ADiTConfig | str, out_dir: str | os.PathLike, vae_
         raise ValueError("the DiT stage needs a trained VAE: pass vae_path (a vae.pt from `chemgen train adit-vae`)")
     out_dir = Path(out_dir)
     train_pack, val_pack, manifests = training_packs(train_config, store)
+    kwargs = dict(accelerator=accelerator, devices=devices, resume=resume, progress=progress,
+                  max_steps=max_steps, max_minutes=max_minutes)
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        # A DDP worker that Lightning launched by re-running this command: the rank-0 process tracks.
+        result = (train_vae(config, train_pack, val_pack, out_dir, **kwargs) if stage == "vae"
+                  else train_dit(config, vae_path, train_pack, val_pack, out_dir, **kwargs))
+        return TrainingOutcome(stage, out_dir, "", result.steps, result.seconds, result.systems_per_second, result.metrics)
     with tracking.run(f"adit-{stage}-{config.name}", tags={"model": "adit", "stage": stage, **(tags or {})},
                       nested=tracking.active_run_id() is not None) as run:
         tracking.log_params({**config.flat_params(), "stage": stage, "train_systems": len(train_pack),
                              "threads": torch.get_num_threads()})
         for manifest in manifests:
             tracking.log_dataset_manifest(manifest)
-        logger = tracking.lightning_logger()
-        kwargs = dict(accelerator=accelerator, devices=devices, logger=logger, resume=resume, progress=progress,
-                      max_steps=max_steps, max_minutes=max_minutes)
+        kwargs["logger"] = tracking.lightning_logger()
         if stage == "vae":
             result = train_vae(config, train_pack, val_pack, out_dir, **kwargs)
         else:
