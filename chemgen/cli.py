@@ -23,6 +23,10 @@ train_app = typer.Typer(help="Train generative models (tracked in MLflow, resuma
 app.add_typer(train_app, name="train")
 sample_app = typer.Typer(help="Generate structures with a trained model and score them.", no_args_is_help=True)
 app.add_typer(sample_app, name="sample")
+flows_app = typer.Typer(help="Prefect flows: serve deployments, run screening.", no_args_is_help=True)
+app.add_typer(flows_app, name="flows")
+registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, promotion.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -108,15 +112,14 @@ def data_info(
 
 @app.command("run")
 def run_main_job(
-    store: StoreDir = None,
     data_dir: DataDir = None,
-    profile: Annotated[str, typer.Option(help="demo: small slices that finish in minutes; full: every row.")] = "demo",
+    profile: Annotated[str, typer.Option(help="demo: small slices, minutes on 2 cores; nightly: every row, cpu config.")] = "demo",
 ) -> None:
-    """The main job: curate QM9 and MP-20, then print a summary of the store."""
+    """The main job: the nightly retraining flow (curate, train, sample, score, register, gate) and a summary."""
     from chemgen.pipeline import run_main
 
     try:
-        run_main(profile=profile, store=store, data_dir=data_dir, console=console)
+        run_main(profile=profile, data_dir=data_dir, console=console)
     except USER_ERRORS as err:
         _fail(err)
 
@@ -265,6 +268,91 @@ def score(
     if unreadable:
         console.print(f"[yellow]{unreadable} item(s) could not be read and were scored invalid (see per_sample.csv)[/]")
     console.print(f"wrote {paths['json']}, {paths['csv']} and {len(paths) - 2} plot(s)")
+
+
+@flows_app.command("serve")
+def flows_serve(profile: Annotated[str, typer.Option(help="Profile of the nightly retraining.")] = "nightly",
+                cron: Annotated[str, typer.Option(help="Cron schedule of the nightly retraining.")] = "0 2 * * *") -> None:
+    """Serve every flow from this process: nightly retraining on a schedule, screening and curation on demand."""
+    from workflows.deploy import serve_all
+
+    serve_all(profile, cron)
+
+
+@flows_app.command("screen")
+def flows_screen(n: int = 100, model: str = "models:/chemgen-adit@champion", seed: int = 0,
+                 relax_steps: int = 200, out: Optional[Path] = None,
+                 dask: Annotated[bool, typer.Option(help="Fan relaxations out on a local Dask cluster.")] = False,
+                 dask_address: Annotated[Optional[str], typer.Option(help="Scheduler of an existing Dask cluster.")] = None) -> None:
+    """Screen generated crystals: validity, S.U.N. with CHGNet relaxation and the MP-20 hull; writes CIFs, CSV, report."""
+    from workflows.screen import crystal_screening, with_dask
+
+    try:
+        flow_fn = with_dask(address=dask_address) if dask or dask_address else crystal_screening
+        result = flow_fn(n=n, model=model, seed=seed, relax_steps=relax_steps, out_dir=str(out) if out else None)
+    except USER_ERRORS as err:
+        _fail(err)
+    from chemgen.scoring.report import print_metrics
+
+    print_metrics(result["metrics"], console, title=f"screening of {n} crystals")
+    console.print(f"report: {result['out_dir']}/report.md")
+
+
+@registry_app.command("list")
+def registry_list() -> None:
+    """Registered models with their versions and aliases."""
+    from datetime import datetime
+
+    from chemgen import gates, tracking
+
+    client = tracking.client()
+    table = Table(title=f"registry at {tracking.tracking_uri()}", title_justify="left")
+    for column in ("model", "version", "aliases", "created", "gate decision"):
+        table.add_column(column)
+    for model in client.search_registered_models():
+        for found in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
+            v = client.get_model_version(model.name, found.version)  # search results omit aliases
+            created = datetime.fromtimestamp(v.creation_timestamp / 1000).isoformat(timespec="seconds")
+            table.add_row(model.name, str(v.version), ", ".join(v.aliases), created, v.tags.get(gates.DECISION_TAG, ""))
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(name: str, version: Annotated[Optional[str], typer.Option(help="Version (default: champion).")] = None) -> None:
+    """One version's aliases, gate metrics, run and source."""
+    from chemgen import gates, tracking
+
+    try:
+        v = tracking.client().get_model_version(name, version) if version else tracking.version_by_alias(name, tracking.CHAMPION)
+        if v is None:
+            raise KeyError(f"{name} has no champion yet")
+    except USER_ERRORS as err:
+        _fail(err)
+    console.print(f"{name} version {v.version}  aliases: {', '.join(v.aliases) or '-'}  run: {v.run_id}")
+    for key, value in sorted(gates.recorded(name, v.version).items()):
+        console.print(f"  gate {key} = {value:.4f}")
+    console.print(f"  {v.tags.get(gates.DECISION_TAG, '')}")
+
+
+@registry_app.command("promote")
+def registry_promote(name: str, version: str) -> None:
+    """Make a version the champion by hand (bypasses the gate)."""
+    from chemgen import tracking
+
+    tracking.promote(name, version)
+    console.print(f"{name} version {version} is now champion")
+
+
+@registry_app.command("rollback")
+def registry_rollback(name: str) -> None:
+    """Move champion back to the previous champion recorded in the version tags."""
+    from chemgen import tracking
+
+    try:
+        previous = tracking.rollback(name)
+    except USER_ERRORS as err:
+        _fail(err)
+    console.print(f"{name}: champion is version {previous} again")
 
 
 def _optional_reference(build):

@@ -1,40 +1,55 @@
-"""The main job behind ``chemgen run`` / ``make run``.
+"""The main job behind ``chemgen run`` / ``make run``: the nightly retraining flow, then a summary.
 
-Until the generative models and flows land, the main job curates QM9 and MP-20 into
-the store and prints what it holds. The ``demo`` profile curates small slices so it
-finishes in about a minute on 2 cores; ``full`` curates every row.
+The ``demo`` profile (default) curates small slices of QM9 and MP-20, trains the tiny ADiT
+config, samples, scores, registers and gates, in a few minutes on 2 cores, against the
+embedded defaults (ephemeral Prefect, MLflow on SQLite under ``.chemgen``). ``nightly``
+uses every row and the cpu config.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
-from chemgen.data import BUILDERS
-from chemgen.data.store import curate
-from chemgen.data.summary import print_curation
+from chemgen import tracking
 
-PROFILES: dict[str, dict[str, int | None]] = {
-    "demo": {"qm9": 2_000, "mp20": 300},   # rows per source file
-    "full": {"qm9": None, "mp20": None},
-}
+SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "molecule/edm/molecule_stability",
+                   "molecule/edm/uniqueness", "molecule/edm/novelty", "crystal/cdvae/struct_valid",
+                   "crystal/cdvae/comp_valid", "crystal/cdvae/valid", "crystal/cdvae/unique_novel_rate")
 
 
-def run_main(profile: str = "demo", store: Path | None = None, data_dir: Path | None = None,
-             console: Console | None = None) -> dict[str, str]:
-    """Curate the datasets of a profile; returns ``{dataset: version}``."""
+def run_main(profile: str = "demo", data_dir: Path | None = None, console: Console | None = None,
+             model_name: str = "chemgen-adit") -> dict[str, Any]:
+    from workflows.retrain import PROFILES, nightly_retrain
+
     console = console or Console()
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-    start = time.perf_counter()
-    versions = {}
-    for name, limit in PROFILES[profile].items():
-        kwargs = {"limit": limit} if name == "qm9" else {"limit": limit, "data_dir": data_dir}
-        result = curate(BUILDERS[name](**kwargs), root=store)
-        print_curation(result, console)
-        versions[name] = result.version
-    console.print(f"[bold green]main job ({profile}) done[/] in {time.perf_counter() - start:.1f} s: "
-                  + ", ".join(f"{k}@{v}" for k, v in versions.items()))
-    return versions
+    result = nightly_retrain(profile=profile, model_name=model_name, data_dir=str(data_dir) if data_dir else None)
+    print_summary(result, profile, console)
+    return result
+
+
+def print_summary(result: dict[str, Any], profile: str, console: Console) -> None:
+    table = Table(title=f"nightly retrain ({profile}) in {result['seconds']:.0f} s", show_header=False,
+                  title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for d in result["datasets"]:
+        state = "reused" if d["reused"] else "curated"
+        table.add_row(f"dataset {d['name']}", f"{d['version']} ({state}; sha256 {d['content_hash'][:12]}; "
+                                              + " / ".join(f"{k} {v:,}" for k, v in d["splits"].items()) + ")")
+    for key in SUMMARY_METRICS:
+        if key in result["metrics"]:
+            table.add_row(key, f"{result['metrics'][key]:.4f}")
+    reg = result["registration"]
+    table.add_row("registered", f"version {reg['version']} (alias challenger)")
+    table.add_row("champion", "this version (promoted)" if reg["promoted"] else "unchanged")
+    table.add_row("gate", reg["reason"])
+    table.add_row("MLflow run", result["mlflow_run_id"])
+    console.print(table)
+    console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking.tracking_uri()} --port 5000")
+    console.print('load the champion: mlflow.pyfunc.load_model("models:/chemgen-adit@champion")')

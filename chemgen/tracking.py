@@ -61,9 +61,19 @@ def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
 
 @contextmanager
 def run(name: str, experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, str] | None = None,
-        nested: bool = False) -> Iterator[Any]:
-    """An MLflow run on chemgen's store (nested inside an active run when ``nested``)."""
+        nested: bool = False, parent_run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run on chemgen's store.
+
+    It nests inside this thread's active run, if any; otherwise ``parent_run_id`` attaches it
+    to a run started elsewhere (a Prefect flow's run, seen from a task in another thread).
+    """
     mlflow = configure()
+    tags = dict(tags or {})
+    nested = nested or mlflow.active_run() is not None
+    if nested:
+        tags.pop("mlflow.parentRunId", None)  # MLflow sets it from the active run
+    elif parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment), tags=tags, nested=nested) as active:
         yield active
 
@@ -144,8 +154,23 @@ def version_by_alias(name: str, alias: str) -> Any | None:
 
 
 def promote(name: str, version: str | int) -> None:
-    """Make ``version`` the champion (the version downstream teams load)."""
+    """Make ``version`` the champion (the version downstream teams load), remembering the one it replaces."""
+    current = version_by_alias(name, CHAMPION)
+    if current is not None and str(current.version) != str(version):
+        client().set_model_version_tag(name, str(version), "previous_champion", str(current.version))
     set_alias(name, CHAMPION, version)
+
+
+def rollback(name: str) -> str:
+    """Give ``champion`` back to the version the current champion replaced; returns that version."""
+    current = version_by_alias(name, CHAMPION)
+    if current is None:
+        raise KeyError(f"{name} has no champion to roll back")
+    previous = current.tags.get("previous_champion")
+    if not previous:
+        raise ValueError(f"{name} version {current.version} replaced no earlier champion; nothing to roll back to")
+    set_alias(name, CHAMPION, previous)
+    return previous
 
 
 def model_uri(name: str, alias: str = CHAMPION) -> str:

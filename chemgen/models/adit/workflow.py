@@ -100,8 +100,12 @@ def train(stage: str, config: ADiTConfig | str, out_dir: str | os.PathLike, vae_
 
 # ---------------------------------------------------------------------------- registry
 def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics: dict[str, float] | None = None,
-             alias: str = tracking.CHALLENGER) -> Any:
-    """Log a model directory as a pyfunc in the active run (or a new one) and register a version."""
+             alias: str = tracking.CHALLENGER, tags: dict[str, str] | None = None) -> Any:
+    """Log a model directory as a pyfunc and register a version with ``alias``.
+
+    If anything fails after the version exists, the version is deleted again: the registry
+    never keeps a half-registered model.
+    """
     import mlflow
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
@@ -118,7 +122,7 @@ def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics:
         outputs=Schema([ColSpec("long" if c in ("request", "sample", "num_atoms") else "string", c) for c in OUTPUT_COLUMNS]))
     import chemgen
 
-    with tracking.run(f"register-{name}", nested=tracking.active_run_id() is not None):
+    with tracking.run(f"register-{name}", nested=tracking.active_run_id() is not None, tags=tags):
         if metrics:
             tracking.log_metrics(metrics)
         info = mlflow.pyfunc.log_model(
@@ -126,7 +130,14 @@ def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics:
             signature=signature, pip_requirements=[f"chemgen=={chemgen.__version__}", "torch==2.13.0"],
             metadata={"architecture": "ADiT", "paper": "Joshi et al., All-atom Diffusion Transformers, ICML 2025"})
     version = mlflow.register_model(info.model_uri, name)
-    tracking.set_alias(name, alias, version.version)
+    try:
+        tracking.set_alias(name, alias, version.version)
+        if metrics:
+            tracking.client().set_model_version_tag(name, version.version, "metrics",
+                                                    ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    except BaseException:
+        tracking.client().delete_model_version(name, version.version)
+        raise
     return version
 
 

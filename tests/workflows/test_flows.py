@@ -1,0 +1,78 @@
+"""The real Prefect flows (not `.fn`) on an ephemeral Prefect API and a temporary MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from chemgen import gates, tracking
+from workflows.curate import curate_all
+from workflows.retrain import nightly_retrain
+
+MODEL = "chemgen-adit-flowtest"
+SMALL = {"qm9_rows": 600, "vae_steps": 150, "dit_steps": 150, "samples": 40, "sample_steps": 10}
+
+
+def versions(name: str) -> list[str]:
+    return sorted((str(v.version) for v in tracking.client().search_model_versions(f"name='{name}'")), key=int)
+
+
+@pytest.fixture(scope="module")
+def first_run(mp20_slice_dir):
+    return nightly_retrain(profile="demo", model_name=MODEL, data_dir=str(mp20_slice_dir), overrides=SMALL)
+
+
+def test_first_run_registers_a_champion(first_run):
+    reg = first_run["registration"]
+    assert reg["promoted"] and "first version" in reg["reason"]
+    champion = tracking.version_by_alias(MODEL, tracking.CHAMPION)
+    assert champion is not None and str(champion.version) == str(reg["version"])
+    assert set(gates.recorded(MODEL, champion.version)) == set(gates.gate_metrics_for(MODEL))
+    run = tracking.client().get_run(first_run["mlflow_run_id"])
+    assert run.data.tags["prefect.flow_run_id"]
+    assert "molecule/edm/validity" in run.data.metrics and "crystal/cdvae/valid" in run.data.metrics
+
+
+def test_a_worse_run_stays_challenger(first_run, mp20_slice_dir):
+    before = tracking.version_by_alias(MODEL, tracking.CHAMPION).version
+    worse = nightly_retrain(profile="demo", model_name=MODEL, data_dir=str(mp20_slice_dir),
+                            overrides={**SMALL, "vae_steps": 1, "dit_steps": 1})
+    reg = worse["registration"]
+    assert not reg["promoted"], reg
+    assert tracking.version_by_alias(MODEL, tracking.CHAMPION).version == before
+    assert str(tracking.version_by_alias(MODEL, tracking.CHALLENGER).version) == str(reg["version"])
+    assert worse["datasets"][0]["reused"]  # unchanged input: curation was a no-op
+
+
+def test_an_injected_failure_is_retried_then_fails_cleanly(first_run, mp20_slice_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    registry_before = versions(MODEL)
+    champion_before = tracking.version_by_alias(MODEL, tracking.CHAMPION).version
+    state = nightly_retrain(profile="demo", model_name=MODEL, data_dir=str(mp20_slice_dir),
+                            overrides={**SMALL, "vae_steps": 5, "dit_steps": 5}, fail_at="sample-crystal",
+                            return_state=True)
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    failed = [t for t in task_runs if t.name.startswith("sample-and-score") and t.state.is_failed()]
+    assert failed and failed[0].run_count == 2  # one retry, then the failure stands
+    assert versions(MODEL) == registry_before
+    assert tracking.version_by_alias(MODEL, tracking.CHAMPION).version == champion_before
+
+
+def test_curate_flow_is_a_no_op_on_unchanged_input(first_run, mp20_slice_dir):
+    first = curate_all(datasets=["mp20"], data_dir=str(mp20_slice_dir))
+    again = curate_all(datasets=["mp20"], data_dir=str(mp20_slice_dir))
+    assert again[0]["reused"] and again[0]["version"] == first[0]["version"]
+    assert again[0]["splits"]["test"] == 40
+    with pytest.raises(ValueError, match="unknown dataset"):
+        curate_all.fn(datasets=["qm10"])
+
+
+def test_rollback_returns_champion_to_the_previous_version(first_run):
+    first = tracking.version_by_alias(MODEL, tracking.CHAMPION).version
+    latest = versions(MODEL)[-1]
+    tracking.promote(MODEL, latest)
+    assert str(tracking.rollback(MODEL)) == str(first)
+    assert str(tracking.version_by_alias(MODEL, tracking.CHAMPION).version) == str(first)

@@ -1,0 +1,109 @@
+"""Crystal screening end to end, and tracking against a real MLflow server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pandas as pd
+import pytest
+
+from chemgen import tracking
+from chemgen.data.tensors import TensorPack
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, qm9_systems, mp20_systems):
+    from chemgen.config import load_config
+    from chemgen.models.adit.train import train_dit, train_vae
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    pack = TensorPack.from_systems([*qm9_systems[:16], *mp20_systems[:16]])
+    config = load_config("tiny")
+    vae = train_vae(config, pack, None, out / "vae", accelerator="cpu", progress=False, max_steps=20)
+    train_dit(config, vae.export_path, pack, None, out / "model", accelerator="cpu", progress=False, max_steps=20)
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def small_references(tmp_path_factory, data_dir):
+    """CHGNet elemental references fitted on 40 MP-20 val rows (the full fit takes minutes)."""
+    from pymatgen.core import Structure
+
+    from chemgen.scoring.hull import chgnet_energies_per_atom, fit_elemental_references
+
+    rows = pd.read_csv(data_dir / "mp_20" / "val.csv.gz", nrows=40)
+    energies = chgnet_energies_per_atom([Structure.from_str(c, fmt="cif") for c in rows.cif])
+    refs = fit_elemental_references(rows.pretty_formula, energies, rows.formation_energy_per_atom)
+    path = tmp_path_factory.mktemp("refs") / "refs.json"
+    refs.to_json(path)
+    return path
+
+
+def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, small_references, tmp_path, mp20_slice_dir):
+    from chemgen.data import BUILDERS
+    from chemgen.data.store import curate
+    from workflows.screen import crystal_screening
+
+    curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)  # novelty reference
+    result = crystal_screening(n=8, model=str(tiny_model_dir), relax_steps=5, references_path=str(small_references),
+                               out_dir=str(tmp_path / "screen"))
+    table = pd.read_csv(tmp_path / "screen" / "candidates.csv")
+    assert len(table) == 8 and {"e_above_hull", "sun", "msun", "valid"} <= set(table.columns)
+    assert (tmp_path / "screen" / "report.md").read_text().startswith("# Crystal screening report (8 generated)")
+    assert (tmp_path / "screen" / "e_above_hull.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = result["metrics"]
+    assert 0 <= metrics["chgnet_mp20/metastable_rate"] <= metrics["cdvae/valid"] + 1e-12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path, monkeypatch):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the MLflow server did not start on 127.0.0.1 within 90 s")
+            time.sleep(0.5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    yield url
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+
+
+def test_tracking_and_registry_against_a_real_mlflow_server(mlflow_server, tiny_model_dir):
+    from chemgen.models.adit.workflow import register
+
+    assert tracking.tracking_uri() == mlflow_server
+    with tracking.run("server-check", tags={"purpose": "test"}) as run:
+        tracking.log_params({"a": 1})
+        tracking.log_metrics({"edm/validity": 0.5})
+        version = register(tiny_model_dir, "chemgen-adit-server", metrics={"edm/validity": 0.5})
+    stored = tracking.client().get_run(run.info.run_id)
+    assert stored.data.metrics["edm/validity"] == 0.5 and stored.data.params["a"] == "1"
+    assert tracking.version_by_alias("chemgen-adit-server", tracking.CHALLENGER).version in (version.version, str(version.version))
+    frame = mlflow.pyfunc.load_model("models:/chemgen-adit-server@challenger").predict(
+        pd.DataFrame([{"kind": "crystal", "n": 2, "seed": 0}]))
+    assert len(frame) == 2
