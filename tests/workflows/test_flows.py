@@ -76,3 +76,38 @@ def test_rollback_returns_champion_to_the_previous_version(first_run):
     tracking.promote(MODEL, latest)
     assert str(tracking.rollback(MODEL)) == str(first)
     assert str(tracking.version_by_alias(MODEL, tracking.CHAMPION).version) == str(first)
+
+
+def test_registry_commands(first_run):
+    from typer.testing import CliRunner
+
+    from chemgen.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["registry", "list"], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0 and MODEL in listed.output and "champion" in listed.output
+    shown = runner.invoke(app, ["registry", "show", MODEL])
+    assert shown.exit_code == 0 and "gate molecule/edm/validity" in shown.output
+    missing = runner.invoke(app, ["registry", "show", "no-such-model"])
+    assert missing.exit_code == 1
+
+
+def test_deployments_and_prefect_yaml_point_at_the_flows():
+    from pathlib import Path
+
+    import yaml
+
+    from workflows.deploy import NIGHTLY_CRON, deployments
+
+    built = deployments()
+    assert sorted((d.flow_name, d.name) for d in built) == [
+        ("crystal-screening", "on-demand"), ("curate", "on-demand"), ("nightly-retrain", "nightly")]
+    nightly = next(d for d in built if d.name == "nightly")
+    assert nightly.schedules[0].schedule.cron == NIGHTLY_CRON
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    import importlib
+
+    for deployment in spec["deployments"]:
+        module_path, function = deployment["entrypoint"].split(":")
+        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
+        assert hasattr(getattr(module, function), "to_deployment"), deployment["entrypoint"]
