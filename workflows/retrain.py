@@ -75,8 +75,11 @@ def curate_dataset(name: str, limit: int | None, data_dir: str | None = None) ->
 @task(name="train-stage", retries=RETRIES, retry_delay_seconds=1)
 def train_stage(stage: str, config: str, out_dir: str, vae_path: str | None, max_steps: int | None,
                 tags: dict[str, str], fail_at: str | None = None) -> dict[str, Any]:
+    import logging
+
     from chemgen.models.adit.workflow import train
 
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keep the flow's log readable
     _maybe_fail(f"train-{stage}", fail_at)
     outcome = train(stage, config, out_dir, vae_path=vae_path, accelerator="cpu", max_steps=max_steps,
                     resume=False, progress=False, tags=tags)
