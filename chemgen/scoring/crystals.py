@@ -668,6 +668,7 @@ def _stability_metrics(records: list[CrystalRecord], structures: list[Structure 
                        fmax: float, steps: int, have_novelty: bool) -> dict[str, float]:
     """CHGNet relaxation of every valid sample, E_hull on the MP-20 hull, (M)S.U.N. over all samples."""
     from chgnet.model import StructOptimizer
+    from rich.progress import track
 
     from chemgen.scoring.hull import (METASTABLE_THRESHOLD, STABLE_THRESHOLD, chgnet_stability,
                                       load_chgnet_references, load_mp20_hull, stability_rates)
@@ -675,9 +676,9 @@ def _stability_metrics(records: list[CrystalRecord], structures: list[Structure 
     hull = hull or load_mp20_hull()
     chgnet_references = chgnet_references or load_chgnet_references()
     optimizer = StructOptimizer()
-    for r in records:
-        if not r.valid:
-            continue
+    valid = [r for r in records if r.valid]
+    # ~1 s per structure on one core: long enough to show progress
+    for r in track(valid, description="CHGNet relaxations", disable=len(valid) < 20):
         result = chgnet_stability(structures[r.index], hull, chgnet_references, optimizer, fmax, steps)
         r.e_form_per_atom, r.e_above_hull, r.stability_error = result.e_form_per_atom, result.e_above_hull, result.error
     n = len(records)
