@@ -60,19 +60,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 def read_sdf(path: Path) -> list[AtomicSystem]:
     from rdkit import Chem
 
-    from rdkit import RDLogger
+    from rdkit import rdBase
 
-    RDLogger.DisableLog("rdApp.*")  # failures are reported below, with the file name
     systems = []
     # sanitize=False keeps generated (possibly invalid) molecules; removeHs=False keeps 3D hydrogens.
-    supplier = Chem.ForwardSDMolSupplier(str(path), sanitize=False, removeHs=False)
-    for index, mol in enumerate(supplier):
-        if mol is None:
-            raise StructureFileError(path, f"record {index + 1} is not a valid MOL block")
-        try:
-            systems.append(AtomicSystem.from_rdkit(mol))
-        except InvalidSystemError as err:
-            raise StructureFileError(path, f"record {index + 1}: {err}") from err
+    with rdBase.BlockLogs():  # RDKit's own messages would repeat what the errors below say, with the file name
+        supplier = Chem.ForwardSDMolSupplier(str(path), sanitize=False, removeHs=False)
+        for index, mol in enumerate(supplier):
+            if mol is None:
+                raise StructureFileError(path, f"record {index + 1} is not a valid MOL block")
+            try:
+                systems.append(AtomicSystem.from_rdkit(mol))
+            except InvalidSystemError as err:
+                raise StructureFileError(path, f"record {index + 1}: {err}") from err
     return systems
 
 
