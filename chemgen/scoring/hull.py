@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chemgen.data.crystals import default_data_dir
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pymatgen.analysis.phase_diagram import PhaseDiagram
     from pymatgen.core import Composition, Structure
@@ -56,16 +58,12 @@ STABLE_THRESHOLD = 0.0  # eV/atom: FlowMM / ADiT / LeMat "stable"
 METASTABLE_THRESHOLD = 0.1  # eV/atom: MatterGen's "stable", others' "metastable"
 
 
-def default_data_dir() -> Path:
-    """``$CHEMGEN_DATA_DIR`` or ``../shared/data`` beside the repository."""
-    env = os.environ.get("CHEMGEN_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 def default_cache_dir() -> Path:
-    """``$CHEMGEN_CACHE_DIR`` or ``~/.cache/chemgen`` (derived files, never committed)."""
+    """``$CHEMGEN_CACHE_DIR`` or ``$CHEMGEN_HOME/cache`` (derived files, never committed)."""
+    from chemgen.paths import chemgen_home
+
     env = os.environ.get("CHEMGEN_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "chemgen"
+    return Path(env) if env else chemgen_home() / "cache"
 
 
 # ----------------------------------------------------------------------------- the data hull
