@@ -180,7 +180,7 @@ def _remove_stale_temporaries(folder: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _progress(total: int | None, description: str, enabled: bool):
+def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -204,7 +204,7 @@ def curate(builder: DatasetBuilder, root: str | os.PathLike | None = None, force
     rows_by_split: dict[str, list[dict]] = {s: [] for s in SPLIT_NAMES}
     bad: list[BadRow] = []
     rows_per_file: Counter[str] = Counter()
-    with _progress(builder.total, f"curating {builder.name}", progress) as bar:
+    with _progress(progress) as bar:
         task = bar.add_task(f"curating {builder.name}", total=builder.total)
         for split, source, row, ident, result in builder.records():
             rows_per_file[source] += 1

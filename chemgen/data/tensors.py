@@ -72,7 +72,7 @@ class TensorPack:
         """Padded tensors of the systems at ``index``: (B, N_max, ...) with a mask."""
         index = torch.as_tensor(index, dtype=torch.long)
         counts = self.num_atoms[index]
-        b, n_max = len(index), int(counts.max())
+        n_max = int(counts.max())
         slot = torch.arange(n_max)
         mask = slot[None, :] < counts[:, None]                                      # (B, N)
         atom = (self.offsets[index][:, None] + slot[None, :]).clamp(max=self.atomic_numbers.numel() - 1)
