@@ -9,7 +9,7 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export CHEMGEN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test bench clean-store
+.PHONY: install run test bench clean-store spectra spectra-stop spectra-kill spectra-wheels
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -32,3 +32,27 @@ bench: install
 
 clean-store:
 	rm -rf .chemgen
+
+# The xTB spectra computation, in the background (log: logs/spectra.log). It resumes where the shards in
+# datasets/spectra/qm9-xtb end; commit the finished shards and manifest.json. Stop it with `make spectra-stop`.
+SPECTRA_WORKERS ?= 1
+UNTIL ?=
+spectra: install
+	@mkdir -p logs
+	setsid nohup $(VENV)/bin/chemgen data prepare qm9-spectra --workers $(SPECTRA_WORKERS) $(if $(UNTIL),--until $(UNTIL)) \
+		>> logs/spectra.log 2>&1 & echo $$! > logs/spectra.pid
+	@echo "spectra: started pid $$(cat logs/spectra.pid), log logs/spectra.log"
+
+# spectra-stop: the running shards finish (minutes) and are written, then the job exits. spectra-kill: now,
+# losing the running shards' work (nothing half-written either way).
+spectra-stop:
+	@if [ -f logs/spectra.pid ]; then kill $$(cat logs/spectra.pid) 2>/dev/null && echo "spectra: stopping after the running shard(s)"; fi
+
+spectra-kill:
+	@if [ -f logs/spectra.pid ]; then kill -- -$$(cat logs/spectra.pid) 2>/dev/null && echo "spectra: killed"; rm -f logs/spectra.pid; fi
+
+# Python 3.12 wheels of what the GPU machine lacks for the spectra workers (README: "Spectra on the GPU machine").
+spectra-wheels: install
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl tblite==0.8.0 cffi==2.1.1 pycparser==3.12 ase==3.29.0

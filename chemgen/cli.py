@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -25,6 +26,8 @@ sample_app = typer.Typer(help="Generate structures with a trained model and scor
 app.add_typer(sample_app, name="sample")
 flows_app = typer.Typer(help="Prefect flows: serve deployments, run screening.", no_args_is_help=True)
 app.add_typer(flows_app, name="flows")
+spectra_app = typer.Typer(help="Vibrational spectra: xTB IR/Raman of your molecules; spectrum files.", no_args_is_help=True)
+app.add_typer(spectra_app, name="spectra")
 registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, promotion.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 
@@ -47,13 +50,28 @@ StoreDir = Annotated[Optional[Path], typer.Option(
     "--store", help="Curated store folder (default: $CHEMGEN_HOME/datasets, CHEMGEN_HOME defaults to ./.chemgen).")]
 
 
+SpectraDir = Annotated[Optional[Path], typer.Option(
+    "--out", help="qm9-spectra only: the shard folder (default: $CHEMGEN_SPECTRA_DIR/qm9-xtb or the repository's "
+                  "datasets/spectra/qm9-xtb).")]
+
+
 @data_app.command("prepare")
 def data_prepare(
-    name: Annotated[str, typer.Argument(help="qm9 | mp20 | mpts52 | perov5 | carbon24")],
+    name: Annotated[str, typer.Argument(help="qm9 | qm9-spectra | mp20 | mpts52 | perov5 | carbon24")],
     data_dir: DataDir = None,
     store: StoreDir = None,
-    workers: Annotated[int, typer.Option(help="Processes for CIF parsing (crystal sets).")] = 1,
-    limit: Annotated[Optional[int], typer.Option(help="Curate only the first N rows of each source file.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes: CIF parsing (crystal sets) or xTB workers (qm9-spectra).")] = 1,
+    limit: Annotated[Optional[int], typer.Option(
+        help="Curate only the first N rows of each source file (qm9-spectra: the first N molecules of its order).")] = None,
+    until: Annotated[Optional[str], typer.Option(
+        help="qm9-spectra only: HH:MM local time; start no shard that would not finish by then.")] = None,
+    out: SpectraDir = None,
+    export_jobs: Annotated[Optional[Path], typer.Option(
+        help="qm9-spectra only: write the uncomputed molecules in [--start, --limit) as a jobs file for "
+             "`python -m chemgen.spectra.remote` on another machine, instead of computing them.")] = None,
+    start: Annotated[int, typer.Option(help="qm9-spectra --export-jobs: first order position to export.")] = 0,
+    import_shards: Annotated[Optional[Path], typer.Option(
+        help="qm9-spectra only: add the shards of a spectra-shards.tar made by chemgen.spectra.remote.")] = None,
     force: Annotated[bool, typer.Option(help="Curate again even if this input was curated before.")] = False,
 ) -> None:
     """Curate one dataset into a new version of the store (a no-op when the input is unchanged)."""
@@ -61,6 +79,10 @@ def data_prepare(
     from chemgen.data.store import curate
     from chemgen.data.summary import print_curation
 
+    if name == "qm9-spectra":
+        if export_jobs or import_shards:
+            return _spectra_transfer(export_jobs, import_shards, start, limit, out)
+        return _prepare_spectra(workers, limit, until, out)
     try:
         if name not in BUILDERS:
             raise KeyError(f"unknown dataset {name!r} (known: {', '.join(BUILDERS)})")
@@ -76,6 +98,43 @@ def data_prepare(
     print_curation(result, console)
 
 
+def _spectra_transfer(export_path: Path | None, archive: Path | None, start: int, limit: int | None,
+                      out: Path | None) -> None:
+    from chemgen.data import spectra
+    from chemgen.spectra import remote
+    from chemgen.spectra.shards import SpectraStoreError
+
+    folder = out or spectra.default_folder()
+    try:
+        if archive:
+            added = remote.import_shards(archive, folder)
+            console.print(f"added {len(added)} shard(s) from {archive}: {', '.join(added) or 'none new'}")
+        if export_path:
+            ranges = spectra.export_plan(folder, start, limit)
+            frame = spectra.read_qm9_frame()
+            remote.export_jobs(export_path, ranges, lambda f, e: spectra.make_molecules(range(f, e), frame),
+                               spectra.SpectraSettings())
+            console.print(f"wrote {sum(e - f for f, e in ranges):,} molecules in {len(ranges)} shard job(s) "
+                          f"to {export_path}")
+    except (*USER_ERRORS, SpectraStoreError) as err:
+        _fail(err)
+
+
+def _prepare_spectra(workers: int, limit: int | None, until: str | None, out: Path | None) -> None:
+    from chemgen.data.spectra import curate_spectra
+    from chemgen.spectra.shards import SpectraStoreError
+    from chemgen.spectra.summary import print_spectra_manifest
+
+    try:
+        report = curate_spectra(out, workers=workers, limit=limit, until=until)
+    except (*USER_ERRORS, SpectraStoreError) as err:
+        _fail(err)
+    console.print(f"computed {report.computed:,} molecules in {report.seconds:,.0f} s "
+                  f"({report.molecules_per_hour:,.0f} molecules/hour with {workers} worker(s)); "
+                  f"{len(report.shards_written)} shard(s) written, {report.abandoned} abandoned at the deadline")
+    print_spectra_manifest(report.manifest, console)
+
+
 @data_app.command("info")
 def data_info(
     name: Annotated[Optional[str], typer.Argument(help="Dataset to describe; all curated datasets if omitted.")] = None,
@@ -83,12 +142,15 @@ def data_info(
     store: StoreDir = None,
     plot: Annotated[Optional[Path], typer.Option(help="Folder for PNG plots of the element and size histograms.")] = None,
     verify: Annotated[bool, typer.Option(help="Recompute every shard's content hash.")] = False,
+    out: SpectraDir = None,
 ) -> None:
     """Counts, splits, content hashes and the element histogram of curated datasets."""
     from chemgen.data.store import list_datasets, read_manifest
     from chemgen.data.store import verify as verify_shards
     from chemgen.data.summary import plot_dataset, print_manifest
 
+    if name == "qm9-spectra":
+        return _spectra_info(plot, verify, out)
     try:
         names = [name] if name else list(list_datasets(store))
         if not names:
@@ -108,6 +170,100 @@ def data_info(
                     console.print(f"plot: {path}")
     except USER_ERRORS as err:
         _fail(err)
+
+
+def _spectra_info(plot: Path | None, verify: bool, folder: Path | None = None) -> None:
+    from chemgen.data.spectra import default_folder
+    from chemgen.spectra import shards
+    from chemgen.spectra.summary import plot_spectra_dataset, print_scale_fit, print_spectra_manifest
+
+    folder = folder or default_folder()
+    try:
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise shards.SpectraStoreError(f"{folder}: no spectra computed yet (run `chemgen data prepare qm9-spectra`)")
+        manifest = json.loads(manifest_path.read_text())
+        print_spectra_manifest(manifest, console)
+        if verify:
+            problems = shards.verify(folder)
+            for problem in problems:
+                err_console.print(f"[red]{problem}[/]", highlight=False)
+            if problems:
+                raise typer.Exit(code=1)
+            console.print("[green]every shard reads back and matches the manifest's hashes[/]")
+            if manifest["counts"]["ok"]:
+                print_scale_fit(folder, console)
+        if plot:
+            for path in plot_spectra_dataset(folder, plot):
+                console.print(f"plot: {path}")
+    except (*USER_ERRORS, shards.SpectraStoreError) as err:
+        _fail(err)
+
+
+@spectra_app.command("compute")
+def spectra_compute(
+    molecules: Annotated[Optional[list[Path]], typer.Argument(help="SDF, XYZ/extXYZ or .smi files.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the JCAMP-DX files, PNGs and spectra.csv.")] = Path("spectra"),
+    smiles: Annotated[Optional[list[str]], typer.Option("--smiles", help="A SMILES to embed in 3D (repeatable).")] = None,
+    fwhm: Annotated[float, typer.Option(help="Lorentzian FWHM in cm^-1.")] = 15.0,
+    raman: Annotated[bool, typer.Option(help="Also compute Raman activities (finite field).")] = True,
+) -> None:
+    """GFN2-xTB IR and Raman spectra of your molecules: JCAMP-DX, PNG and the relaxed geometry per molecule."""
+    from chemgen.spectra.compute import SpectraSettings
+    from chemgen.spectra.files import SpectrumFileError
+    from chemgen.spectra.molecules import read_molecules, write_spectra
+
+    try:
+        if not molecules and not smiles:
+            raise ValueError("give molecule files or --smiles")
+        systems = read_molecules(list(molecules or []), list(smiles or []))
+        results = write_spectra(systems, out, SpectraSettings(raman=raman), fwhm=fwhm)
+    except (*USER_ERRORS, SpectrumFileError) as err:
+        _fail(err)
+    for r in results:
+        console.print(f"{r.name}: {r.status}" + (f" -> {', '.join(str(p) for p in r.files)}" if r.files else ""),
+                      highlight=False)
+    failed = sum(r.status != "ok" for r in results)
+    console.print(f"{len(results) - failed} of {len(results)} molecule(s) computed; summary {out / 'spectra.csv'}")
+    if failed:
+        raise typer.Exit(code=1 if failed == len(results) else 0)
+
+
+@spectra_app.command("resample")
+def spectra_resample(
+    spectra: Annotated[list[Path], typer.Argument(help="JCAMP-DX (.jdx/.dx) or two-column CSV spectra.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the resampled CSVs and PNGs.")] = Path("resampled"),
+    kind: Annotated[Optional[str], typer.Option(help="ir | raman, when the file does not say.")] = None,
+    x_units: Annotated[Optional[str], typer.Option(help="x units when a CSV header does not name them (cm-1, um, nm).")] = None,
+) -> None:
+    """Read spectra as the models will: units normalised, resampled onto 500-4,000 cm^-1 at 1 cm^-1, plotted."""
+    from chemgen.spectra.files import SpectrumFileError, read_spectrum, resample, write_csv
+    from chemgen.spectra.broadening import GRID_CM1
+    from chemgen.spectra.files import Spectrum
+    from chemgen.spectra.molecules import safe_name
+    from chemgen.spectra.plots import plot_ir_raman
+
+    failed, taken = 0, set()
+    for path in spectra:
+        try:
+            spectrum = read_spectrum(path, kind=kind, x_units=x_units)
+            values, covered = resample(spectrum)
+        except (*USER_ERRORS, SpectrumFileError) as err:
+            err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True, highlight=False)
+            failed += 1
+            continue
+        name = safe_name(path.stem, taken)
+        out.mkdir(parents=True, exist_ok=True)
+        on_grid = Spectrum(GRID_CM1, values, spectrum.kind, spectrum.signal, title=name)
+        write_csv(out / f"{name}.{spectrum.kind}.csv", on_grid)
+        raman = values if spectrum.kind == "raman" else None
+        plot_ir_raman(out / f"{name}.png", f"{path.name} ({spectrum.kind}, {spectrum.signal})", GRID_CM1,
+                      values if spectrum.kind != "raman" else 0 * values, raman)
+        console.print(f"{path}: {spectrum.kind}, {spectrum.signal}, {len(spectrum.x_cm1):,} points, covers "
+                      f"{100 * covered.mean():.0f}% of the grid -> {out / (name + '.' + spectrum.kind + '.csv')}",
+                      highlight=False)
+    if failed:
+        raise typer.Exit(code=1)
 
 
 @app.command("run")

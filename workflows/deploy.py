@@ -14,6 +14,7 @@ from prefect import serve
 from workflows.curate import curate_all
 from workflows.retrain import nightly_retrain
 from workflows.screen import crystal_screening
+from workflows.spectra import curate_spectra_flow
 
 NIGHTLY_CRON = "0 2 * * *"  # 02:00 every night, server time zone
 
@@ -24,6 +25,8 @@ def deployments(profile: str = "nightly", cron: str = NIGHTLY_CRON) -> list:
                                       tags=["chemgen", "retrain"]),
         crystal_screening.to_deployment(name="on-demand", tags=["chemgen", "screening"]),
         curate_all.to_deployment(name="on-demand", tags=["chemgen", "data"]),
+        curate_spectra_flow.to_deployment(name="on-demand", tags=["chemgen", "data", "spectra"],
+                                          parameters={"workers": 1}),
     ]
 
 

@@ -1,0 +1,292 @@
+"""Spectrum files: JCAMP-DX (through the `jcamp` package) and two-column CSV, in and out.
+
+Everything read becomes a `Spectrum` in wavenumbers (cm^-1, ascending) with absorbance (IR given
+as transmittance or absorbance) or intensity (Raman, or IR given as intensity); `resample` puts it
+on the model grid. Every problem raises `SpectrumFileError` naming the file and what is wrong.
+Writes are atomic (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chemgen.spectra import units
+from chemgen.spectra.broadening import GRID_CM1
+
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_POINTS = 2_000_000
+MIN_OVERLAP_CM1 = 500.0   # a spectrum must cover at least this much of the model grid
+KINDS = ("ir", "raman", "uv-vis")
+JCAMP_DATA_TYPES = {"ir": "INFRARED SPECTRUM", "raman": "RAMAN SPECTRUM", "uv-vis": "UV/VIS SPECTRUM"}
+JCAMP_SUFFIXES = (".jdx", ".dx", ".jcamp", ".jcm")
+CSV_SUFFIXES = (".csv", ".txt", ".tsv")
+
+
+class SpectrumFileError(ValueError):
+    """A spectrum file chemgen cannot use; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    x_cm1: np.ndarray          # ascending wavenumbers
+    y: np.ndarray              # absorbance (IR from transmittance/absorbance) or intensity
+    kind: str                  # "ir" | "raman" | "uv-vis"
+    signal: str                # "absorbance" | "intensity"
+    source: str = ""
+    title: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _fail(path: Path | str, problem: str) -> SpectrumFileError:
+    return SpectrumFileError(f"{path}: {problem}")
+
+
+def _check_file(path: Path) -> bytes:
+    if not path.is_file():
+        raise _fail(path, "no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise _fail(path, "empty file")
+    if size > MAX_FILE_BYTES:
+        raise _fail(path, f"file of {size / 1e6:.1f} MB is larger than the {MAX_FILE_BYTES / 1e6:.0f} MB limit")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise _fail(path, "binary file (NUL bytes), not a text spectrum")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            raw.decode("latin-1")
+        except UnicodeDecodeError as err:  # pragma: no cover - latin-1 decodes every byte
+            raise _fail(path, f"not text ({err})") from err
+    return raw
+
+
+def _finish(path: Path, x: np.ndarray, y: np.ndarray, x_unit: str | None, y_unit: str | None, kind: str | None,
+            title: str = "", meta: dict | None = None) -> Spectrum:
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.size == 0:
+        raise _fail(path, "no data points")
+    if x.size != y.size:
+        raise _fail(path, f"{x.size} x values but {y.size} y values")
+    if x.size > MAX_POINTS:
+        raise _fail(path, f"{x.size:,} points is more than the {MAX_POINTS:,} limit")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        bad = int((~np.isfinite(x)).sum() + (~np.isfinite(y)).sum())
+        raise _fail(path, f"{bad} value(s) are NaN or infinite")
+    if kind not in KINDS:
+        raise _fail(path, f"cannot tell the spectrum kind ({kind!r}); say which: ir, raman or uv-vis")
+    try:
+        x_cm1 = units.to_wavenumbers(x, units.canonical_x_unit(x_unit))
+        y_signal = units.to_signal(y, y_unit)
+        signal = "absorbance" if units.y_kind(y_unit) in ("transmittance", "absorbance") else "intensity"
+    except units.UnitError as err:
+        raise _fail(path, str(err)) from err
+    order = np.argsort(x_cm1, kind="stable")
+    return Spectrum(x_cm1[order], y_signal[order], kind, signal, str(path), title, meta or {})
+
+
+# ---------------------------------------------------------------------------- JCAMP-DX
+def _kind_from_data_type(data_type: str) -> str | None:
+    text = (data_type or "").upper()
+    if "RAMAN" in text:
+        return "raman"
+    if "INFRARED" in text or text.startswith("IR"):
+        return "ir"
+    if "UV" in text:
+        return "uv-vis"
+    return None
+
+
+def read_jcamp(path: str | os.PathLike, kind: str | None = None) -> Spectrum:
+    import jcamp
+
+    path = Path(path)
+    raw = _check_file(path)
+    text = raw.decode("utf-8", errors="replace")
+    if "##" not in text[:4096] or "##XYDATA" not in text.upper() and "##PEAK TABLE" not in text.upper() \
+            and "##XYPOINTS" not in text.upper():
+        raise _fail(path, "not a JCAMP-DX spectrum (no ##XYDATA, ##XYPOINTS or ##PEAK TABLE block)")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the reader prints its checksum complaints
+            data = jcamp.read(io.StringIO(text).readlines())
+    except Exception as err:  # noqa: BLE001  the package raises bare Exceptions on bad data lines
+        raise _fail(path, f"malformed JCAMP-DX ({type(err).__name__}: {err})") from err
+    if data.get("children"):
+        raise _fail(path, "compound JCAMP-DX files (several blocks) are not supported: one spectrum per file")
+    if "x" not in data or "y" not in data:
+        raise _fail(path, "JCAMP-DX file without x/y data")
+    if "xunits" not in data:
+        raise _fail(path, "no ##XUNITS: cannot tell wavenumbers from wavelengths")
+    kind = kind or _kind_from_data_type(str(data.get("data type", "")))
+    meta = {k: v for k, v in data.items() if k.startswith("$") or k in ("molform", "cas registry no", "origin")}
+    return _finish(path, data["x"], data["y"], str(data["xunits"]), str(data.get("yunits", "")), kind,
+                   str(data.get("title", "")), meta)
+
+
+def write_jcamp(path: str | os.PathLike, spectrum: Spectrum, y_units: str | None = None) -> Path:
+    """Write an evenly spaced spectrum as JCAMP-DX 5.01 (X++(Y..Y)), atomically."""
+    import jcamp
+
+    from chemgen.io import atomic_write
+
+    path = Path(path)
+    x, y = np.asarray(spectrum.x_cm1, dtype=np.float64), np.asarray(spectrum.y, dtype=np.float64)
+    steps = np.diff(x)
+    if len(x) < 2 or not np.allclose(steps, steps[0], rtol=1e-6, atol=1e-9):
+        raise _fail(path, "JCAMP-DX X++(Y..Y) needs evenly spaced x: resample the spectrum first")
+    peak = float(np.abs(y).max())
+    # The writer prints 4 decimals of y / YFACTOR: scale so the largest value has 10 significant digits.
+    yfactor = float(f"{peak / 1e6:.6e}") if peak > 0 else 1.0
+    header = {
+        "title": spectrum.title or path.stem,
+        "data type": JCAMP_DATA_TYPES[spectrum.kind],
+        "origin": "chemgen",
+        "owner": "public domain",
+        "xunits": "1/CM",
+        "yunits": y_units or ("ABSORBANCE" if spectrum.signal == "absorbance" else "ARBITRARY UNITS"),
+        "yfactor": yfactor,
+        **{k if k.startswith("$") else f"${k}": v for k, v in spectrum.meta.items()},
+        "x": x, "y": y,
+    }
+    with contextlib.redirect_stdout(io.StringIO()):  # jcamp.write prints every data point
+        text = jcamp.write(header)
+    text = text.replace(f"##YFACTOR={yfactor}\n", "", 1)  # the writer repeats the label it was given
+    with atomic_write(path) as handle:
+        handle.write(text)
+    return path
+
+
+# ---------------------------------------------------------------------------- CSV
+def _csv_units(header: list[str]) -> tuple[str | None, str | None]:
+    """Units from a header such as ``wavenumber (cm-1), absorbance`` or ``wavelength_nm,transmittance``."""
+    def unit_of(name: str, kinds) -> str | None:
+        name = name.strip().lower()
+        inside = name[name.find("(") + 1:name.rfind(")")] if "(" in name and ")" in name else ""
+        for candidate in (inside, name, name.replace("_", " ").split()[-1] if name else ""):
+            try:
+                return kinds(candidate)
+            except units.UnitError:
+                continue
+        if any(w in name for w in ("wavenumber", "raman shift")):
+            return "cm-1" if kinds is units.canonical_x_unit else None
+        return None
+
+    x_unit = unit_of(header[0], units.canonical_x_unit)
+    y_name = header[1].strip().lower()
+    y_name = y_name[:y_name.find("(")].strip() if "(" in y_name else y_name
+    y_unit = None
+    for candidate in (y_name, y_name.replace("_", " ")):
+        try:
+            units.y_kind(candidate)
+            y_unit = candidate
+            break
+        except units.UnitError:
+            continue
+    return x_unit, y_unit
+
+
+def read_csv(path: str | os.PathLike, kind: str | None = None, x_units: str | None = None,
+             y_units: str | None = None) -> Spectrum:
+    """A two-column CSV (x, y). Units come from the header or the arguments; neither -> an error."""
+    path = Path(path)
+    raw = _check_file(path)
+    lines = [ln.strip() for ln in raw.decode("utf-8", errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise _fail(path, "no data lines")
+    delimiter = "\t" if "\t" in lines[0] else ("," if "," in lines[0] else (";" if ";" in lines[0] else None))
+    def split(line):
+        return [c.strip().strip('"') for c in (line.split(delimiter) if delimiter else line.split())]
+    header = split(lines[0])
+    has_header = not _is_number(header[0])
+    if has_header:
+        if len(header) < 2:
+            raise _fail(path, "the header must name two columns (x, y)")
+        header_x, header_y = _csv_units(header)
+        x_units = x_units or header_x
+        y_units = y_units or header_y
+        if y_units is None:
+            raise _fail(path, f"unknown y units {header[1]!r} (expected transmittance, absorbance or an intensity)")
+        body = lines[1:]
+    else:
+        body = lines
+    if x_units is None:
+        raise _fail(path, "no x units: name them in the header, e.g. 'wavenumber (cm-1),absorbance', or pass them")
+    xs, ys = [], []
+    for number, line in enumerate(body, start=2 if has_header else 1):
+        cells = split(line)
+        if len(cells) < 2:
+            raise _fail(path, f"line {number}: expected two columns, got {len(cells)}")
+        try:
+            xs.append(float(cells[0]))
+            ys.append(float(cells[1]))
+        except ValueError:
+            raise _fail(path, f"line {number}: not numbers ({line[:60]!r})") from None
+        if len(xs) > MAX_POINTS:
+            raise _fail(path, f"more than the {MAX_POINTS:,}-point limit")
+    if kind is None and has_header:
+        joined = " ".join(header).lower()
+        if "raman" in joined:
+            kind = "raman"
+        elif any(word in joined for word in ("absorbance", "transmittance", "infrared", " ir")):
+            kind = "ir"
+    return _finish(path, np.array(xs), np.array(ys), x_units, y_units or "intensity", kind, path.stem)
+
+
+def write_csv(path: str | os.PathLike, spectrum: Spectrum) -> Path:
+    from chemgen.io import atomic_write
+
+    path = Path(path)
+    with atomic_write(path) as handle:
+        handle.write(f"wavenumber (cm-1),{spectrum.signal}\n")
+        for x, y in zip(spectrum.x_cm1, spectrum.y):
+            handle.write(f"{x:.6f},{y:.8g}\n")
+    return path
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------- any file, on the grid
+def read_spectrum(path: str | os.PathLike, kind: str | None = None, x_units: str | None = None,
+                  y_units: str | None = None) -> Spectrum:
+    """JCAMP-DX by extension (.jdx, .dx, .jcamp) or content (starts with ##), else two-column CSV."""
+    path = Path(path)
+    if kind is not None and kind not in KINDS:
+        raise _fail(path, f"unknown spectrum kind {kind!r} (known: {', '.join(KINDS)})")
+    head = _check_file(path)[:4096].lstrip()
+    if path.suffix.lower() in JCAMP_SUFFIXES or head.startswith(b"##"):
+        return read_jcamp(path, kind)
+    if path.suffix.lower() in CSV_SUFFIXES or path.suffix == "":
+        return read_csv(path, kind, x_units, y_units)
+    raise _fail(path, f"unknown spectrum file type {path.suffix!r} (JCAMP-DX {', '.join(JCAMP_SUFFIXES)} or CSV)")
+
+
+def resample(spectrum: Spectrum, grid: np.ndarray = GRID_CM1, min_overlap_cm1: float = MIN_OVERLAP_CM1
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation onto ``grid`` -> (values, covered mask); zero where the spectrum has no data."""
+    x, y = spectrum.x_cm1, spectrum.y
+    unique, first = np.unique(x, return_index=True)   # repeated x: keep the first value
+    x, y = unique, y[first]
+    low, high = max(x.min(), grid[0]), min(x.max(), grid[-1])
+    if high - low < min_overlap_cm1:
+        raise _fail(spectrum.source or "spectrum",
+                    f"covers {x.min():.0f}-{x.max():.0f} cm^-1, less than {min_overlap_cm1:.0f} cm^-1 of the "
+                    f"model's {grid[0]:.0f}-{grid[-1]:.0f} cm^-1 range")
+    covered = (grid >= x.min()) & (grid <= x.max())
+    values = np.where(covered, np.interp(grid, x, y), 0.0)
+    return values, covered
