@@ -301,7 +301,8 @@ Accelerator = Annotated[str, typer.Option(help="auto | cpu | gpu")]
 
 
 def _train(stage: str, config: str, out: Optional[Path], vae: Optional[Path], store: Optional[Path], accelerator: str,
-           devices: int, max_steps: Optional[int], max_minutes: Optional[float], resume: bool) -> Path:
+           devices: int, max_steps: Optional[int], max_minutes: Optional[float], resume: bool,
+           init_from: Optional[Path] = None, lineage_dir: Optional[Path] = None) -> Path:
     from chemgen.config import load_config
     from chemgen.models.adit.workflow import train
     from chemgen.paths import chemgen_home
@@ -309,9 +310,19 @@ def _train(stage: str, config: str, out: Optional[Path], vae: Optional[Path], st
     cfg = load_config(config)
     out = out or chemgen_home() / "models" / cfg.name / stage
     outcome = train(stage, cfg, out, vae_path=vae, store=store, accelerator=accelerator, devices=devices,
-                    max_steps=max_steps, max_minutes=max_minutes, resume=resume)
+                    max_steps=max_steps, max_minutes=max_minutes, resume=resume, init_from=init_from)
     console.print(f"[bold green]{stage} trained[/]: {outcome.steps} steps in {outcome.seconds:.1f} s "
                   f"({outcome.systems_per_second:.1f} systems/s), MLflow run {outcome.run_id}")
+    if lineage_dir is not None:
+        from chemgen.generation import lineage
+        from chemgen.models.adit.train import save_lineage
+
+        before = lineage.read_manifest(lineage_dir).get("steps", {}) if lineage.is_lineage(lineage_dir) else {}
+        steps = {"vae": int(before.get("vae", 0)), "dit": int(before.get("dit", 0)) + outcome.steps}
+        manifest = save_lineage(out, lineage_dir, steps, run={
+            "stage": stage, "config": cfg.name, "run_steps": outcome.steps, "minutes": round(outcome.seconds / 60, 2),
+            "mlflow_run_id": outcome.run_id, "accelerator": accelerator, "init_from": str(init_from or "")})
+        console.print(f"lineage {lineage_dir}: {len(manifest['shards'])} shard(s), steps {steps}")
     for key in sorted(outcome.metrics):
         if key.startswith("val/"):
             console.print(f"  {key} = {outcome.metrics[key]:.4f}")
@@ -322,24 +333,32 @@ def _train(stage: str, config: str, out: Optional[Path], vae: Optional[Path], st
 def train_adit_vae(config: Config = "tiny", out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None,
                    store: StoreDir = None, accelerator: Accelerator = "auto", devices: int = 1,
                    max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
-                   resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = True) -> None:
+                   resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = True,
+                   init_from: Annotated[Optional[Path], typer.Option(
+                       help="Warm-start from a model folder, vae.pt or lineage (models/weights/...).")] = None) -> None:
     """Stage 1: train ADiT's all-atom VAE on the curated datasets of the config."""
     try:
-        out = _train("vae", config, out, None, store, accelerator, devices, max_steps, max_minutes, resume)
+        out = _train("vae", config, out, None, store, accelerator, devices, max_steps, max_minutes, resume, init_from)
     except USER_ERRORS as err:
         _fail(err)
     console.print(f"next: chemgen train adit-dit --config {config} --vae {out / 'vae.pt'}")
 
 
 @train_app.command("adit-dit")
-def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen train adit-vae`.")],
+def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen train adit-vae`, or a lineage.")],
                    config: Config = "tiny", out: Annotated[Optional[Path], typer.Option(help="Output model folder.")] = None,
                    store: StoreDir = None, accelerator: Accelerator = "auto", devices: int = 1,
                    max_steps: Optional[int] = None, max_minutes: Optional[float] = None, resume: bool = True,
-                   register: Annotated[Optional[str], typer.Option(help="Register the model under this name (alias challenger).")] = None) -> None:
+                   register: Annotated[Optional[str], typer.Option(help="Register the model under this name (alias challenger).")] = None,
+                   init_from: Annotated[Optional[Path], typer.Option(
+                       help="Warm-start the DiT from a model folder or lineage.")] = None,
+                   lineage_dir: Annotated[Optional[Path], typer.Option(
+                       "--lineage", help="Save the trained model into this lineage folder and log the run "
+                                         "(its DiT step count accumulates).")] = None) -> None:
     """Stage 2: train the latent DiT on the frozen VAE; the output folder is the model."""
     try:
-        out = _train("dit", config, out, vae, store, accelerator, devices, max_steps, max_minutes, resume)
+        out = _train("dit", config, out, vae, store, accelerator, devices, max_steps, max_minutes, resume, init_from,
+                     lineage_dir)
         if register:
             from chemgen.models.adit.workflow import register as register_model
 
@@ -352,7 +371,7 @@ def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen 
 
 @sample_app.command("adit")
 def sample_adit(
-    model: Annotated[str, typer.Option(help="Model folder (vae.pt + dit.pt) or models:/NAME@ALIAS.")],
+    model: Annotated[str, typer.Option(help="Model folder (vae.pt + dit.pt), lineage folder (models/weights/...) or models:/NAME@ALIAS.")],
     kind: Annotated[str, typer.Option(help="molecule | crystal")],
     n: Annotated[int, typer.Option(help="Number of structures.")] = 100,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("samples"),

@@ -62,3 +62,20 @@ def test_cli_samples_from_the_registry(registered, tmp_path):
     assert (tmp_path / "s" / "scores" / "scores.json").is_file()
     bad = runner.invoke(app, ["sample", "adit", "--model", str(tmp_path / "nowhere"), "--kind", "molecule"])
     assert bad.exit_code == 1 and "dit.pt" in bad.output
+
+
+def test_cli_trains_into_a_lineage_and_samples_from_it(registered, tmp_path):
+    from chemgen.generation import lineage
+
+    folder = tmp_path / "weights" / "adit-tiny"
+    for run in range(2):
+        result = runner.invoke(app, ["train", "adit-dit", "--config", "tiny", "--accelerator", "cpu", "--vae",
+                                     str(registered / "vae" / "vae.pt"), "--out", str(tmp_path / f"run{run}"),
+                                     "--max-steps", "4", "--lineage", str(folder),
+                                     *(["--init-from", str(folder)] if run else [])])
+        assert result.exit_code == 0, result.output
+    assert lineage.read_manifest(folder)["steps"]["dit"] == 8          # 4 + 4: the count accumulates
+    assert [r["init_from"] for r in lineage.runs(folder)] == ["", str(folder)]
+    sampled = runner.invoke(app, ["sample", "adit", "--model", str(folder), "--kind", "crystal", "--n", "3",
+                                  "--out", str(tmp_path / "s"), "--steps", "4"])
+    assert sampled.exit_code == 0, sampled.output

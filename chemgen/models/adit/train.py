@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from chemgen.config import ADiTConfig, TrainConfig, from_dict
 from chemgen.data.tensors import TensorPack
+from chemgen.generation import lineage
 from chemgen.models.adit.lightning import DiTModule, VAEModule
 from chemgen.models.adit.model import ADiT, MAX_ATOMS
 
@@ -110,11 +110,15 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
 
 def train_vae(config: ADiTConfig, train: TensorPack, val: TensorPack | None, out_dir: str | os.PathLike,
               accelerator: str = "auto", devices: int | str = 1, logger: Any = None, resume: bool = True,
-              progress: bool = True, max_steps: int | None = None, max_minutes: float | None = None) -> StageResult:
-    """Stage 1. Exports ``<out_dir>/vae.pt``."""
+              progress: bool = True, max_steps: int | None = None, max_minutes: float | None = None,
+              init_from: str | os.PathLike | None = None) -> StageResult:
+    """Stage 1. Exports ``<out_dir>/vae.pt``. ``init_from`` (a model directory, ``vae.pt`` or a lineage)
+    warm-starts the VAE from its weights."""
     out_dir = Path(out_dir)
     L.seed_everything(config.vae_train.seed, workers=True)
     module = VAEModule(config.to_dict())
+    if init_from is not None:
+        module.vae.load_state_dict(stage_state(init_from, "vae"))
     trainer = make_trainer(out_dir, config.vae_train, accelerator, devices, logger, progress, max_steps, max_minutes)
     train_loader, val_loader = loaders(train, val, config.vae_train)
     seconds, steps = _fit(module, trainer, train_loader, val_loader, out_dir, resume)
@@ -133,15 +137,15 @@ def train_dit(config: ADiTConfig, vae_path: str | os.PathLike, train: TensorPack
 
     Exports ``<out_dir>/dit.pt`` (EMA weights and the number-of-atoms histogram) beside a copy
     of ``vae.pt``: the folder is the trained model that `load_adit` reads. ``init_from`` (a model
-    directory) warm-starts the DiT from its EMA weights.
+    directory or a lineage) warm-starts the DiT from its EMA weights.
     """
     out_dir = Path(out_dir)
     L.seed_everything(config.dit_train.seed, workers=True)
-    vae_state = load_export(vae_path)["state"]["vae"]
+    vae_state = stage_state(vae_path, "vae")
     histogram = torch.stack([train.num_atoms_histogram(i, MAX_ATOMS) for i in range(config.dit.num_datasets + 1)]).float()
     module = DiTModule(config.to_dict(), vae_state, histogram)
-    if init_from is not None:  # warm start: continue from the DiT (EMA) weights of an exported model
-        init = load_export(Path(init_from) / "dit.pt")["state"]["dit"]
+    if init_from is not None:  # warm start: continue from the DiT (EMA) weights of an exported model or lineage
+        init = stage_state(init_from, "dit")
         module.model.dit.load_state_dict(init)
         module.ema.module.load_state_dict(init)
     trainer = make_trainer(out_dir, config.dit_train, accelerator, devices, logger, progress, max_steps, max_minutes)
@@ -151,7 +155,7 @@ def train_dit(config: ADiTConfig, vae_path: str | os.PathLike, train: TensorPack
     if trainer.is_global_zero:  # under DDP one process writes the export
         ema = module.ema_model()
         export(path, config, {"dit": ema.dit.state_dict(), "num_atoms_histogram": {"counts": ema.num_atoms_histogram}})
-        shutil.copyfile(vae_path, out_dir / "vae.pt")  # out_dir is now a complete model directory
+        export(out_dir / "vae.pt", config, {"vae": vae_state})  # out_dir is now a complete model directory
     return StageResult(path, trainer.global_step, seconds, steps * config.dit_train.batch_size / max(seconds, 1e-9),
                        _metrics(trainer))
 
@@ -186,8 +190,16 @@ def load_export(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_adit(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ADiT:
-    """A trained ADiT (EMA weights) from a model directory holding ``vae.pt`` and ``dit.pt``, in eval mode."""
+    """A trained ADiT (EMA weights) from a model directory holding ``vae.pt`` and ``dit.pt``, or from a
+    lineage folder (``manifest.json`` + weight shards, `chemgen.generation.lineage`), in eval mode."""
     model_dir = Path(model_dir)
+    if lineage.is_lineage(model_dir):
+        checkpoint = lineage.load(model_dir)
+        model = ADiT(from_dict(ADiTConfig, checkpoint.manifest["config"], where=str(model_dir / "manifest.json")))
+        model.vae.load_state_dict(checkpoint.groups["vae"])
+        model.dit.load_state_dict(checkpoint.groups["dit"])
+        model.num_atoms_histogram.copy_(checkpoint.groups["num_atoms_histogram"]["counts"])
+        return model.to(device).eval()
     if not (model_dir / "dit.pt").is_file():
         raise FileNotFoundError(f"{model_dir}: no dit.pt (a model directory holds vae.pt and dit.pt; "
                                 "train the DiT stage with `chemgen train adit-dit`)")
@@ -206,3 +218,31 @@ def export_model_dir(model: ADiT, out_dir: str | os.PathLike, dtype: torch.dtype
     export(out_dir / "dit.pt", model.config, {"dit": model.dit.state_dict(),
                                               "num_atoms_histogram": {"counts": model.num_atoms_histogram}}, dtype)
     return out_dir
+
+
+# ---------------------------------------------------------------------------- lineages
+def stage_state(source: str | os.PathLike, stage: str) -> dict[str, torch.Tensor]:
+    """The VAE or DiT (EMA) weights of a model directory, a stage export (``vae.pt``) or a lineage."""
+    source = Path(source)
+    if lineage.is_lineage(source):
+        return lineage.load(source).groups[stage]
+    path = source / f"{stage}.pt" if source.is_dir() else source
+    return load_export(path)["state"][stage]
+
+
+def save_lineage(model_dir: str | os.PathLike, folder: str | os.PathLike, steps: dict[str, int],
+                 run: dict[str, Any] | None = None, scores: dict[str, float] | None = None,
+                 data: list[str] | None = None, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
+    """Make a trained model directory the lineage's checkpoint and log the run that produced it.
+
+    ``steps`` counts optimiser steps per stage over the whole lineage (``{"vae": ..., "dit": ...}``);
+    ``data`` names the dataset versions (``qm9@<version>``); ``run`` is the line for ``lineage.jsonl``.
+    """
+    model = load_adit(model_dir)
+    groups = {"vae": model.vae.state_dict(), "dit": model.dit.state_dict(),
+              "num_atoms_histogram": {"counts": model.num_atoms_histogram}}
+    manifest = lineage.save(folder, groups, {"model": "adit", "config": model.config.to_dict(), "steps": steps,
+                                             "scores": scores or {}, "data": data or []}, dtype=dtype)
+    lineage.append_run(folder, {"steps": steps, "scores": scores or {}, "content_hash": manifest["content_hash"],
+                                **(run or {})})
+    return manifest

@@ -58,7 +58,8 @@ class TrainingOutcome:
 def train(stage: str, config: ADiTConfig | str, out_dir: str | os.PathLike, vae_path: str | os.PathLike | None = None,
           store: str | os.PathLike | None = None, accelerator: str = "auto", devices: int = 1,
           max_steps: int | None = None, max_minutes: float | None = None, resume: bool = True,
-          progress: bool = True, tags: dict[str, str] | None = None) -> TrainingOutcome:
+          progress: bool = True, tags: dict[str, str] | None = None,
+          init_from: str | os.PathLike | None = None) -> TrainingOutcome:
     """Train one ADiT stage ("vae" or "dit") as an MLflow run with params, dataset inputs and exports."""
     from chemgen.models.adit.train import train_dit, train_vae
 
@@ -71,7 +72,7 @@ def train(stage: str, config: ADiTConfig | str, out_dir: str | os.PathLike, vae_
     out_dir = Path(out_dir)
     train_pack, val_pack, manifests = training_packs(train_config, store)
     kwargs = dict(accelerator=accelerator, devices=devices, resume=resume, progress=progress,
-                  max_steps=max_steps, max_minutes=max_minutes)
+                  max_steps=max_steps, max_minutes=max_minutes, init_from=init_from)
     if os.environ.get("LOCAL_RANK", "0") != "0":
         # A DDP worker that Lightning launched by re-running this command: the rank-0 process tracks.
         result = (train_vae(config, train_pack, val_pack, out_dir, **kwargs) if stage == "vae"

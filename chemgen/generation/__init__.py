@@ -1,0 +1,1 @@
+"""What every generative model shares: checkpoint lineages (more to come: trainer, generation, registry)."""

@@ -1,0 +1,88 @@
+"""Lineages: sharded safetensors checkpoints with a manifest and a run log, and ADiT trained through one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from chemgen.generation import lineage
+from chemgen.generation.lineage import LineageError
+
+
+def _groups() -> dict[str, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    return {"encoder": {"w": torch.randn(300, 300), "b": torch.randn(300)},
+            "decoder": {"w": torch.randn(300, 300)}, "stats": {"counts": torch.arange(10)}}
+
+
+def test_round_trip_shards_and_hashes(tmp_path):
+    groups = _groups()
+    manifest = lineage.save(tmp_path, groups, {"model": "toy", "steps": {"all": 5}}, max_shard_bytes=200_000)
+    # bf16: 300x300 = 180 kB per matrix, so the two matrices cannot share a 200 kB shard.
+    assert len(manifest["shards"]) == 2 and all(s["bytes"] < 200_000 + 1024 for s in manifest["shards"])
+    assert [len(s["tensors"]) for s in manifest["shards"]] == [2, 2]
+    loaded = lineage.load(tmp_path)
+    assert loaded.steps == {"all": 5} and loaded.groups["stats"]["counts"].dtype == torch.int64
+    for group, state in groups.items():
+        for name, tensor in state.items():
+            expected = tensor.to(torch.bfloat16).to(tensor.dtype) if tensor.is_floating_point() else tensor
+            assert torch.equal(loaded.groups[group][name], expected.to(loaded.groups[group][name].dtype))
+
+
+def test_resave_replaces_shards_and_keeps_the_log(tmp_path):
+    lineage.save(tmp_path, _groups(), {"model": "toy"})
+    lineage.append_run(tmp_path, {"steps": 5, "device": "cpu"})
+    groups = _groups()
+    groups["decoder"]["w"] = groups["decoder"]["w"] + 1
+    manifest = lineage.save(tmp_path, groups, {"model": "toy"})
+    lineage.append_run(tmp_path, {"steps": 10, "device": "cpu"})
+    on_disk = sorted(p.name for p in tmp_path.glob("weights-*.safetensors"))
+    assert on_disk == sorted(s["file"] for s in manifest["shards"])     # the old shard is gone
+    assert [r["steps"] for r in lineage.runs(tmp_path)] == [5, 10]
+
+
+def test_corruption_and_missing_files_are_named(tmp_path):
+    manifest = lineage.save(tmp_path, _groups(), {"model": "toy"})
+    shard = tmp_path / manifest["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(LineageError, match="content hash differs"):
+        lineage.load(tmp_path)
+    shard.unlink()
+    with pytest.raises(LineageError, match="missing"):
+        lineage.load(tmp_path)
+    with pytest.raises(LineageError, match="not a lineage"):
+        lineage.load(tmp_path / "nowhere")
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(LineageError, match="format"):
+        lineage.read_manifest(tmp_path)
+    with pytest.raises(LineageError, match="more than a"):
+        lineage.save(tmp_path / "big", {"g": {"w": torch.zeros(1000, 1000)}}, {}, max_shard_bytes=100_000)
+
+
+def test_adit_trains_through_a_lineage(qm9_systems, mp20_systems, tmp_path):
+    from chemgen.data.tensors import TensorPack
+    from chemgen.models.adit.decode import to_systems
+    from chemgen.models.adit.train import load_adit, save_lineage, train_dit, train_vae
+    from tests.models.test_adit import small_config
+
+    pack = TensorPack.from_systems([*qm9_systems[:8], *mp20_systems[:8]])
+    config = small_config()
+    vae = train_vae(config, pack, pack, tmp_path / "vae", accelerator="cpu", progress=False, max_steps=5)
+    dit = train_dit(config, vae.export_path, pack, pack, tmp_path / "dit", accelerator="cpu", progress=False,
+                    max_steps=5)
+    folder = tmp_path / "models" / "weights" / "adit-test"
+    save_lineage(dit.export_path.parent, folder, {"vae": 5, "dit": 5}, run={"device": "cpu", "minutes": 0.1})
+    from_dir, from_lineage = load_adit(dit.export_path.parent), load_adit(folder)
+    a = from_dir.generate(4, "molecule", seed=3)
+    b = from_lineage.generate(4, "molecule", seed=3)
+    assert torch.equal(a.mask, b.mask)                       # same sizes drawn from the same histogram
+    assert (a.pos - b.pos).abs().max() < 0.25                # bf16 weights: close, not bit-identical
+    # A second run on another machine starts from the lineage, not from scratch.
+    again = train_dit(config, folder, pack, pack, tmp_path / "dit2", accelerator="cpu", progress=False, max_steps=5,
+                      init_from=folder)
+    save_lineage(again.export_path.parent, folder, {"vae": 5, "dit": 10}, run={"device": "cpu"})
+    assert [r["steps"]["dit"] for r in lineage.runs(folder)] == [5, 10]
+    assert lineage.read_manifest(folder)["steps"] == {"vae": 5, "dit": 10}
+    assert len(to_systems(load_adit(folder).generate(2, "crystal", seed=0), "mp20")) == 2
