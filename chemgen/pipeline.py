@@ -22,7 +22,7 @@ SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "mole
 
 
 def run_main(profile: str = "demo", data_dir: Path | None = None, console: Console | None = None,
-             model_name: str = "chemgen-adit") -> dict[str, Any]:
+             model_name: str | None = None) -> dict[str, Any]:
     from workflows.retrain import PROFILES, nightly_retrain
 
     console = console or Console()
@@ -46,10 +46,10 @@ def print_summary(result: dict[str, Any], profile: str, console: Console) -> Non
         if key in result["metrics"]:
             table.add_row(key, f"{result['metrics'][key]:.4f}")
     reg = result["registration"]
-    table.add_row("registered", f"version {reg['version']} (alias challenger)")
+    table.add_row("registered", f"{reg['name']} version {reg['version']} (alias challenger)")
     table.add_row("champion", "this version (promoted)" if reg["promoted"] else "unchanged")
     table.add_row("gate", reg["reason"])
     table.add_row("MLflow run", result["mlflow_run_id"])
     console.print(table)
     console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking.tracking_uri()} --port 5000")
-    console.print('load the champion: mlflow.pyfunc.load_model("models:/chemgen-adit@champion")')
+    console.print(f'load the champion: mlflow.pyfunc.load_model("models:/{reg["name"]}@champion")')

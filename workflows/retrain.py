@@ -100,21 +100,27 @@ def sample_and_score(model_dir: str, kind: str, n: int, num_steps: int | None, o
 
 
 @task(name="register-and-gate", retries=0)
-def register_and_gate(model_dir: str, name: str, metrics: dict[str, float], tags: dict[str, str],
-                      fail_at: str | None = None) -> dict[str, Any]:
+def register_and_gate(model_dir: str, name: str, metrics: dict[str, float], samples: int, context: dict[str, str],
+                      tags: dict[str, str], fail_at: str | None = None) -> dict[str, Any]:
     """Register (challenger), then let the gate decide on champion. Not retried: never register twice."""
     from chemgen.models.adit.workflow import register
 
     _maybe_fail("register", fail_at)
     version = register(model_dir, name, metrics=metrics, tags=tags)
-    decision = gates.evaluate_and_promote(name, version.version, metrics)
-    return {"version": version.version, "promoted": decision.promote, "reason": decision.reason,
+    decision = gates.evaluate_and_promote(name, version.version, gates.Evaluation(metrics, samples, context))
+    return {"name": name, "version": version.version, "promoted": decision.promote, "reason": decision.reason,
             "gate": decision.challenger, "champion_before": decision.champion}
+
+
+def registered_name(profile: str) -> str:
+    """``chemgen-adit`` for the nightly profile; ``chemgen-adit-<profile>`` otherwise, so that a demo run
+    against a team's MLflow server can never crown a tiny model under the production name."""
+    return "chemgen-adit" if profile == "nightly" else f"chemgen-adit-{profile}"
 
 
 # ---------------------------------------------------------------------------- the flow
 @flow(name="nightly-retrain", log_prints=True)
-def nightly_retrain(profile: str = "demo", model_name: str = "chemgen-adit", data_dir: str | None = None,
+def nightly_retrain(profile: str = "demo", model_name: str | None = None, data_dir: str | None = None,
                     fail_at: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Retrain ADiT on freshly curated data and register it; see the module docstring.
 
@@ -125,6 +131,7 @@ def nightly_retrain(profile: str = "demo", model_name: str = "chemgen-adit", dat
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     plan = replace(PROFILES[profile], **(overrides or {}))
+    model_name = model_name or registered_name(profile)
     start = time.perf_counter()
     run_dir = chemgen_home() / "runs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}-{str(flow_run.id)[:8]}"
     with tracking.run("nightly-retrain", tags={"prefect.flow_run_id": str(flow_run.id), "profile": profile}) as run:
@@ -144,7 +151,11 @@ def nightly_retrain(profile: str = "demo", model_name: str = "chemgen-adit", dat
             metrics.update(sample_and_score(model_dir, kind, plan.samples, plan.sample_steps,
                                             str(run_dir / f"samples-{kind}"), tags, fail_at))
         tracking.log_metrics(metrics)
-        registration = register_and_gate(model_dir, model_name, metrics, tags, fail_at)
+        # Versions are compared only within one evaluation context (gates.py).
+        context = {"profile": profile, "config": plan.config, "samples": str(plan.samples),
+                   "sample_steps": str(plan.sample_steps), "seed": "0",
+                   "datasets": ",".join(f"{d['name']}@{d['version']}" for d in datasets)}
+        registration = register_and_gate(model_dir, model_name, metrics, plan.samples, context, tags, fail_at)
         tracking.log_metrics({"flow_seconds": time.perf_counter() - start})
         return {"datasets": datasets, "metrics": metrics, "registration": registration, "run_dir": str(run_dir),
                 "mlflow_run_id": run.info.run_id, "seconds": time.perf_counter() - start,

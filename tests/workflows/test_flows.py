@@ -27,9 +27,18 @@ def test_first_run_registers_a_champion(first_run):
     champion = tracking.version_by_alias(MODEL, tracking.CHAMPION)
     assert champion is not None and str(champion.version) == str(reg["version"])
     assert set(gates.recorded(MODEL, champion.version)) == set(gates.gate_metrics_for(MODEL))
+    evaluation = gates.recorded_evaluation(MODEL, champion.version)
+    assert evaluation.samples == SMALL["samples"] and evaluation.context["profile"] == "demo"
+    assert evaluation.context["datasets"].startswith("qm9@")
     run = tracking.client().get_run(first_run["mlflow_run_id"])
     assert run.data.tags["prefect.flow_run_id"]
     assert "molecule/edm/validity" in run.data.metrics and "crystal/cdvae/valid" in run.data.metrics
+
+
+def test_demo_runs_never_register_under_the_production_name():
+    from workflows.retrain import registered_name
+
+    assert registered_name("nightly") == "chemgen-adit" and registered_name("demo") == "chemgen-adit-demo"
 
 
 def test_a_worse_run_stays_challenger(first_run, mp20_slice_dir):
