@@ -246,8 +246,7 @@ def check_settings(shards: list[store.ShardInfo], settings: SpectraSettings, fol
 
 def curate_spectra(folder: Path | None = None, workers: int = 1, limit: int | None = None,
                    until: str | None = None, settings: SpectraSettings = SpectraSettings(),
-                   progress: bool = True, shard_size: int = SHARD_SIZE,
-                   on_shard: Callable[[store.ShardInfo], None] | None = None) -> CurationReport:
+                   progress: bool = True, shard_size: int = SHARD_SIZE) -> CurationReport:
     """Compute the first ``limit`` molecules of the order (all 130,831 by default) that no shard covers."""
     from chemgen.data.qm9 import NUM_MOLECULES
 
@@ -258,7 +257,7 @@ def curate_spectra(folder: Path | None = None, workers: int = 1, limit: int | No
         raise ValueError("--limit must be >= 0 and --workers >= 1")
     report = CurationReport(folder)
     start = time.perf_counter()
-    with folder_lock(folder), _GracefulStop() as stop:
+    with folder_lock(folder), GracefulStop() as stop:
         store.remove_temporaries(folder)
         existing = store.scan(folder)
         check_settings(existing, settings, folder)
@@ -270,15 +269,16 @@ def curate_spectra(folder: Path | None = None, workers: int = 1, limit: int | No
             def job(first: int, end: int) -> ShardJob:  # built when submitted: the parent stays small
                 return ShardJob(first, end, make_molecules(range(first, end), frame), settings, deadline)
 
-            _run_jobs(ranges, job, folder, workers, todo, deadline, progress, report, on_shard, stop)
+            run_shards(ranges, job, folder, workers, todo, deadline, progress, report, stop)
         report.manifest = store.build_manifest(folder, manifest_description())
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _run_jobs(ranges: list[tuple[int, int]], make_job: Callable[[int, int], ShardJob], folder: Path, workers: int,
-              todo: int, deadline: float | None, progress: bool, report: CurationReport, on_shard,
-              stop: _GracefulStop, manifest: bool = True) -> None:
+def run_shards(ranges: list[tuple[int, int]], make_job: Callable[[int, int], ShardJob], folder: Path, workers: int,
+               todo: int, deadline: float | None, progress: bool, report: CurationReport,
+               stop: GracefulStop, manifest: bool = True) -> None:
+    """Compute these ranges in single-threaded worker processes, one shard per job (see `curate_spectra`)."""
     import multiprocessing as mp
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -332,8 +332,6 @@ def _run_jobs(ranges: list[tuple[int, int]], make_job: Callable[[int, int], Shar
                         f"{info.metadata['seconds']:.0f} s; run {report.computed:,}/{todo:,} at {rate:,.0f} mol/h, "
                         f"ETA {timedelta(seconds=round(3600 * left / max(rate, 1e-9)))}; "
                         f"dataset {total:,} molecules", highlight=False)
-                    if on_shard is not None:
-                        on_shard(info)
             _drain(ticks, bar, task, report, started)
         except BaseException:
             for future in running:
@@ -343,7 +341,7 @@ def _run_jobs(ranges: list[tuple[int, int]], make_job: Callable[[int, int], Shar
             manager.shutdown()
 
 
-class _GracefulStop:
+class GracefulStop:
     """SIGTERM asks the run to finish its running shards and start no more (a second one stops it at once)."""
 
     def __init__(self) -> None:
@@ -356,7 +354,7 @@ class _GracefulStop:
             raise KeyboardInterrupt("second SIGTERM")
         self.requested = True
 
-    def __enter__(self) -> _GracefulStop:
+    def __enter__(self) -> GracefulStop:
         import signal
         import threading
 

@@ -57,16 +57,16 @@ def load_jobs(path: Path, deadline: float | None = None):
 
 def run(jobs_path: Path, out: Path, workers: int, minutes: float, progress: bool = True) -> Path:
     """Compute the jobs' shards until the time budget; archive the finished ones into ``out``."""
-    from chemgen.data.spectra import CurationReport, _GracefulStop, _run_jobs
+    from chemgen.data.spectra import CurationReport, GracefulStop, run_shards
 
     deadline = time.time() + 60 * minutes
     jobs = {(j.first, j.end): j for j in load_jobs(jobs_path, deadline)}
     work = Path(tempfile.mkdtemp(prefix="spectra-shards-"))
     report = CurationReport(work)
     start = time.perf_counter()
-    with _GracefulStop() as stop:
-        _run_jobs(list(jobs), lambda first, end: jobs[first, end], work, workers,
-                  sum(e - f for f, e in jobs), deadline, progress, report, None, stop, manifest=False)
+    with GracefulStop() as stop:
+        run_shards(list(jobs), lambda first, end: jobs[first, end], work, workers,
+                  sum(e - f for f, e in jobs), deadline, progress, report, stop, manifest=False)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     archive = out / ARCHIVE
