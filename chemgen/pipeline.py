@@ -25,10 +25,22 @@ def run_main(profile: str = "demo", data_dir: Path | None = None, console: Conso
              model_name: str | None = None) -> dict[str, Any]:
     from workflows.retrain import PROFILES, nightly_retrain
 
+    import time
+
+    from chemgen.paths import chemgen_home
+    from chemgen.quiet import output_to_log
+
     console = console or Console()
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-    result = nightly_retrain(profile=profile, model_name=model_name, data_dir=str(data_dir) if data_dir else None)
+    log = chemgen_home() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    console.print(f"nightly retrain ({profile}): curate -> train VAE -> train DiT -> sample and score -> register "
+                  f"-> gate; libraries' output goes to {log}", highlight=False)
+    with output_to_log(log) as terminal:
+        screen = Console(file=terminal, force_terminal=console.is_terminal, width=console.width)
+        with screen.status(f"running the {profile} profile (about a minute on 2 cores)"):
+            result = nightly_retrain(profile=profile, model_name=model_name,
+                                     data_dir=str(data_dir) if data_dir else None)
     print_summary(result, profile, console)
     return result
 
