@@ -300,17 +300,27 @@ Config = Annotated[str, typer.Option(help="Config name in models/ (tiny, cpu, gp
 Accelerator = Annotated[str, typer.Option(help="auto | cpu | gpu")]
 
 
+DataVersions = Annotated[Optional[list[str]], typer.Option(
+    "--data", help="NAME@VERSION of a curated dataset to train on instead of its LATEST (repeatable); "
+                   "`chemgen data prepare NAME --limit N` prints the version of its slice.")]
+
+
 def _train(stage: str, config: str, out: Optional[Path], vae: Optional[Path], store: Optional[Path], accelerator: str,
            devices: int, max_steps: Optional[int], max_minutes: Optional[float], resume: bool,
-           init_from: Optional[Path] = None, lineage_dir: Optional[Path] = None) -> Path:
+           init_from: Optional[Path] = None, lineage_dir: Optional[Path] = None,
+           data: Optional[list[str]] = None) -> Path:
     from chemgen.config import load_config
     from chemgen.models.adit.workflow import train
     from chemgen.paths import chemgen_home
 
+    from chemgen.data.store import parse_dataset_ref
+
     cfg = load_config(config)
     out = out or chemgen_home() / "models" / cfg.name / stage
+    versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
     outcome = train(stage, cfg, out, vae_path=vae, store=store, accelerator=accelerator, devices=devices,
-                    max_steps=max_steps, max_minutes=max_minutes, resume=resume, init_from=init_from)
+                    max_steps=max_steps, max_minutes=max_minutes, resume=resume, init_from=init_from,
+                    versions=versions)
     console.print(f"[bold green]{stage} trained[/]: {outcome.steps} steps in {outcome.seconds:.1f} s "
                   f"({outcome.systems_per_second:.1f} systems/s), MLflow run {outcome.run_id}")
     if lineage_dir is not None:
@@ -335,13 +345,16 @@ def train_adit_vae(config: Config = "tiny", out: Annotated[Optional[Path], typer
                    max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
                    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = True,
                    init_from: Annotated[Optional[Path], typer.Option(
-                       help="Warm-start from a model folder, vae.pt or lineage (models/weights/...).")] = None) -> None:
+                       help="Warm-start from a model folder, vae.pt or lineage (models/weights/...).")] = None,
+                   data: DataVersions = None) -> None:
     """Stage 1: train ADiT's all-atom VAE on the curated datasets of the config."""
     try:
-        out = _train("vae", config, out, None, store, accelerator, devices, max_steps, max_minutes, resume, init_from)
+        out = _train("vae", config, out, None, store, accelerator, devices, max_steps, max_minutes, resume, init_from,
+                     data=data)
     except USER_ERRORS as err:
         _fail(err)
-    console.print(f"next: chemgen train adit-dit --config {config} --vae {out / 'vae.pt'}")
+    console.print(f"next: chemgen train adit-dit --config {config} --vae {out / 'vae.pt'}"
+                  + "".join(f" --data {d}" for d in data or []))
 
 
 @train_app.command("adit-dit")
@@ -354,11 +367,12 @@ def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen 
                        help="Warm-start the DiT from a model folder or lineage.")] = None,
                    lineage_dir: Annotated[Optional[Path], typer.Option(
                        "--lineage", help="Save the trained model into this lineage folder and log the run "
-                                         "(its DiT step count accumulates).")] = None) -> None:
+                                         "(its DiT step count accumulates).")] = None,
+                   data: DataVersions = None) -> None:
     """Stage 2: train the latent DiT on the frozen VAE; the output folder is the model."""
     try:
         out = _train("dit", config, out, vae, store, accelerator, devices, max_steps, max_minutes, resume, init_from,
-                     lineage_dir)
+                     lineage_dir, data)
         if register:
             from chemgen.models.adit.workflow import register as register_model
 
@@ -381,6 +395,7 @@ def sample_adit(
     cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (ADiT: 2.0).")] = None,
     score: Annotated[bool, typer.Option(help="Score the samples against the curated references.")] = True,
     store: StoreDir = None,
+    data: DataVersions = None,
 ) -> None:
     """Generate molecules (SDF + XYZ) or crystals (CIF + XYZ) with a CSV summary and scores."""
     from chemgen.models.adit.workflow import load_model, sample_to_files
@@ -391,8 +406,11 @@ def sample_adit(
             raise ValueError(f"--kind must be molecule or crystal, got {kind!r}")
         if n < 1:
             raise ValueError("--n must be at least 1")
+        from chemgen.data.store import parse_dataset_ref
+
+        versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
         result = sample_to_files(load_model(model), kind, n, out, seed=seed, num_steps=steps, solver=solver,
-                                 cfg_scale=cfg_scale, score=score, store=store)
+                                 cfg_scale=cfg_scale, score=score, store=store, versions=versions)
     except USER_ERRORS as err:
         _fail(err)
     console.print(f"{n} {kind}s in {result['seconds']:.1f} s ({result['samples_per_second']:.1f}/s), "

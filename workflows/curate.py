@@ -30,6 +30,6 @@ def curate_all(datasets: list[str] | None = None, data_dir: str | None = None,
         for r in results:
             from chemgen.data.store import read_manifest
 
-            tracking.log_dataset_manifest(read_manifest(r["name"]), context="curated")
+            tracking.log_dataset_manifest(read_manifest(r["name"], r["version"]), context="curated")
             print(f"{r['name']}: version {r['version']} ({'reused' if r['reused'] else 'new'}), splits {r['splits']}")
     return results

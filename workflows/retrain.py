@@ -74,7 +74,7 @@ def curate_dataset(name: str, limit: int | None, data_dir: str | None = None) ->
 
 @task(name="train-stage", retries=RETRIES, retry_delay_seconds=1)
 def train_stage(stage: str, config: str, out_dir: str, vae_path: str | None, max_steps: int | None,
-                tags: dict[str, str], fail_at: str | None = None) -> dict[str, Any]:
+                versions: dict[str, str], tags: dict[str, str], fail_at: str | None = None) -> dict[str, Any]:
     import logging
 
     from chemgen.models.adit.workflow import train
@@ -82,19 +82,20 @@ def train_stage(stage: str, config: str, out_dir: str, vae_path: str | None, max
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # keep the flow's log readable
     _maybe_fail(f"train-{stage}", fail_at)
     outcome = train(stage, config, out_dir, vae_path=vae_path, accelerator="cpu", max_steps=max_steps,
-                    resume=False, progress=False, tags=tags)
+                    resume=False, progress=False, tags=tags, versions=versions)
     export = Path(out_dir) / ("vae.pt" if stage == "vae" else "dit.pt")
     return {"export": str(export), "run_id": outcome.run_id, "steps": outcome.steps, "seconds": outcome.seconds}
 
 
 @task(name="sample-and-score", retries=RETRIES, retry_delay_seconds=1)
 def sample_and_score(model_dir: str, kind: str, n: int, num_steps: int | None, out_dir: str,
-                     tags: dict[str, str], fail_at: str | None = None) -> dict[str, float]:
+                     versions: dict[str, str], tags: dict[str, str], fail_at: str | None = None) -> dict[str, float]:
     from chemgen.models.adit.workflow import load_model, sample_to_files
 
     _maybe_fail(f"sample-{kind}", fail_at)
     with tracking.run(f"sample-{kind}", tags=tags, parent_run_id=tags.get("mlflow.parentRunId")):
-        result = sample_to_files(load_model(model_dir), kind, n, out_dir, seed=0, num_steps=num_steps)
+        result = sample_to_files(load_model(model_dir), kind, n, out_dir, seed=0, num_steps=num_steps,
+                                 versions=versions)
         tracking.log_metrics({"samples_per_second": result["samples_per_second"]})
     return {f"{kind}/{k}": v for k, v in result["metrics"].items()}
 
@@ -139,17 +140,20 @@ def nightly_retrain(profile: str = "demo", model_name: str | None = None, data_d
         tags = {"mlflow.parentRunId": run.info.run_id, "prefect.flow_run_id": str(flow_run.id)}
         datasets = [curate_dataset(name, limit, data_dir) for name, limit in
                     (("qm9", plan.qm9_rows), ("mp20", plan.mp20_rows))]
+        # The exact versions curated here travel to training and scoring (a slice never becomes LATEST).
+        versions = {d["name"]: d["version"] for d in datasets}
         for d in datasets:
             from chemgen.data.store import read_manifest
 
-            tracking.log_dataset_manifest(read_manifest(d["name"]))
-        vae = train_stage("vae", plan.config, str(run_dir / "vae"), None, plan.vae_steps, tags, fail_at)
-        dit = train_stage("dit", plan.config, str(run_dir / "model"), vae["export"], plan.dit_steps, tags, fail_at)
+            tracking.log_dataset_manifest(read_manifest(d["name"], d["version"]))
+        vae = train_stage("vae", plan.config, str(run_dir / "vae"), None, plan.vae_steps, versions, tags, fail_at)
+        dit = train_stage("dit", plan.config, str(run_dir / "model"), vae["export"], plan.dit_steps, versions, tags,
+                          fail_at)
         model_dir = str(run_dir / "model")
         metrics: dict[str, float] = {}
         for kind in ("molecule", "crystal"):
             metrics.update(sample_and_score(model_dir, kind, plan.samples, plan.sample_steps,
-                                            str(run_dir / f"samples-{kind}"), tags, fail_at))
+                                            str(run_dir / f"samples-{kind}"), versions, tags, fail_at))
         tracking.log_metrics(metrics)
         # Versions are compared only within one evaluation context (gates.py).
         context = {"profile": profile, "config": plan.config, "samples": str(plan.samples),

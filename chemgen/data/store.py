@@ -143,6 +143,15 @@ class CurationResult:
     manifest: dict[str, Any]
     reused: bool  # True when unchanged input found an existing version (no-op)
 
+    @property
+    def sliced(self) -> bool:
+        """A ``limit`` slice: stored as a version of its own, never made the dataset's LATEST."""
+        return is_slice(self.manifest)
+
+
+def is_slice(manifest: dict[str, Any]) -> bool:
+    return manifest.get("parameters", {}).get("limit") is not None
+
 
 def input_fingerprint(builder: DatasetBuilder) -> tuple[str, list[dict[str, Any]]]:
     files = [{"name": p.name, "path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)}
@@ -198,7 +207,8 @@ def curate(builder: DatasetBuilder, root: str | os.PathLike | None = None, force
     target = folder / version
     if target.is_dir() and not force:
         manifest = read_manifest(builder.name, version, root)
-        _set_latest(folder, version)
+        if not is_slice(manifest):
+            _set_latest(folder, version)
         return CurationResult(builder.name, version, target, manifest, reused=True)
 
     rows_by_split: dict[str, list[dict]] = {s: [] for s in SPLIT_NAMES}
@@ -254,7 +264,8 @@ def curate(builder: DatasetBuilder, root: str | os.PathLike | None = None, force
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _set_latest(folder, version)
+    if not is_slice(manifest):  # a slice must not shrink what `load(name)` means for everyone else
+        _set_latest(folder, version)
     return CurationResult(builder.name, version, target, manifest, reused=False)
 
 
@@ -278,8 +289,20 @@ def resolve_version(name: str, version: str | None = None, root: str | os.PathLi
         return version
     latest = folder / "LATEST"
     if not latest.is_file():
-        raise StoreError(f"{folder}: dataset {name!r} has not been curated (run `chemgen data prepare {name}`)")
+        slices = sorted(v.name for v in folder.iterdir() if v.is_dir() and not v.name.startswith(".")) \
+            if folder.is_dir() else []
+        hint = (f"; only slices are curated ({', '.join(slices)}): name one as {name}@VERSION" if slices else "")
+        raise StoreError(f"{folder}: dataset {name!r} has not been curated in full "
+                         f"(run `chemgen data prepare {name}`){hint}")
     return latest.read_text().strip()
+
+
+def parse_dataset_ref(text: str) -> tuple[str, str | None]:
+    """``qm9@6b0eb599c00e`` -> ("qm9", "6b0eb599c00e"); ``qm9`` -> ("qm9", None), i.e. LATEST."""
+    name, _, version = text.partition("@")
+    if not name or (_ and not version):
+        raise ValueError(f"dataset reference {text!r}: expected NAME or NAME@VERSION")
+    return name, version or None
 
 
 def read_manifest(name: str, version: str | None = None, root: str | os.PathLike | None = None) -> dict[str, Any]:

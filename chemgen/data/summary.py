@@ -15,6 +15,8 @@ def print_curation(result: CurationResult, console: Console) -> None:
     m = result.manifest
     state = "unchanged input: reused existing version" if result.reused else f"curated in {m['curation_seconds']} s"
     console.print(f"[bold]{result.name}[/] version [cyan]{result.version}[/] ({state})")
+    if result.sliced:
+        console.print(f"a slice (--limit): LATEST is unchanged; use it as [cyan]{result.name}@{result.version}[/]")
     print_manifest(m, console)
 
 

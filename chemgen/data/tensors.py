@@ -118,8 +118,9 @@ class TensorPack:
         return torch.bincount(sizes, minlength=max_atoms + 1)[: max_atoms + 1]
 
 
-def pack_from_store(name: str, split: str, limit: int | None = None, root: str | os.PathLike | None = None) -> TensorPack:
-    """A curated split as a tensor pack (needs pyarrow; run on a CPU machine)."""
+def pack_from_store(name: str, split: str, limit: int | None = None, root: str | os.PathLike | None = None,
+                    version: str | None = None) -> TensorPack:
+    """A curated split (LATEST, or ``version``) as a tensor pack (needs pyarrow; run on a CPU machine)."""
     from chemgen.data.store import load
 
-    return TensorPack.from_systems(load(name, split, limit=limit, root=root))
+    return TensorPack.from_systems(load(name, split, version=version, limit=limit, root=root))

@@ -99,29 +99,31 @@ def _check_kind(systems: list, reasons: list, kind: str, path: Path) -> tuple[li
 
 
 # ---------------------------------------------------------------------------- references
-def qm9_reference_smiles(protocols: Sequence[str] = ("edm", "rdkit"), store: str | os.PathLike | None = None) -> dict[str, frozenset[str]]:
-    """Training SMILES of the curated QM9 train split, rebuilt from coordinates; cached per version."""
+def qm9_reference_smiles(protocols: Sequence[str] = ("edm", "rdkit"), store: str | os.PathLike | None = None,
+                         version: str | None = None) -> dict[str, frozenset[str]]:
+    """Training SMILES of the curated QM9 train split (LATEST or ``version``), rebuilt from coordinates;
+    cached per version."""
     from chemgen.data.store import load, read_manifest
     from chemgen.paths import chemgen_home
     from chemgen.scoring.molecules import reference_smiles
 
-    manifest = read_manifest("qm9", root=store)
+    manifest = read_manifest("qm9", version, root=store)
     cache = chemgen_home() / "cache" / f"qm9-{manifest['version']}-train-smiles.json"
     cached: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
     missing = [p for p in protocols if p not in cached]
     if missing:
-        computed = reference_smiles(load("qm9", "train", root=store), protocols=missing)
+        computed = reference_smiles(load("qm9", "train", version=manifest["version"], root=store), protocols=missing)
         cached.update({p: sorted(s) for p, s in computed.items()})
         with atomic_write(cache) as handle:
             json.dump(cached, handle)
     return {p: frozenset(cached[p]) for p in protocols}
 
 
-def mp20_references(store: str | os.PathLike | None = None) -> list[AtomicSystem]:
+def mp20_references(store: str | os.PathLike | None = None, version: str | None = None) -> list[AtomicSystem]:
     """Every curated MP-20 structure (novelty reference under the in-house protocol)."""
     from chemgen.data.store import load
 
-    return load("mp20", root=store)
+    return load("mp20", version=version, root=store)
 
 
 # ---------------------------------------------------------------------------- scoring

@@ -74,7 +74,7 @@ def test_other_cdvae_sets_curate(name, data_dir, store):
     result = curate(BUILDERS[name](data_dir=data_dir, limit=8), root=store, progress=False)
     assert result.manifest["counts"]["curated"] == 16 and result.manifest["counts"]["bad"] == 0
     assert result.manifest["splits"]["valid"] == 8 and result.manifest["splits"]["test"] == 8
-    assert all(s.pbc and s.dataset == name for s in load(name, root=store))
+    assert all(s.pbc and s.dataset == name for s in load(name, version=result.version, root=store))
 
 
 def test_canonical_files_map_to_canonical_splits(tmp_path):

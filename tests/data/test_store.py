@@ -82,10 +82,23 @@ def test_loading_an_uncurated_dataset_says_what_to_run(store):
 def test_qm9_slice_keeps_edm_split_labels(store):
     result = curate(BUILDERS["qm9"](limit=300), root=store, progress=False)
     assert result.manifest["counts"]["curated"] == 300
-    systems = load("qm9", root=store)
+    systems = load("qm9", version=result.version, root=store)
     from chemgen.data.qm9 import edm_split
 
     # The slice is the first 300 rows in GDB order, so a row's position is its rank by gdb_index.
     ordered = sorted(systems, key=lambda s: s.properties["gdb_index"])
     train = set(edm_split()["train"][edm_split()["train"] < 300].tolist())
     assert {i for i, s in enumerate(ordered) if s.properties["split"] == "train"} == train
+
+
+def test_a_slice_never_moves_latest(store):
+    from chemgen.data import BUILDERS
+    from chemgen.data.store import StoreError, curate, load, read_manifest
+
+    small = curate(BUILDERS["qm9"](limit=30), root=store, progress=False)
+    assert small.sliced and not (store / "qm9" / "LATEST").exists()
+    with pytest.raises(StoreError, match="name one as qm9@VERSION"):
+        read_manifest("qm9", root=store)
+    assert len(load("qm9", version=small.version, root=store)) == 30
+    again = curate(BUILDERS["qm9"](limit=30), root=store, progress=False)
+    assert again.reused and not (store / "qm9" / "LATEST").exists()

@@ -15,16 +15,22 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, mp20_slice_dir):
-    curate(BUILDERS["qm9"](limit=200), progress=False)
+    qm9 = curate(BUILDERS["qm9"](limit=200), progress=False)
+    assert qm9.sliced  # a slice is a version of its own and never becomes LATEST
     curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)
     out = tmp_path_factory.mktemp("adit")
+    unnamed = runner.invoke(app, ["train", "adit-vae", "--config", "tiny", "--accelerator", "cpu",
+                                  "--out", str(out / "vae"), "--max-steps", "8"])
+    assert unnamed.exit_code == 1 and "qm9@VERSION" in unnamed.output
+    data = ["--data", f"qm9@{qm9.version}"]
     vae = runner.invoke(app, ["train", "adit-vae", "--config", "tiny", "--accelerator", "cpu", "--out", str(out / "vae"),
-                              "--max-steps", "8"])
+                              "--max-steps", "8", *data])
     assert vae.exit_code == 0, vae.output
     dit = runner.invoke(app, ["train", "adit-dit", "--config", "tiny", "--accelerator", "cpu", "--vae",
                               str(out / "vae" / "vae.pt"), "--out", str(out / "model"), "--max-steps", "8",
-                              "--register", "chemgen-adit-test"])
+                              "--register", "chemgen-adit-test", *data])
     assert dit.exit_code == 0, dit.output
+    out.joinpath("data").write_text(" ".join(data))
     return out
 
 
@@ -55,7 +61,8 @@ def test_registered_pyfunc_answers_requests(registered):
 
 def test_cli_samples_from_the_registry(registered, tmp_path):
     result = runner.invoke(app, ["sample", "adit", "--model", "models:/chemgen-adit-test@challenger", "--kind", "molecule",
-                                 "--n", "6", "--out", str(tmp_path / "s"), "--steps", "4"])
+                                 "--n", "6", "--out", str(tmp_path / "s"), "--steps", "4",
+                                 *(registered / "data").read_text().split()])
     assert result.exit_code == 0, result.output
     summary = pd.read_csv(tmp_path / "s" / "summary.csv")
     assert len(summary) == 6 and "score_edm/valid" in summary.columns
@@ -71,11 +78,11 @@ def test_cli_trains_into_a_lineage_and_samples_from_it(registered, tmp_path):
     for run in range(2):
         result = runner.invoke(app, ["train", "adit-dit", "--config", "tiny", "--accelerator", "cpu", "--vae",
                                      str(registered / "vae" / "vae.pt"), "--out", str(tmp_path / f"run{run}"),
-                                     "--max-steps", "4", "--lineage", str(folder),
+                                     "--max-steps", "4", "--lineage", str(folder), *(registered / "data").read_text().split(),
                                      *(["--init-from", str(folder)] if run else [])])
         assert result.exit_code == 0, result.output
     assert lineage.read_manifest(folder)["steps"]["dit"] == 8          # 4 + 4: the count accumulates
     assert [r["init_from"] for r in lineage.runs(folder)] == ["", str(folder)]
     sampled = runner.invoke(app, ["sample", "adit", "--model", str(folder), "--kind", "crystal", "--n", "3",
-                                  "--out", str(tmp_path / "s"), "--steps", "4"])
+                                  "--out", str(tmp_path / "s"), "--steps", "4", *(registered / "data").read_text().split()])
     assert sampled.exit_code == 0, sampled.output

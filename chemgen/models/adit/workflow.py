@@ -22,13 +22,13 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 
 
 # ---------------------------------------------------------------------------- data
-def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = None
-                   ) -> tuple[TensorPack, TensorPack, list[dict[str, Any]]]:
-    """Train and validation packs of the configured datasets, cached per dataset version."""
+def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = None,
+                   versions: dict[str, str] | None = None) -> tuple[TensorPack, TensorPack, list[dict[str, Any]]]:
+    """Train and validation packs of the configured datasets (LATEST, or ``versions[name]``), cached per version."""
     from chemgen.data.store import read_manifest
     from chemgen.paths import chemgen_home
 
-    manifests = [read_manifest(name, root=store) for name in train_config.datasets]
+    manifests = [read_manifest(name, (versions or {}).get(name), root=store) for name in train_config.datasets]
     packs: dict[str, list[TensorPack]] = {"train": [], "valid": []}
     for manifest in manifests:
         for split in packs:
@@ -37,7 +37,7 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
             if cache.is_file():
                 pack = TensorPack.load(cache)
             else:
-                pack = pack_from_store(manifest["name"], split, limit=limit, root=store)
+                pack = pack_from_store(manifest["name"], split, limit=limit, root=store, version=manifest["version"])
                 pack.save(cache)
             packs[split].append(pack)
     return TensorPack.concat(packs["train"]), TensorPack.concat(packs["valid"]), manifests
@@ -59,7 +59,7 @@ def train(stage: str, config: ADiTConfig | str, out_dir: str | os.PathLike, vae_
           store: str | os.PathLike | None = None, accelerator: str = "auto", devices: int = 1,
           max_steps: int | None = None, max_minutes: float | None = None, resume: bool = True,
           progress: bool = True, tags: dict[str, str] | None = None,
-          init_from: str | os.PathLike | None = None) -> TrainingOutcome:
+          init_from: str | os.PathLike | None = None, versions: dict[str, str] | None = None) -> TrainingOutcome:
     """Train one ADiT stage ("vae" or "dit") as an MLflow run with params, dataset inputs and exports."""
     from chemgen.models.adit.train import train_dit, train_vae
 
@@ -70,7 +70,7 @@ def train(stage: str, config: ADiTConfig | str, out_dir: str | os.PathLike, vae_
     if stage == "dit" and vae_path is None:
         raise ValueError("the DiT stage needs a trained VAE: pass vae_path (a vae.pt from `chemgen train adit-vae`)")
     out_dir = Path(out_dir)
-    train_pack, val_pack, manifests = training_packs(train_config, store)
+    train_pack, val_pack, manifests = training_packs(train_config, store, versions)
     kwargs = dict(accelerator=accelerator, devices=devices, resume=resume, progress=progress,
                   max_steps=max_steps, max_minutes=max_minutes, init_from=init_from)
     if os.environ.get("LOCAL_RANK", "0") != "0":
@@ -158,8 +158,8 @@ def load_model(model: str | os.PathLike, device: str = "cpu"):
 # ---------------------------------------------------------------------------- sampling
 def sample_to_files(model: Any, kind: str, n: int, out_dir: str | os.PathLike, seed: int = 0,
                     num_steps: int | None = None, solver: str | None = None, cfg_scale: float | None = None,
-                    batch_size: int = 500, score: bool = True, store: str | os.PathLike | None = None
-                    ) -> dict[str, Any]:
+                    batch_size: int = 500, score: bool = True, store: str | os.PathLike | None = None,
+                    versions: dict[str, str] | None = None) -> dict[str, Any]:
     """Generate n structures, write them (SDF + XYZ or CIF + XYZ) with a CSV summary, and score them."""
     import pandas as pd
 
@@ -196,13 +196,15 @@ def sample_to_files(model: Any, kind: str, n: int, out_dir: str | os.PathLike, s
         items = [None if isinstance(s, Failure) else s for s in systems]
         reasons = [s.reason if isinstance(s, Failure) else None for s in systems]
         if kind == "molecule":
-            references = report.qm9_reference_smiles(store=store)
+            references = report.qm9_reference_smiles(store=store, version=(versions or {}).get("qm9"))
             metrics, table, scores = report.score_systems(items, kind, reasons, references=references)
         else:
             from chemgen.data.store import load
 
-            metrics, table, scores = report.score_systems(items, kind, reasons, references=report.mp20_references(store),
-                                                          ground_truth=load("mp20", "test", limit=1000, root=store))
+            version = (versions or {}).get("mp20")
+            metrics, table, scores = report.score_systems(
+                items, kind, reasons, references=report.mp20_references(store, version),
+                ground_truth=load("mp20", "test", version=version, limit=1000, root=store))
         summary = pd.concat([summary.reset_index(drop=True), table.drop(columns=[c for c in ("index",) if c in table])
                              .add_prefix("score_").reset_index(drop=True)], axis=1)
         result["metrics"] = metrics
