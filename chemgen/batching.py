@@ -21,6 +21,15 @@ from chemgen.atoms import AtomicSystem
 DATASET_INDEX: dict[str, int] = {"mp20": 1, "qm9": 2, "mpts52": 3, "perov5": 4, "carbon24": 5}
 
 
+def dataset_label(name: str) -> int:
+    """The conditioning label of a dataset; 0 is the CFG null class, so an unknown name must not map to it."""
+    try:
+        return DATASET_INDEX[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset label {name!r} (known: {', '.join(DATASET_INDEX)}); "
+                         "label 0 is classifier-free guidance's null class") from None
+
+
 def to_data(system: AtomicSystem) -> Data:
     """One system as a torch_geometric ``Data`` (float32 coordinates)."""
     return Data(
@@ -29,7 +38,7 @@ def to_data(system: AtomicSystem) -> Data:
         frac_coords=torch.tensor(system.frac_coords, dtype=torch.float32),      # (N, 3)
         cell=torch.tensor(system.cell, dtype=torch.float32).unsqueeze(0),       # (1, 3, 3)
         pbc=torch.tensor([system.pbc]),                                            # (1,)
-        dataset_idx=torch.tensor([DATASET_INDEX.get(system.dataset, 0)]),         # (1,)
+        dataset_idx=torch.tensor([dataset_label(system.dataset)]),                # (1,)
         num_atoms=torch.tensor([system.num_atoms]),                                # (1,)
         num_nodes=system.num_atoms,
     )

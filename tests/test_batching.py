@@ -28,3 +28,14 @@ def test_dense_round_trip_to_records(qm9_systems, mp20_systems):
 def test_num_atoms_histogram(qm9_systems):
     counts = num_atoms_histogram(qm9_systems, max_atoms=29)
     assert counts.shape == (30,) and counts.sum() == len(qm9_systems)
+
+
+def test_unknown_dataset_label_raises_instead_of_training_as_the_null_class(qm9_systems):
+    import pytest
+
+    from chemgen.data.tensors import TensorPack
+
+    stranger = qm9_systems[0].replace(dataset="user")
+    with pytest.raises(ValueError, match="unknown dataset label 'user'"):
+        TensorPack.from_systems([qm9_systems[1], stranger])
+    assert TensorPack.from_systems(qm9_systems[:2]).dataset_idx.tolist() == [2, 2]

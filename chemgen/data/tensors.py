@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from chemgen.atoms import AtomicSystem
-from chemgen.batching import DATASET_INDEX, DenseBatch
+from chemgen.batching import DenseBatch, dataset_label
 
 PACK_FORMAT = 1
 
@@ -55,7 +55,7 @@ class TensorPack:
             num_atoms=torch.tensor([s.num_atoms for s in systems]),
             cell=torch.stack([torch.tensor(s.cell, dtype=torch.float32) for s in systems]),
             pbc=torch.tensor([s.pbc for s in systems]),
-            dataset_idx=torch.tensor([DATASET_INDEX.get(s.dataset, 0) for s in systems]),
+            dataset_idx=torch.tensor([dataset_label(s.dataset) for s in systems]),
         )
 
     @classmethod

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from chemgen.config import ADiTConfig, TrainConfig, from_dict
 from chemgen.data.tensors import TensorPack
 from chemgen.generation import lineage
-from chemgen.models.adit.lightning import DiTModule, VAEModule
+from chemgen.models.adit.modules import DiTModule, VAEModule
 from chemgen.models.adit.model import ADiT, MAX_ATOMS
 
 EXPORT_FORMAT = 1
