@@ -37,9 +37,11 @@ clean-store:
 # datasets/spectra/qm9-xtb end; commit the finished shards and manifest.json. Stop it with `make spectra-stop`.
 SPECTRA_WORKERS ?= 1
 UNTIL ?=
+SHARD_SIZE ?=
 spectra: install
 	@mkdir -p logs
 	setsid nohup $(VENV)/bin/chemgen data prepare qm9-spectra --workers $(SPECTRA_WORKERS) $(if $(UNTIL),--until $(UNTIL)) \
+		$(if $(SHARD_SIZE),--shard-size $(SHARD_SIZE)) \
 		>> logs/spectra.log 2>&1 & echo $$! > logs/spectra.pid
 	@echo "spectra: started pid $$(cat logs/spectra.pid), log logs/spectra.log"
 

@@ -72,6 +72,8 @@ def data_prepare(
     start: Annotated[int, typer.Option(help="qm9-spectra --export-jobs: first order position to export.")] = 0,
     import_shards: Annotated[Optional[Path], typer.Option(
         help="qm9-spectra only: add the shards of a spectra-shards.tar made by chemgen.spectra.remote.")] = None,
+    shard_size: Annotated[int, typer.Option(
+        help="qm9-spectra only: molecules per shard (smaller ones lose less at a deadline or a kill).")] = 500,
     force: Annotated[bool, typer.Option(help="Curate again even if this input was curated before.")] = False,
 ) -> None:
     """Curate one dataset into a new version of the store (a no-op when the input is unchanged)."""
@@ -82,7 +84,7 @@ def data_prepare(
     if name == "qm9-spectra":
         if export_jobs or import_shards:
             return _spectra_transfer(export_jobs, import_shards, start, limit, out)
-        return _prepare_spectra(workers, limit, until, out)
+        return _prepare_spectra(workers, limit, until, out, shard_size)
     try:
         if name not in BUILDERS:
             raise KeyError(f"unknown dataset {name!r} (known: {', '.join(BUILDERS)})")
@@ -120,13 +122,14 @@ def _spectra_transfer(export_path: Path | None, archive: Path | None, start: int
         _fail(err)
 
 
-def _prepare_spectra(workers: int, limit: int | None, until: str | None, out: Path | None) -> None:
+def _prepare_spectra(workers: int, limit: int | None, until: str | None, out: Path | None,
+                     shard_size: int = 500) -> None:
     from chemgen.data.spectra import curate_spectra
     from chemgen.spectra.shards import SpectraStoreError
     from chemgen.spectra.summary import print_spectra_manifest
 
     try:
-        report = curate_spectra(out, workers=workers, limit=limit, until=until)
+        report = curate_spectra(out, workers=workers, limit=limit, until=until, shard_size=shard_size)
     except (*USER_ERRORS, SpectraStoreError) as err:
         _fail(err)
     console.print(f"computed {report.computed:,} molecules in {report.seconds:,.0f} s "

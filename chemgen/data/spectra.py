@@ -253,8 +253,8 @@ def curate_spectra(folder: Path | None = None, workers: int = 1, limit: int | No
     folder = Path(folder) if folder else default_folder()
     deadline = parse_until(until)
     limit = NUM_MOLECULES if limit is None else min(limit, NUM_MOLECULES)
-    if limit < 0 or workers < 1:
-        raise ValueError("--limit must be >= 0 and --workers >= 1")
+    if limit < 0 or workers < 1 or shard_size < 1:
+        raise ValueError("--limit must be >= 0, --workers and --shard-size >= 1")
     report = CurationReport(folder)
     start = time.perf_counter()
     with folder_lock(folder), GracefulStop() as stop:
