@@ -51,7 +51,7 @@ spectra-stop:
 	@if [ -f logs/spectra.pid ]; then kill $$(cat logs/spectra.pid) 2>/dev/null && echo "spectra: stopping after the running shard(s)"; fi
 
 spectra-kill:
-	@if [ -f logs/spectra.pid ]; then kill -KILL -- -$$(cat logs/spectra.pid) 2>/dev/null && echo "spectra: killed"; rm -f logs/spectra.pid; fi
+	@if [ -f logs/spectra.pid ]; then pkill -KILL -g $$(cat logs/spectra.pid) && echo "spectra: killed"; rm -f logs/spectra.pid; fi
 
 # Python 3.12 wheels of what the GPU machine lacks for the spectra workers (README: "Spectra on the GPU machine").
 spectra-wheels: install
