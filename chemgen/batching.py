@@ -1,14 +1,13 @@
 """Records to tensors: torch_geometric ``Data``/``Batch`` and padded dense tensors with masks.
 
-Models take a ``Batch`` (ragged, concatenated atoms with a ``batch`` vector) and turn it
-into padded tensors with ``to_dense`` (torch_geometric's ``to_dense_batch``). Only torch
-and torch_geometric are imported here, so the GPU training path needs no chemistry stack.
+A ``Batch`` (ragged, concatenated atoms with a ``batch`` vector) becomes padded tensors with
+``to_dense`` (torch_geometric's ``to_dense_batch``). The padded batch itself and the dataset
+labels live in the torch-only `chemgen.dense`, which the GPU training path imports instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,18 +15,10 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_dense_batch
 
 from chemgen.atoms import AtomicSystem
+from chemgen.dense import DATASET_INDEX, DenseBatch, dataset_label
 
-# Dataset labels as integers for conditioning; 0 is reserved for "no label" (CFG's null class).
-DATASET_INDEX: dict[str, int] = {"mp20": 1, "qm9": 2, "mpts52": 3, "perov5": 4, "carbon24": 5}
-
-
-def dataset_label(name: str) -> int:
-    """The conditioning label of a dataset; 0 is the CFG null class, so an unknown name must not map to it."""
-    try:
-        return DATASET_INDEX[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset label {name!r} (known: {', '.join(DATASET_INDEX)}); "
-                         "label 0 is classifier-free guidance's null class") from None
+__all__ = ["DATASET_INDEX", "DenseBatch", "collate", "dataset_label", "from_dense", "num_atoms_histogram",
+           "to_data", "to_dense"]
 
 
 def to_data(system: AtomicSystem) -> Data:
@@ -47,20 +38,6 @@ def to_data(system: AtomicSystem) -> Data:
 def collate(systems: Sequence[AtomicSystem]) -> Batch:
     """A list of systems as one ``Batch``; per-system fields stack along dim 0."""
     return Batch.from_data_list([to_data(s) for s in systems])
-
-
-@dataclass(frozen=True)
-class DenseBatch:
-    """Padded tensors of a batch of B systems with at most N atoms each."""
-
-    atomic_numbers: torch.Tensor  # (B, N) long, 0 at padding
-    pos: torch.Tensor             # (B, N, 3)
-    frac_coords: torch.Tensor     # (B, N, 3)
-    mask: torch.Tensor            # (B, N) bool, True for real atoms
-    cell: torch.Tensor            # (B, 3, 3)
-    pbc: torch.Tensor             # (B,) bool
-    dataset_idx: torch.Tensor     # (B,) long
-    num_atoms: torch.Tensor       # (B,) long
 
 
 def to_dense(batch: Batch, max_atoms: int | None = None) -> DenseBatch:

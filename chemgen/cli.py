@@ -386,10 +386,49 @@ def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen 
     console.print(f"model: {out}  (sample: chemgen sample adit --model {out} --kind crystal --n 100 --out samples/)")
 
 
+@train_app.command("adit-packs")
+def train_adit_packs(out: Annotated[Path, typer.Option(help="Folder for train.pt, val.pt and data.txt.")],
+                     config: Config = "gpu-quick", store: StoreDir = None, data: DataVersions = None) -> None:
+    """Tensor packs of the config's datasets, for `python -m chemgen.models.adit.remote` on a GPU machine."""
+    from chemgen.config import load_config
+    from chemgen.data.store import parse_dataset_ref
+    from chemgen.models.adit.workflow import write_packs
+
+    try:
+        cfg = load_config(config)
+        versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
+        refs = write_packs(cfg.vae_train, out, store, versions)
+    except USER_ERRORS as err:
+        _fail(err)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in sorted(out.glob("*.pt")))
+    console.print(f"packs of {', '.join(refs)} in {out}: {sizes}")
+
+
+@train_app.command("adit-import")
+def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run of chemgen.models.adit.remote wrote.")],
+                      into: Annotated[Optional[Path], typer.Option(
+                          help="Shipped lineage to promote into (default: models/weights/<config>).")] = None,
+                      store: StoreDir = None) -> None:
+    """Score a GPU run's samples and reconstructions here, and promote its checkpoint if the gate prefers it."""
+    from chemgen.models.adit.lineage_runs import promote_run, score_run
+    from chemgen.scoring.report import print_metrics
+
+    try:
+        scored = score_run(run, store)
+        decision, target = promote_run(run, scored, into)
+    except USER_ERRORS as err:
+        _fail(err)
+    print_metrics(scored["scores"], console, title=f"scores of {run}")
+    verdict = "[bold green]promoted[/]" if decision.promote else "[yellow]kept the shipped checkpoint[/]"
+    console.print(f"{verdict} ({target}): {decision.reason}")
+
+
 @sample_app.command("adit")
 def sample_adit(
-    model: Annotated[str, typer.Option(help="Model folder (vae.pt + dit.pt), lineage folder (models/weights/...) or models:/NAME@ALIAS.")],
     kind: Annotated[str, typer.Option(help="molecule | crystal")],
+    model: Annotated[Optional[str], typer.Option(
+        help="Model folder (vae.pt + dit.pt), lineage folder (models/weights/...) or models:/NAME@ALIAS "
+             "(default: the shipped checkpoint, models/weights/adit-gpu-quick).")] = None,
     n: Annotated[int, typer.Option(help="Number of structures.")] = 100,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("samples"),
     seed: int = 0,
@@ -412,6 +451,10 @@ def sample_adit(
         from chemgen.data.store import parse_dataset_ref
 
         versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
+        if model is None:
+            from chemgen.models.adit.lineage_runs import shipped_model
+
+            model = str(shipped_model())
         result = sample_to_files(load_model(model), kind, n, out, seed=seed, num_steps=steps, solver=solver,
                                  cfg_scale=cfg_scale, score=score, store=store, versions=versions)
     except USER_ERRORS as err:

@@ -38,7 +38,10 @@ class VAEConfig:
     weight_lengths: float = 1.0
     weight_angles: float = 10.0
     weight_frac_coords: float = 10.0
-    weight_pos: float = 10.0
+    weight_pos: float = 10.0          # positions in nm^2: 10 here is 0.1 per A^2
+    # chemgen's optional short-distance term (A^2) on molecular pairs closer than distance_cutoff (A)
+    weight_distance: float = 0.0
+    distance_cutoff: float = 2.0
     # Denoising corruption during training: fraction of atom types masked, of positions jittered
     corrupt_fraction: float = 0.1
     corrupt_pos_std: float = 0.1  # Angstrom

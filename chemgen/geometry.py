@@ -11,13 +11,40 @@ import torch
 
 def random_rotation(n: int = 1, generator: torch.Generator | None = None,
                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Uniform random proper rotations (n, 3, 3) from QR of Gaussian matrices (Mezzadri 2007)."""
-    a = torch.randn(n, 3, 3, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(a)
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # unique, Haar-distributed
-    flip = torch.det(q) < 0
-    q[flip, :, 0] = -q[flip, :, 0]  # reflections -> rotations
-    return q.to(device=device, dtype=dtype)
+    """Uniform random proper rotations (n, 3, 3) from normalised Gaussian quaternions (Shoemake 1992).
+
+    Elementwise maths only (no QR, no boolean indexing), so on a GPU it never waits for the host.
+    """
+    draw_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    if generator is None:  # no generator argument at all: torch.compile traces this with a symbolic n
+        q = torch.randn(n, 4, device=device, dtype=draw_dtype)
+    else:
+        q = torch.randn(n, 4, generator=generator, dtype=draw_dtype)
+    q = (q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(device=device, dtype=dtype)
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+
+def inverse_3x3(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of (..., 3, 3) matrices by the adjugate: rows a, b, c -> [b x c, c x a, a x b]^T / det.
+
+    Unlike ``torch.linalg.inv`` it runs no solver and checks no pivots, so a GPU step needs no host sync;
+    singular matrices give inf/NaN, which callers mask.
+    """
+    a, b, c = m.unbind(-2)
+    cofactors = torch.stack([torch.linalg.cross(b, c), torch.linalg.cross(c, a), torch.linalg.cross(a, b)], dim=-1)
+    return cofactors / det_3x3(m)[..., None, None]
+
+
+def det_3x3(m: torch.Tensor) -> torch.Tensor:
+    """Determinant of (..., 3, 3) matrices as the triple product a . (b x c), with no LU factorisation."""
+    a, b, c = m.unbind(-2)
+    return (a * torch.linalg.cross(b, c)).sum(-1)
 
 
 def lattice_parameters(cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

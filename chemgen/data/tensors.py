@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from chemgen.atoms import AtomicSystem
-from chemgen.batching import DenseBatch, dataset_label
+from chemgen.dense import DenseBatch, dataset_label
 
 PACK_FORMAT = 1
 

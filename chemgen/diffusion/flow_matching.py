@@ -22,7 +22,10 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.T
 
 def centred_gaussian(shape: tuple[int, ...], mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """N(0, I) noise (B, N, c), mean-free over each system's real tokens, zero at padding."""
-    noise = torch.randn(shape, generator=generator, device=mask.device if generator is None else "cpu").to(mask.device)
+    if generator is None:  # no generator argument at all: torch.compile traces this with symbolic shapes
+        noise = torch.randn(shape, device=mask.device)
+    else:
+        noise = torch.randn(shape, generator=generator).to(mask.device)
     m = mask[..., None].to(noise.dtype)
     mean = (noise * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)
     return (noise - mean) * m

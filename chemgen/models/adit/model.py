@@ -8,13 +8,12 @@ latent space with classifier-free guidance on the dataset label, and decodes.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from chemgen.batching import DATASET_INDEX, DenseBatch
+from chemgen.dense import DATASET_INDEX, DenseBatch
 from chemgen.config import ADiTConfig
 from chemgen.diffusion.flow_matching import LinearFlowMatching
 from chemgen.geometry import cell_from_parameters
@@ -63,12 +62,18 @@ class ADiT(nn.Module):
         t = self.flow.sample_t(len(x_1), x_1.device)
         x_t = self.flow.interpolate(x_1, t, batch.mask)
         x_sc = None
-        if self.training and random.random() < self.config.flow.self_condition_prob:
-            with torch.no_grad():  # self-conditioning: a first estimate, without gradient
-                x_sc = self.dit(x_t, t, batch.dataset_idx, batch.mask)
+        if self.training and self.config.flow.self_condition_prob > 0:
+            # self-conditioning: a first estimate without gradient, kept for a random half of the systems
+            # (chosen per system on the device, so the step has one graph and no host decision)
+            with torch.no_grad():
+                keep = torch.rand(len(x_1), 1, 1, device=x_1.device) < self.config.flow.self_condition_prob
+                x_sc = self.dit(x_t, t, batch.dataset_idx, batch.mask) * keep
         x_1_hat = self.dit(x_t, t, batch.dataset_idx, batch.mask, x_sc)
         per_system = self.flow.loss(x_1, x_1_hat, t, batch.mask)
-        return {"loss": per_system.mean(), "latent_std": x_1[batch.mask].std()}
+        m = batch.mask[..., None].float()
+        latent_mean = (x_1 * m).sum() / (m.sum() * x_1.shape[-1]).clamp_min(1)
+        latent_var = ((x_1 - latent_mean) ** 2 * m).sum() / (m.sum() * x_1.shape[-1]).clamp_min(1)
+        return {"loss": per_system.mean(), "latent_std": latent_var.sqrt()}
 
     # ------------------------------------------------------------------ generation
     def draw_num_atoms(self, dataset_idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from chemgen.batching import DenseBatch
+from chemgen.dense import DenseBatch
 from chemgen.config import ADiTConfig, TrainConfig, from_dict
 from chemgen.models.adit.model import ADiT
 from chemgen.models.adit.vae import AllAtomVAE

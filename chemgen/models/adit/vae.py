@@ -13,6 +13,12 @@ and angles in radians. The loss is
 
     L = sum_k w_k(periodic) * L_k  +  beta * KL(q(z | system) || N(0, I)),   beta ~ 1e-5.
 
+chemgen adds an optional term aimed at what EDM's bond tables test (``weight_distance``):
+the squared error of every molecular interatomic distance that is below ``distance_cutoff``
+(2 A) in the true structure, in A^2. The output heads run in float32 even under bf16
+autocast: bf16 resolves 3 A to about 0.01 A, half the precision stable molecules need.
+The loss is written with masked sums, never boolean indexing, so a GPU step needs no host sync.
+
 Shapes: B systems, N tokens (padded), d model width, c latent channels.
 """
 
@@ -24,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chemgen.batching import DenseBatch
+from chemgen.dense import DenseBatch
 from chemgen.config import VAEConfig
-from chemgen.geometry import lattice_parameters, random_rotation
+from chemgen.geometry import det_3x3, inverse_3x3, lattice_parameters, random_rotation
 from chemgen.nn import index_embedding
 
 ANGSTROM_PER_NM = 10.0
@@ -113,9 +119,11 @@ class AllAtomVAE(nn.Module):
     def decode(self, z: torch.Tensor, mask: torch.Tensor) -> VAEOutput:
         h = self.post_quant_conv(z) + index_embedding(token_index(mask), self.config.d_model)    # (B, N, d)
         h = self.decoder(h, src_key_padding_mask=~mask)                                          # (B, N, d)
-        lattice = self.lattice_head(masked_mean(h, mask))                                        # (B, 6)
-        return VAEOutput(self.atom_types_head(h), self.pos_head(h), self.frac_coords_head(h),
-                         lattice[:, :3], lattice[:, 3:])
+        with full_precision(h):  # float32 heads: bf16 outputs would round positions by ~0.01 A
+            h = h.float()
+            lattice = self.lattice_head(masked_mean(h, mask))                                    # (B, 6)
+            return VAEOutput(self.atom_types_head(h), self.pos_head(h), self.frac_coords_head(h),
+                             lattice[:, :3], lattice[:, 3:])
 
     def forward(self, batch: DenseBatch, sample_posterior: bool = True) -> tuple[VAEOutput, DiagonalGaussian]:
         posterior = self.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
@@ -132,13 +140,16 @@ class AllAtomVAE(nn.Module):
     def _augment(self, batch: DenseBatch) -> DenseBatch:
         pos, cell, frac = batch.pos, batch.cell, batch.frac_coords
         periodic = batch.pbc[:, None, None]
-        if self.config.augment_translation and batch.pbc.any():
-            lengths, _ = lattice_parameters(cell[batch.pbc])
-            mean = lengths.mean(0).abs().expand(len(pos), 3)
-            std = (lengths.std(0).nan_to_num(0).abs() + 1e-8).expand(len(pos), 3)
-            shift = torch.normal(mean, std) / 2                       # ADiT: ~ N(mean length, std) / 2
-            moved = pos + shift[:, None, :]
-            pos = torch.where(periodic, moved, pos)
+        if self.config.augment_translation:
+            # ADiT: shift ~ N(mean, std of the batch's crystal lattice lengths) / 2; statistics as
+            # masked sums over crystals so that the step never asks the host whether there are any
+            lengths, _ = lattice_parameters(cell)                                                # (B, 3)
+            weight = batch.pbc.to(pos.dtype)[:, None]
+            count = weight.sum(0).clamp_min(1)
+            mean = (lengths * weight).sum(0) / count
+            var = ((lengths - mean) ** 2 * weight).sum(0) / (count - 1).clamp_min(1)
+            shift = (mean + var.sqrt() * torch.randn_like(lengths)) / 2                         # (B, 3)
+            pos = torch.where(periodic, pos + shift[:, None, :], pos)
             frac = torch.where(periodic, cartesian_to_fractional(pos, cell), frac)
         if self.config.augment_rotation:
             rotation = random_rotation(len(pos), device=pos.device, dtype=pos.dtype)          # (B, 3, 3)
@@ -165,44 +176,68 @@ class AllAtomVAE(nn.Module):
                         frac_coords=frac * mask[..., None])
 
     def loss(self, batch: DenseBatch, train: bool = True) -> dict[str, torch.Tensor]:
-        """ADiT's VAE loss; ``train`` adds augmentations and denoising corruption."""
+        """ADiT's VAE loss (plus the optional short-distance term); ``train`` adds augmentations and corruption.
+
+        Per-atom terms average over all real atoms of the batch and per-system terms over all systems,
+        each weighted by whether it applies (crystal or molecule), as ADiT does.
+        """
         cfg = self.config
         if train:
             batch = self.augment(batch)
         inputs = self.corrupt(batch) if train else batch
         out, posterior = self(inputs)
         mask, periodic = batch.mask, batch.pbc
-        atom_periodic = periodic[:, None].expand_as(mask)[mask]                                  # (A,)
+        atom = mask.float()                                                                      # (B, N)
+        crystal_atom = atom * periodic[:, None].float()
+        molecule_atom = atom - crystal_atom
+        crystal = periodic.float()                                                               # (B,)
 
-        loss_types = F.cross_entropy(out.atom_type_logits[mask], batch.atomic_numbers[mask], reduction="none")
-        loss_frac = F.mse_loss(out.frac_coords, batch.frac_coords, reduction="none").mean(-1)[mask]
+        loss_types = F.cross_entropy(out.atom_type_logits.transpose(1, 2), batch.atomic_numbers, reduction="none")
+        loss_frac = F.mse_loss(out.frac_coords, batch.frac_coords, reduction="none").mean(-1)
         pos_true = batch.pos / ANGSTROM_PER_NM
         centred_true = pos_true - masked_mean(pos_true, mask)[:, None]
         centred_pred = out.pos_nm - masked_mean(out.pos_nm, mask)[:, None]
-        loss_pos = F.mse_loss(centred_pred, centred_true, reduction="none").mean(-1)[mask]
+        loss_pos = F.mse_loss(centred_pred, centred_true, reduction="none").mean(-1)           # (B, N) nm^2
         with full_precision(batch.cell):
-            lengths, angles = lattice_parameters(batch.cell)
+            lengths, angles = lattice_parameters(batch.cell.float())
         lengths_scaled = lengths / batch.num_atoms[:, None].to(lengths.dtype) ** (1 / 3)
         loss_lengths = F.mse_loss(out.lengths_scaled, lengths_scaled, reduction="none").mean(-1)
         loss_angles = F.mse_loss(out.angles, angles, reduction="none").mean(-1)
-        loss_kl = posterior.kl()[mask]
 
-        p, m = atom_periodic.to(loss_types.dtype), (~atom_periodic).to(loss_types.dtype)
-        sample_p = periodic.to(loss_types.dtype)
+        def per_atom(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            return (values * weight).sum() / atom.sum().clamp_min(1)
+
         terms = {
-            "atom_types": (cfg.weight_atom_types * loss_types).mean(),
-            "frac_coords": (cfg.weight_frac_coords * p * loss_frac).mean(),
-            "pos": (cfg.weight_pos * m * loss_pos).mean(),
-            "lengths": (cfg.weight_lengths * sample_p * loss_lengths).mean(),
-            "angles": (cfg.weight_angles * sample_p * loss_angles).mean(),
-            "kl": (cfg.kl_weight * loss_kl).mean(),
+            "atom_types": cfg.weight_atom_types * per_atom(loss_types, atom),
+            "frac_coords": cfg.weight_frac_coords * per_atom(loss_frac, crystal_atom),
+            "pos": cfg.weight_pos * per_atom(loss_pos, molecule_atom),
+            "lengths": cfg.weight_lengths * (crystal * loss_lengths).mean(),
+            "angles": cfg.weight_angles * (crystal * loss_angles).mean(),
+            "kl": cfg.kl_weight * per_atom(posterior.kl(), atom),
         }
+        if cfg.weight_distance > 0:
+            terms["distance"] = cfg.weight_distance * short_distance_error(
+                out.pos_nm * ANGSTROM_PER_NM, batch.pos, molecule_atom, cfg.distance_cutoff)
         with torch.no_grad():
-            predicted = out.atom_type_logits[mask].argmax(-1)
-            rmsd_molecules = (loss_pos[~atom_periodic].mean() * 3).sqrt() * ANGSTROM_PER_NM if m.any() else loss_pos.new_zeros(())
+            correct = (out.atom_type_logits.argmax(-1) == batch.atomic_numbers).float()
+            molecule_pos = (loss_pos * molecule_atom).sum() / molecule_atom.sum().clamp_min(1)
         return {"loss": sum(terms.values()), **{f"loss_{k}": v for k, v in terms.items()},
-                "atom_type_accuracy": (predicted == batch.atomic_numbers[mask]).float().mean(),
-                "pos_rmsd_angstrom": rmsd_molecules}
+                "atom_type_accuracy": (correct * atom).sum() / atom.sum().clamp_min(1),
+                "pos_rmsd_angstrom": (3 * molecule_pos).sqrt() * ANGSTROM_PER_NM}
+
+
+def short_distance_error(pred: torch.Tensor, true: torch.Tensor, weight: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Mean squared error (A^2) of the distances of atom pairs closer than ``cutoff`` in the true structure.
+
+    pred, true: (B, N, 3) Angstrom; weight: (B, N) 1 for atoms whose pairs count (real molecule atoms).
+    These pairs are the bonds EDM's stability tables judge, with margins of a few pm.
+    """
+    pred, true = pred.float(), true.float()
+    d_true = torch.cdist(true, true)                                                            # (B, N, N)
+    d_pred = (pred[:, :, None] - pred[:, None, :]).square().sum(-1).add(1e-12).sqrt()
+    eye = torch.eye(true.shape[1], device=true.device, dtype=torch.bool)
+    pairs = weight[:, :, None] * weight[:, None, :] * ((d_true < cutoff) & ~eye).float()
+    return ((d_pred - d_true).square() * pairs).sum() / pairs.sum().clamp_min(1)
 
 
 def full_precision(like: torch.Tensor):
@@ -212,8 +247,9 @@ def full_precision(like: torch.Tensor):
 
 def cartesian_to_fractional(pos: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     """(B, N, 3) Cartesian -> fractional in [0, 1) with lattice rows (B, 3, 3); molecules give garbage, mask them."""
-    safe = torch.where(torch.det(cell).abs()[:, None, None] > 1e-8, cell, torch.eye(3, device=cell.device, dtype=cell.dtype))
-    return (pos @ torch.linalg.inv(safe)) % 1.0
+    eye = torch.eye(3, device=cell.device, dtype=cell.dtype)
+    safe = torch.where(det_3x3(cell).abs()[:, None, None] > 1e-8, cell, eye)
+    return (pos @ inverse_3x3(safe)) % 1.0
 
 
 def _replace(batch: DenseBatch, **changes: torch.Tensor) -> DenseBatch:

@@ -43,6 +43,22 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
     return TensorPack.concat(packs["train"]), TensorPack.concat(packs["valid"]), manifests
 
 
+def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: str | os.PathLike | None = None,
+                versions: dict[str, str] | None = None) -> list[str]:
+    """``train.pt``, ``val.pt`` and ``data.txt`` (the ``name@version`` of each dataset) for a machine that has
+    only torch (`chemgen.models.adit.remote`); returns the dataset versions."""
+    from chemgen.io import atomic_write
+
+    out_dir = Path(out_dir)
+    train_pack, val_pack, manifests = training_packs(train_config, store, versions)
+    train_pack.save(out_dir / "train.pt")
+    val_pack.save(out_dir / "val.pt")
+    refs = [f"{m['name']}@{m['version']}" for m in manifests]
+    with atomic_write(out_dir / "data.txt") as handle:
+        handle.write(",".join(refs) + "\n")
+    return refs
+
+
 # ---------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class TrainingOutcome:

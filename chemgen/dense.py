@@ -1,0 +1,38 @@
+"""Padded batches and dataset labels: torch only, so a GPU machine without the chemistry stack imports them.
+
+`DenseBatch` is what every model's loss takes: B systems padded to N atoms with a mask.
+`chemgen.batching` builds them from records (via torch_geometric); `chemgen.data.tensors.TensorPack`
+and `chemgen.generation.resident` build them from tensor packs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Dataset labels as integers for conditioning; 0 is reserved for "no label" (CFG's null class).
+DATASET_INDEX: dict[str, int] = {"mp20": 1, "qm9": 2, "mpts52": 3, "perov5": 4, "carbon24": 5}
+
+
+def dataset_label(name: str) -> int:
+    """The conditioning label of a dataset; 0 is the CFG null class, so an unknown name must not map to it."""
+    try:
+        return DATASET_INDEX[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset label {name!r} (known: {', '.join(DATASET_INDEX)}); "
+                         "label 0 is classifier-free guidance's null class") from None
+
+
+@dataclass(frozen=True)
+class DenseBatch:
+    """Padded tensors of a batch of B systems with at most N atoms each."""
+
+    atomic_numbers: torch.Tensor  # (B, N) long, 0 at padding
+    pos: torch.Tensor             # (B, N, 3)
+    frac_coords: torch.Tensor     # (B, N, 3)
+    mask: torch.Tensor            # (B, N) bool, True for real atoms
+    cell: torch.Tensor            # (B, 3, 3)
+    pbc: torch.Tensor             # (B,) bool
+    dataset_idx: torch.Tensor     # (B,) long
+    num_atoms: torch.Tensor       # (B,) long

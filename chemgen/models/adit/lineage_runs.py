@@ -1,0 +1,124 @@
+"""Back from a GPU run: score what `chemgen.models.adit.remote` brought back, and promote its checkpoint
+into the shipped lineage (``models/weights/<config>/``) only when the gate prefers it.
+
+A run folder holds ``lineage/`` (the new checkpoint and the lineage log), ``samples_molecule.pt``,
+``samples_crystal.pt``, ``reconstructions.pt`` and ``report.json``. Scores are computed here, on the
+CPU machine with the chemistry stack, against the dataset versions the run trained on. The shipped
+lineage's manifest keeps the scores and the evaluation context of its checkpoint, so the next run is
+compared on equal terms (`chemgen.gates.decide`: same context, one-sided 95 % bounds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from chemgen.gates import Evaluation, GateDecision, decide, gate_metrics_for
+from chemgen.generation import lineage
+from chemgen.models.adit.diagnostics import score_reconstructions
+
+SHIPPED_ROOT = Path(__file__).resolve().parents[3] / "models" / "weights"
+SHIPPED_CONFIG = "adit-gpu-quick"   # the lineage `chemgen sample adit` uses when no model is named
+KIND_DATASET = {"molecule": "qm9", "crystal": "mp20"}
+
+
+def shipped_model() -> Path:
+    """The shipped champion checkpoint (a lineage folder committed to the project)."""
+    folder = shipped_lineage(SHIPPED_CONFIG)
+    if not lineage.is_lineage(folder):
+        raise FileNotFoundError(f"{folder}: no shipped checkpoint in this checkout; name a model with --model")
+    return folder
+
+
+def shipped_lineage(config_name: str) -> Path:
+    """Where the promoted checkpoint of a config lives in the project, e.g. ``models/weights/adit-gpu-quick``."""
+    return SHIPPED_ROOT / config_name
+
+
+def load_samples(path: str | os.PathLike) -> SimpleNamespace:
+    """Padded sample tensors saved by the remote run, as the decoded batch `to_systems` reads."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != 1 or "mask" not in payload:
+        raise ValueError(f"{path}: not a chemgen samples file")
+    return SimpleNamespace(**{k: payload[k] for k in ("atomic_numbers", "pos", "frac_coords", "cell", "mask", "periodic")})
+
+
+def score_samples(path: str | os.PathLike, kind: str, versions: dict[str, str], store: str | os.PathLike | None = None,
+                  out_dir: str | os.PathLike | None = None) -> dict[str, float]:
+    """Score a samples file with the reference protocols against the given dataset versions."""
+    from chemgen.models.adit.decode import Failure, to_systems
+    from chemgen.scoring import report
+
+    systems = to_systems(load_samples(path), KIND_DATASET[kind])
+    items = [None if isinstance(s, Failure) else s for s in systems]
+    reasons = [s.reason if isinstance(s, Failure) else None for s in systems]
+    if kind == "molecule":
+        references = report.qm9_reference_smiles(store=store, version=versions.get("qm9"))
+        metrics, table, scores = report.score_systems(items, kind, reasons, references=references)
+    else:
+        from chemgen.data.store import load
+
+        version = versions.get("mp20")
+        metrics, table, scores = report.score_systems(
+            items, kind, reasons, references=report.mp20_references(store, version),
+            ground_truth=load("mp20", "test", version=version, limit=1000, root=store))
+    if out_dir is not None:
+        report.save_report(metrics, table, scores, kind, Path(out_dir) / kind, context={"input": str(path)})
+    return metrics
+
+
+def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Scores of both kinds (``molecule/...``, ``crystal/...``), reconstruction stability, and the context."""
+    run_dir = Path(run_dir)
+    manifest = lineage.read_manifest(run_dir / "lineage")
+    versions = dict(ref.split("@", 1) for ref in manifest.get("data", []))
+    scores: dict[str, float] = {}
+    samples = {}
+    for kind in ("molecule", "crystal"):
+        path = run_dir / f"samples_{kind}.pt"
+        samples[kind] = int(load_samples(path).mask.shape[0])
+        metrics = score_samples(path, kind, versions, store, out_dir=run_dir / "scores")
+        scores.update({f"{kind}/{k}": float(v) for k, v in metrics.items()})
+    if (run_dir / "reconstructions.pt").is_file():
+        scores.update({f"reconstruction/{k}": v for k, v in score_reconstructions(run_dir / "reconstructions.pt").items()})
+    report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
+    context = {"samples": str(min(samples.values())), "seed": "1000", "data": ",".join(sorted(manifest.get("data", []))),
+               "sampling_steps": str(manifest["config"]["flow"]["num_steps"]),
+               "cfg_scale": str(manifest["config"]["flow"]["cfg_scale"])}
+    return {"scores": scores, "samples": min(samples.values()), "context": context, "report": report}
+
+
+def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any], target: str | os.PathLike | None = None,
+                registered_name: str = "chemgen-adit") -> tuple[GateDecision, Path]:
+    """Replace the shipped checkpoint with the run's if the gate prefers it; returns the decision and the target."""
+    run_dir = Path(run_dir)
+    source = run_dir / "lineage"
+    manifest = lineage.read_manifest(source)
+    target = Path(target) if target is not None else shipped_lineage(manifest["config"]["name"])
+    challenger = Evaluation(_gate_view(scored["scores"]), scored["samples"], scored["context"])
+    champion = None
+    if lineage.is_lineage(target):
+        shipped = lineage.read_manifest(target)
+        evaluation = shipped.get("evaluation", {})
+        champion = Evaluation(_gate_view(shipped.get("scores", {})), evaluation.get("samples"), evaluation.get("context", {}))
+    decision = decide(gate_metrics_for(registered_name), challenger, champion)
+    if decision.promote:
+        checkpoint = lineage.load(source)
+        meta = {k: v for k, v in manifest.items() if k not in ("format", "dtype", "parameters", "saved_utc", "shards",
+                                                                "content_hash")}
+        meta.update(scores=scored["scores"], evaluation={"samples": scored["samples"], "context": scored["context"]},
+                    gate=decision.reason)
+        lineage.save(target, checkpoint.groups, meta)
+        shutil.copyfile(source / "lineage.jsonl", target / "lineage.jsonl")  # the run's log extends the shipped one
+    return decision, target
+
+
+def _gate_view(scores: dict[str, float]) -> dict[str, float]:
+    """The gate's metric names (``molecule/edm/validity``, ``crystal/cdvae/valid``) from a scores dict."""
+    return {k: float(v) for k, v in scores.items()}

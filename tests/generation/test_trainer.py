@@ -1,0 +1,156 @@
+"""The GPU-speed training path: resident size buckets, the WSD schedule, the EMA, the loop, and a run
+of `chemgen.models.adit.remote` that writes a lineage which loads and samples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chemgen.data.tensors import TensorPack
+from chemgen.dense import DATASET_INDEX
+from chemgen.generation import lineage
+from chemgen.generation.resident import ResidentBatches
+from chemgen.generation.trainer import EMA, WSDSchedule, fit
+from chemgen.geometry import det_3x3, inverse_3x3, random_rotation
+from chemgen.models.adit.diagnostics import kabsch_rmsd, short_distance_errors
+from chemgen.models.adit.vae import AllAtomVAE, short_distance_error
+
+from tests.models.test_adit import small_config
+
+
+@pytest.fixture(scope="module")
+def pack(qm9_systems, mp20_systems) -> TensorPack:
+    return TensorPack.from_systems([*qm9_systems[:24], *mp20_systems[:24]])
+
+
+def test_buckets_hold_every_system_once_padded_to_their_size(pack):
+    data = ResidentBatches(pack, "cpu", tokens_per_batch=256, edges=(12, 20))
+    assert sum(len(b.batch.mask) for b in data.buckets) == len(pack)
+    assert sum(int(b.batch.mask.sum()) for b in data.buckets) == pack.atomic_numbers.numel()
+    lower = 0
+    for bucket in data.buckets:
+        sizes = bucket.batch.num_atoms
+        assert bucket.batch.mask.shape[1] == bucket.size and bool((sizes > lower).all() and (sizes <= bucket.size).all())
+        assert bucket.batch_size % 8 == 0 and bucket.batch_size * bucket.size <= max(256, 8 * bucket.size)
+        lower = bucket.size
+    batch = data.sample()
+    assert torch.equal(batch.mask.sum(1), batch.num_atoms)
+    assert torch.all(batch.atomic_numbers[~batch.mask] == 0)
+
+
+def test_oversampling_repeats_a_dataset_in_the_draw(pack):
+    plain = ResidentBatches(pack, "cpu", tokens_per_batch=256)
+    mixed = ResidentBatches(pack, "cpu", tokens_per_batch=256, oversample={"mp20": 3})
+    crystals = lambda d: sum(int(b.batch.pbc[b.draw].sum()) for b in d.buckets)  # noqa: E731
+    assert crystals(mixed) == 3 * crystals(plain)
+    with pytest.raises(ValueError, match="unknown dataset label"):
+        ResidentBatches(pack, "cpu", oversample={"mp-20": 3})
+    torch.manual_seed(0)
+    drawn = torch.cat([mixed.sample().dataset_idx for _ in range(300)])
+    share = (drawn == DATASET_INDEX["mp20"]).float().mean().item()
+    assert 0.6 < share < 0.9  # 24 x 3 crystals against 24 molecules: 75 % of draws
+
+
+def test_wsd_schedule_warms_up_holds_and_decays():
+    s = WSDSchedule(1e-3, warmup_steps=10, decay_fraction=0.2)
+    assert s.lr(0, 0.0) == pytest.approx(1e-4) and s.lr(9, 0.01) == pytest.approx(1e-3)
+    assert s.lr(500, 0.5) == pytest.approx(1e-3) and s.lr(500, 0.79) == pytest.approx(1e-3)
+    assert s.lr(900, 0.9) == pytest.approx(5e-4) and s.lr(1000, 1.0) == pytest.approx(0.0)
+    assert WSDSchedule(1e-3, 10, 0.2, final_fraction=0.1).lr(1000, 1.0) == pytest.approx(1e-4)
+
+
+def test_ema_averages_towards_the_parameters():
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    ema = EMA(layer, decay=0.9)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    ema.update()
+    ema.update()
+    target = torch.nn.Linear(2, 1, bias=False)
+    ema.copy_to(target)
+    assert torch.allclose(target.weight, torch.full((1, 2), 1 - 0.9**2))
+
+
+def test_fit_trains_a_vae_on_resident_batches(pack):
+    torch.manual_seed(0)
+    vae = AllAtomVAE(small_config(weight_distance=10.0).vae)
+    data = ResidentBatches(pack, "cpu", tokens_per_batch=512)
+    result = fit(lambda b: vae.loss(b, train=True), vae.parameters(), data, schedule=WSDSchedule(2e-3, 20, 0.2),
+                 max_steps=150, compile=False, log_every=25, log=lambda _: None)
+    assert result.steps == 150 and result.systems > 150 * 8
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert last < 0.5 * first, result.losses
+
+
+def test_fit_refuses_to_run_without_a_budget(pack):
+    vae = AllAtomVAE(small_config().vae)
+    with pytest.raises(ValueError, match="budget"):
+        fit(lambda b: vae.loss(b), vae.parameters(), ResidentBatches(pack, "cpu"), schedule=WSDSchedule(1e-3))
+
+
+def test_closed_form_3x3_inverse_and_quaternion_rotations():
+    m = torch.randn(64, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(inverse_3x3(m), torch.linalg.inv(m)) and torch.allclose(det_3x3(m), torch.det(m))
+    r = random_rotation(256, dtype=torch.float64)
+    assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(256, 3, 3), atol=1e-12)
+    assert torch.allclose(torch.det(r), torch.ones(256, dtype=torch.float64))
+    # Haar measure: the mean rotation is zero and E[trace] = 0 (trace = 1 + 2 cos(angle))
+    big = random_rotation(20_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert big.mean(0).abs().max() < 0.03
+    assert abs(big.diagonal(dim1=1, dim2=2).sum(-1).mean().item()) < 0.05
+
+
+def test_kabsch_rmsd_ignores_rotation_and_distance_errors_ignore_both(qm9_systems):
+    dense = TensorPack.from_systems(qm9_systems[:6]).dense(torch.arange(6))
+    pos, mask = dense.pos.double(), dense.mask
+    rotated = pos @ random_rotation(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64).transpose(1, 2)
+    moved = (rotated + torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)) * mask[..., None]
+    assert kabsch_rmsd(moved, pos, mask).max() < 1e-6
+    assert short_distance_errors(moved, pos, mask).max() < 1e-6
+    jitter = pos + 0.05 * torch.randn_like(pos, dtype=torch.float64) * mask[..., None]
+    assert 0.03 < kabsch_rmsd(jitter, pos, mask).mean() < 0.12
+    weight = mask.double()
+    assert short_distance_error(moved, pos, weight, 2.0) < 1e-10
+    assert short_distance_error(jitter, pos, weight, 2.0) > 1e-4
+
+
+def test_remote_trains_writes_a_lineage_that_loads_and_samples(pack, tmp_path):
+    """The GPU command end to end on CPU: packs in; lineage, reconstructions and samples out; torch only."""
+    packs = tmp_path / "packs"
+    pack.save(packs / "train.pt")
+    pack.save(packs / "val.pt")
+    config = Path(__file__).parents[2] / "models" / "adit-tiny.yaml"
+    out = tmp_path / "out"
+    out.mkdir()
+    script = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_module('chemgen.models.adit.remote', run_name='__main__');"
+              "heavy = [m for m in ('torch_geometric', 'pandas', 'pyarrow', 'rdkit', 'pymatgen', 'mlflow', 'lightning')"
+              " if m in sys.modules]; assert not heavy, heavy")
+    args = [sys.executable, "-c", script, "remote", "--packs", str(packs), "--out", str(out), "--config", str(config),
+            "--vae-minutes", "0.05", "--dit-minutes", "0.05", "--samples", "6", "--sample-batch", "3", "--steps", "4",
+            "--validation", "8", "--tokens-per-batch", "256", "--data", "qm9@abc,mp20@def"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["vae"]["steps"] > 0 and report["dit"]["steps"] > 0
+    assert 0 <= report["reconstruction"]["atom_type_accuracy"] <= 1
+    checkpoint = lineage.load(out / "lineage")
+    assert checkpoint.steps == {"vae": report["vae"]["steps"], "dit": report["dit"]["steps"]}
+    assert checkpoint.manifest["data"] == ["qm9@abc", "mp20@def"]
+    assert len(lineage.runs(out / "lineage")) == 1
+    samples = torch.load(out / "samples_molecule.pt", weights_only=True)
+    assert samples["mask"].shape[0] == 6 and not samples["periodic"].any()
+    # a second run continues the lineage: steps add up and the log grows
+    again = tmp_path / "again"
+    again.mkdir()
+    args[args.index("--out") + 1] = str(again)
+    done = subprocess.run(args + ["--init", str(out / "lineage")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = lineage.load(again / "lineage")
+    assert second.steps["vae"] > checkpoint.steps["vae"] and len(lineage.runs(again / "lineage")) == 2
