@@ -45,6 +45,9 @@ class VAEConfig:
     # Denoising corruption during training: fraction of atom types masked, of positions jittered
     corrupt_fraction: float = 0.1
     corrupt_pos_std: float = 0.1  # Angstrom
+    # chemgen: Gaussian noise added to the latents the decoder sees in training, relative to their
+    # standard deviation, so that it tolerates the DiT's errors (0 = ADiT)
+    latent_noise: float = 0.0
     augment_rotation: bool = True
     augment_translation: bool = True
 

@@ -15,7 +15,7 @@ from chemgen.data.tensors import TensorPack
 from chemgen.dense import DATASET_INDEX
 from chemgen.generation import lineage
 from chemgen.generation.resident import ResidentBatches
-from chemgen.generation.trainer import EMA, WSDSchedule, fit
+from chemgen.generation.trainer import EMA, WSDSchedule, ema_decay_at, fit
 from chemgen.geometry import det_3x3, inverse_3x3, random_rotation
 from chemgen.models.adit.diagnostics import kabsch_rmsd, short_distance_errors
 from chemgen.models.adit.vae import AllAtomVAE, short_distance_error
@@ -64,18 +64,21 @@ def test_wsd_schedule_warms_up_holds_and_decays():
     assert WSDSchedule(1e-3, 10, 0.2, final_fraction=0.1).lr(1000, 1.0) == pytest.approx(1e-4)
 
 
-def test_ema_averages_towards_the_parameters():
+def test_ema_warms_up_then_averages_at_its_decay():
     layer = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         layer.weight.fill_(0.0)
-    ema = EMA(layer, decay=0.9)
+    ema = EMA(layer, decay=0.999)
     with torch.no_grad():
         layer.weight.fill_(1.0)
-    ema.update()
-    ema.update()
+    for _ in range(1000):
+        ema.update()
     target = torch.nn.Linear(2, 1, bias=False)
     ema.copy_to(target)
-    assert torch.allclose(target.weight, torch.full((1, 2), 1 - 0.9**2))
+    # with the warm-up the initial weights keep a share of about 1e-21 after 1,000 updates;
+    # a plain 0.999 average would keep 0.999^1000 = 37 % of them
+    assert torch.all(target.weight > 0.99)
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10_000, 0.999) == 0.999
 
 
 def test_fit_trains_a_vae_on_resident_batches(pack):
@@ -140,6 +143,12 @@ def test_remote_trains_writes_a_lineage_that_loads_and_samples(pack, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["vae"]["steps"] > 0 and report["dit"]["steps"] > 0
     assert 0 <= report["reconstruction"]["atom_type_accuracy"] <= 1
+    assert report["latent_scale"] > 0
+    assert {"dit_error_molecule@0.99", "dit_error_crystal@0.5"} <= set(report["dit_error"])
+    from chemgen.models.adit.diagnostics import score_reconstructions
+
+    robustness = score_reconstructions(out / "reconstructions.pt")
+    assert {"true_edm_atom_stability", "recon_edm_atom_stability", "recon@0.1_edm_atom_stability"} <= set(robustness)
     checkpoint = lineage.load(out / "lineage")
     assert checkpoint.steps == {"vae": report["vae"]["steps"], "dit": report["dit"]["steps"]}
     assert checkpoint.manifest["data"] == ["qm9@abc", "mp20@def"]
@@ -154,3 +163,24 @@ def test_remote_trains_writes_a_lineage_that_loads_and_samples(pack, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     second = lineage.load(again / "lineage")
     assert second.steps["vae"] > checkpoint.steps["vae"] and len(lineage.runs(again / "lineage")) == 2
+
+
+def test_latent_scale_brings_the_dits_targets_to_unit_variance(pack):
+    """A VAE whose latents are spread wide (here x 5) hands the DiT unit-variance targets after the fit,
+    and generation multiplies the scale back before decoding; old checkpoints load with scale 1."""
+    from chemgen.models.adit import ADiT
+
+    torch.manual_seed(0)
+    model = ADiT(small_config())
+    with torch.no_grad():
+        model.vae.quant_conv.weight[:8] *= 5.0  # the mean half of (mean, logvar)
+    dense = pack.dense(torch.arange(len(pack)))
+    model.eval()
+    before = model.dit_loss(dense)["latent_std"].item()
+    scale = model.fit_latent_scale(dense)
+    after = model.dit_loss(dense)["latent_std"].item()
+    assert scale > 1 and abs(after - 1.0) < 0.1 and before > 2 * after
+    state = {k: v for k, v in model.dit.state_dict().items() if k != "latent_scale"}
+    fresh = ADiT(small_config())
+    fresh.dit.load_state_dict(state)
+    assert float(fresh.dit.latent_scale) == 1.0

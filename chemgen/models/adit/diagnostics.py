@@ -9,7 +9,12 @@ training run reports, on validation systems it never trained on:
   EDM's tables judge, with margins of 3-10 pm);
 - crystals: the RMS Cartesian error of fractional coordinates under the minimum image, and the
   relative error of the lattice lengths and the error of its angles;
-- the spread of the latents (posterior means) and of the posterior standard deviations.
+- the spread of the latents (posterior means) and of the posterior standard deviations;
+- how robust the decoder is: reconstructions from latents perturbed by Gaussian noise of 1, 3 and
+  10 % of their standard deviation (`perturbed_reconstructions`), next to
+- how far the DiT is from the latents: its clean-latent prediction error at t = 0.5, 0.9 and 0.99,
+  in units of the latent standard deviation (`dit_prediction_error`). A DiT error well above the
+  noise the decoder tolerates means the VAE's latent space, not the DiT, limits the samples.
 
 These need torch alone (they run on the GPU machine); EDM stability of the reconstructions is
 scored on a CPU machine from the saved tensors (`score_reconstructions`).
@@ -27,6 +32,7 @@ from chemgen.geometry import lattice_parameters
 from chemgen.models.adit.model import ADiT, DecodedBatch
 
 SHORT_DISTANCE = 2.0  # Angstrom: pairs below this are the bonds EDM's tables judge
+NOISE_LEVELS = (0.01, 0.03, 0.1)  # latent noise, relative to the latent standard deviation
 
 
 def kabsch_rmsd(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -101,13 +107,57 @@ def reconstruction_metrics(model: ADiT, batch: DenseBatch) -> tuple[dict[str, fl
     return metrics, decoded
 
 
-def save_reconstructions(path: str | Path, batch: DenseBatch, decoded: DecodedBatch) -> Path:
-    """True and reconstructed systems as plain tensors (``torch.load(weights_only=True)`` reads them)."""
+@torch.no_grad()
+def perturbed_reconstructions(model: ADiT, batch: DenseBatch, levels: tuple[float, ...] = NOISE_LEVELS,
+                              seed: int = 0) -> dict[str, DecodedBatch]:
+    """Decodings of the posterior means plus Gaussian noise of each level x their standard deviation."""
+    from chemgen.models.adit.vae import latent_std
+
+    posterior = model.vae.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
+    std = latent_std(posterior.mean.float(), batch.mask)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device)
+    return {f"recon@{level:g}": model.decode((posterior.mean + level * std * noise) * batch.mask[..., None],
+                                             batch.mask, batch.pbc) for level in levels}
+
+
+@torch.no_grad()
+def dit_prediction_error(model: ADiT, batch: DenseBatch, times: tuple[float, ...] = (0.5, 0.9, 0.99),
+                         seed: int = 0) -> dict[str, float]:
+    """RMS error of the DiT's clean-latent prediction (with one self-conditioning pass, as in sampling)
+    per kind and time, in units of the latent standard deviation (the DiT's latents have unit scale)."""
+    from chemgen.diffusion.flow_matching import centred_gaussian
+    from chemgen.models.adit.vae import latent_std
+
+    posterior = model.vae.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
+    mask = batch.mask
+    x_1 = posterior.mean * mask[..., None] / model.dit.latent_scale
+    spread = latent_std(x_1, mask)   # 1 once the scale is fitted; divides out an unfitted scale
+    x_0 = centred_gaussian(tuple(x_1.shape), mask, torch.Generator().manual_seed(seed))
+    out = {}
+    for t_value in times:
+        t = torch.full((len(x_1),), t_value, device=x_1.device)
+        x_t = ((1 - t_value) * x_0 + t_value * x_1) * mask[..., None]
+        x_sc = model.dit(x_t, t, batch.dataset_idx, mask)
+        error = ((model.dit(x_t, t, batch.dataset_idx, mask, x_sc) - x_1) ** 2).sum(-1)   # (B, N)
+        for kind, rows in (("molecule", ~batch.pbc), ("crystal", batch.pbc)):
+            if rows.any():
+                m = mask[rows]
+                rms = (error[rows][m].mean() / x_1.shape[-1]).sqrt() / spread
+                out[f"dit_error_{kind}@{t_value:g}"] = float(rms)
+    return out
+
+
+def save_reconstructions(path: str | Path, batch: DenseBatch, decoded: DecodedBatch,
+                         perturbed: dict[str, DecodedBatch] | None = None) -> Path:
+    """True and reconstructed systems as plain tensors (``torch.load(weights_only=True)`` reads them);
+    ``perturbed`` adds the decodings of noisy latents under their names (``recon@0.01``)."""
     path = Path(path)
     fields = ("atomic_numbers", "pos", "frac_coords", "cell", "mask")
     payload: dict[str, Any] = {"format": 1, "periodic": batch.pbc.cpu()}
     payload.update({f"true_{k}": getattr(batch, k).cpu() for k in fields})
-    payload.update({f"recon_{k}": getattr(decoded, k).cpu() for k in fields})
+    for name, decoded_batch in {"recon": decoded, **(perturbed or {})}.items():
+        payload.update({f"{name}_{k}": getattr(decoded_batch, k).cpu() for k in fields})
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -122,7 +172,9 @@ def score_reconstructions(path: str | Path) -> dict[str, float]:
 
     data = torch.load(path, map_location="cpu", weights_only=True)
     out: dict[str, float] = {}
-    for which in ("true", "recon"):
+    names = sorted({k.removesuffix("_atomic_numbers") for k in data if k.endswith("_atomic_numbers")},
+                   key=lambda n: (n != "true", n != "recon", n))  # true, recon, recon@0.01, ...
+    for which in names:
         systems = []
         for b in torch.nonzero(~data["periodic"]).flatten().tolist():
             keep = data[f"{which}_mask"][b]

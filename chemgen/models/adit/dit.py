@@ -10,6 +10,12 @@ own previous estimate x_sc of the clean latent:
 
 It predicts the clean latent x_1 (not the velocity). Label 0 is the null class used by
 classifier-free guidance.
+
+The DiT works on latents divided by ``latent_scale``, the standard deviation of the VAE's
+latents over training atoms (the scale factor of latent diffusion, Rombach et al. 2022): a VAE
+trained with heavy position weights spreads its latents far wider than the N(0, I) noise the flow
+starts from. The scale is a buffer, so it travels with the DiT's weights; checkpoints made before
+it existed load with scale 1 (what they were trained with).
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ class DiT(nn.Module):
                                     if config.spacegroup_conditioning else None)
         self.blocks = nn.ModuleList([DiTBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.num_layers)])
         self.final_layer = FinalLayer(d, d_x)
+        self.register_buffer("latent_scale", torch.ones(()))
         self._initialize_weights()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        state_dict.setdefault(prefix + "latent_scale", torch.ones(()))  # checkpoints from before the scale
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _initialize_weights(self) -> None:
         """DiT's initialisation; the adaLN-Zero and output zero-inits live in DiTBlock and FinalLayer."""

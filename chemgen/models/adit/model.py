@@ -18,7 +18,7 @@ from chemgen.config import ADiTConfig
 from chemgen.diffusion.flow_matching import LinearFlowMatching
 from chemgen.geometry import cell_from_parameters
 from chemgen.models.adit.dit import DiT
-from chemgen.models.adit.vae import ANGSTROM_PER_NM, AllAtomVAE
+from chemgen.models.adit.vae import ANGSTROM_PER_NM, AllAtomVAE, latent_std
 
 MAX_ATOMS = 64  # size of the number-of-atoms histograms (QM9 <= 29, MP-20 <= 20, MPTS-52 <= 52)
 KIND_TO_DATASET = {"molecule": "qm9", "crystal": "mp20"}
@@ -58,7 +58,7 @@ class ADiT(nn.Module):
             # ADiT trains the DiT on augmented (rotated / translated) systems too
             clean = self.vae.augment(batch) if self.training else batch
             posterior = self.vae.encode(clean.atomic_numbers, clean.pos, clean.frac_coords, clean.mask)
-            x_1 = posterior.sample() * batch.mask[..., None]                                   # (B, N, c)
+            x_1 = posterior.sample() * batch.mask[..., None] / self.dit.latent_scale           # (B, N, c)
         t = self.flow.sample_t(len(x_1), x_1.device)
         x_t = self.flow.interpolate(x_1, t, batch.mask)
         x_sc = None
@@ -70,10 +70,16 @@ class ADiT(nn.Module):
                 x_sc = self.dit(x_t, t, batch.dataset_idx, batch.mask) * keep
         x_1_hat = self.dit(x_t, t, batch.dataset_idx, batch.mask, x_sc)
         per_system = self.flow.loss(x_1, x_1_hat, t, batch.mask)
-        m = batch.mask[..., None].float()
-        latent_mean = (x_1 * m).sum() / (m.sum() * x_1.shape[-1]).clamp_min(1)
-        latent_var = ((x_1 - latent_mean) ** 2 * m).sum() / (m.sum() * x_1.shape[-1]).clamp_min(1)
-        return {"loss": per_system.mean(), "latent_std": latent_var.sqrt()}
+        return {"loss": per_system.mean(), "latent_std": latent_std(x_1, batch.mask)}
+
+    @torch.no_grad()
+    def fit_latent_scale(self, batch: DenseBatch) -> float:
+        """Set the DiT's latent scale to the standard deviation of the VAE's posterior means over the
+        real atoms of ``batch`` (a few thousand training systems suffice)."""
+        posterior = self.vae.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
+        std = float(latent_std(posterior.mean.float(), batch.mask))
+        self.dit.latent_scale.fill_(std)
+        return std
 
     # ------------------------------------------------------------------ generation
     def draw_num_atoms(self, dataset_idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -122,4 +128,4 @@ class ADiT(nn.Module):
         dataset_idx = torch.full((num_samples,), DATASET_INDEX[KIND_TO_DATASET[kind]], device=device)
         num_atoms = self.draw_num_atoms(dataset_idx, generator)
         z, mask = self.sample_latents(dataset_idx, num_atoms, num_steps, solver, cfg_scale, generator)
-        return self.decode(z, mask, torch.full((num_samples,), kind == "crystal", device=device))
+        return self.decode(z * self.dit.latent_scale, mask, torch.full((num_samples,), kind == "crystal", device=device))

@@ -7,9 +7,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from chemgen.dense import DenseBatch
+from chemgen.generation.trainer import ema_decay_at
 from chemgen.config import ADiTConfig, TrainConfig, from_dict
 from chemgen.models.adit.model import ADiT
 from chemgen.models.adit.vae import AllAtomVAE
@@ -56,6 +57,16 @@ class VAEModule(_ADiTStage):
         self._log_dict("val", self.vae.loss(batch, train=False), len(batch.num_atoms))
 
 
+def _warm_ema(decay: float):
+    """AveragedModel's update with `ema_decay_at`'s warm-up (a short run's average must not be its init)."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(int(num_averaged), decay))
+
+    return update
+
+
 class DiTModule(_ADiTStage):
     """Stage 2: the latent DiT on a frozen VAE, with an EMA copy of the DiT for sampling."""
 
@@ -71,7 +82,7 @@ class DiTModule(_ADiTStage):
         if num_atoms_histogram is not None:
             self.model.num_atoms_histogram.copy_(num_atoms_histogram)
         self.model.freeze_vae()
-        self.ema = AveragedModel(self.model.dit, multi_avg_fn=get_ema_multi_avg_fn(self.train_config.ema_decay),
+        self.ema = AveragedModel(self.model.dit, multi_avg_fn=_warm_ema(self.train_config.ema_decay),
                                  use_buffers=True)
         self.ema.requires_grad_(False)
 

@@ -30,12 +30,13 @@ from typing import Any
 
 import torch
 
-from chemgen.config import ADiTConfig, load_config, from_dict
+from chemgen.config import ADiTConfig, load_config
 from chemgen.data.tensors import TensorPack
 from chemgen.generation import lineage
 from chemgen.generation.resident import ResidentBatches
 from chemgen.generation.trainer import EMA, FitResult, WSDSchedule, fit
-from chemgen.models.adit.diagnostics import reconstruction_metrics, save_reconstructions
+from chemgen.models.adit.diagnostics import (dit_prediction_error, perturbed_reconstructions,
+                                             reconstruction_metrics, save_reconstructions)
 from chemgen.models.adit.model import ADiT, MAX_ATOMS
 from chemgen.models.adit.vae import AllAtomVAE
 
@@ -68,12 +69,12 @@ def initial_model(config: ADiTConfig, init: Path | None) -> tuple[ADiT, dict[str
     if init is None or not lineage.is_lineage(init):
         return ADiT(config), {"vae": 0, "dit": 0}, []
     checkpoint = lineage.load(init)
-    saved = from_dict(ADiTConfig, checkpoint.manifest["config"], where=str(init / "manifest.json"))
-    if saved.vae != config.vae or saved.dit != config.dit:
-        raise ValueError(f"{init}: the lineage's architecture differs from config {config.name!r}")
-    model = ADiT(config)
-    model.vae.load_state_dict(checkpoint.groups["vae"])
-    model.dit.load_state_dict(checkpoint.groups["dit"])
+    model = ADiT(config)  # the config may change loss weights between runs, never the architecture
+    try:
+        model.vae.load_state_dict(checkpoint.groups["vae"])
+        model.dit.load_state_dict(checkpoint.groups["dit"])
+    except RuntimeError as err:
+        raise ValueError(f"{init}: the lineage's weights do not fit config {config.name!r} ({err})") from None
     return model, {"vae": 0, "dit": 0, **checkpoint.steps}, list(checkpoint.manifest.get("data", []))
 
 
@@ -153,14 +154,22 @@ def main() -> None:
     model.eval()
     val_batch = validation_batch(val, args.validation, device)
     report["reconstruction"], decoded = reconstruction_metrics(model, val_batch)
-    save_reconstructions(args.out / "reconstructions.pt", val_batch, decoded)
+    save_reconstructions(args.out / "reconstructions.pt", val_batch, decoded, perturbed_reconstructions(model, val_batch))
     print("reconstruction", json.dumps(report["reconstruction"]), flush=True)
 
+    if args.vae_minutes > 0 or float(model.dit.latent_scale) == 1.0:  # a new VAE, or a scale never fitted
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:4096]
+        dense = train.dense(pick)
+        report["latent_scale"] = model.fit_latent_scale(type(dense)(**{k: v.to(device) for k, v in vars(dense).items()}))
+        print(f"latent scale {report['latent_scale']:.4f}", flush=True)
     if args.dit_minutes > 0:
         result = train_dit_stage(model, data, config, args.dit_minutes, args.dit_lr, **common)
         steps["dit"] += result.steps
         report["dit"] = result.as_dict()
         print("dit", json.dumps(report["dit"]), flush=True)
+    model.eval()
+    report["dit_error"] = dit_prediction_error(model, val_batch)
+    print("dit error", json.dumps(report["dit_error"]), flush=True)
     histogram = torch.stack([train.num_atoms_histogram(i, MAX_ATOMS) for i in range(config.dit.num_datasets + 1)])
     model.num_atoms_histogram.copy_(histogram.float())
     model.eval()
@@ -186,7 +195,8 @@ def main() -> None:
     lineage.append_run(folder, {"machine": report["device"], "config": config.name, "steps": steps,
                                 "wall_minutes": round(report["wall_minutes"], 2), "data": data_versions,
                                 "vae": report.get("vae"), "dit": report.get("dit"),
-                                "reconstruction": report["reconstruction"], "content_hash": manifest["content_hash"]})
+                                "reconstruction": report["reconstruction"], "dit_error": report["dit_error"],
+                                "content_hash": manifest["content_hash"]})
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("steps_before", "wall_minutes", "lineage")}, indent=1))
 

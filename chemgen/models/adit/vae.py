@@ -13,7 +13,10 @@ and angles in radians. The loss is
 
     L = sum_k w_k(periodic) * L_k  +  beta * KL(q(z | system) || N(0, I)),   beta ~ 1e-5.
 
-chemgen adds an optional term aimed at what EDM's bond tables test (``weight_distance``):
+chemgen adds two options. ``latent_noise`` perturbs the latents the decoder sees in training by
+Gaussian noise of that fraction of their standard deviation: without it the decoder learns to
+read latents to a precision no DiT reaches (measured: 1 % latent noise halves the EDM molecule
+stability of reconstructions, 3 % destroys it). And a term aimed at what EDM's bond tables test (``weight_distance``):
 the squared error of every molecular interatomic distance that is below ``distance_cutoff``
 (2 A) in the true structure, in A^2. The output heads run in float32 even under bf16
 autocast: bf16 resolves 3 A to about 0.01 A, half the precision stable molecules need.
@@ -52,6 +55,14 @@ def coordinate_mlp(d_model: int) -> nn.Sequential:
 def token_index(mask: torch.Tensor) -> torch.Tensor:
     """Position of each token within its system: (B, N) -> 0, 1, 2, ... over real atoms."""
     return torch.cumsum(mask.long(), dim=-1) - 1
+
+
+def latent_std(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of the latents (B, N, c) over real atoms and channels: a scalar, no host sync."""
+    m = mask[..., None].to(z.dtype)
+    count = (m.sum() * z.shape[-1]).clamp_min(1)
+    mean = (z * m).sum() / count
+    return (((z - mean) ** 2 * m).sum() / count).sqrt()
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -128,6 +139,8 @@ class AllAtomVAE(nn.Module):
     def forward(self, batch: DenseBatch, sample_posterior: bool = True) -> tuple[VAEOutput, DiagonalGaussian]:
         posterior = self.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
         z = posterior.sample() if sample_posterior else posterior.mode()
+        if self.training and self.config.latent_noise > 0:
+            z = z + self.config.latent_noise * latent_std(z, batch.mask).detach() * torch.randn_like(z)
         return self.decode(z * batch.mask[..., None], batch.mask), posterior
 
     # ------------------------------------------------------------------ training
