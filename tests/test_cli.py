@@ -48,3 +48,20 @@ def test_convert_round_trip_and_bad_input(tmp_path, mp20_systems):
 def test_console_script_runs_in_a_subprocess():
     done = subprocess.run([sys.executable, "-m", "chemgen.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "data" in done.stdout
+
+
+def test_sample_without_a_model_uses_the_shipped_checkpoint(tmp_path, monkeypatch):
+    """`chemgen sample adit` with no --model samples models/weights/adit-gpu-quick (committed), and says
+    clearly when a checkout lacks it."""
+    from chemgen.generation import lineage
+    from chemgen.models.adit import lineage_runs
+
+    if lineage.is_lineage(lineage_runs.shipped_lineage(lineage_runs.SHIPPED_CONFIG)):
+        done = runner.invoke(app, ["sample", "adit", "--kind", "molecule", "--n", "2", "--steps", "3", "--no-score",
+                                   "--out", str(tmp_path / "samples")])
+        assert done.exit_code == 0, done.output
+        assert (tmp_path / "samples" / "summary.csv").is_file()
+    monkeypatch.setattr(lineage_runs, "SHIPPED_ROOT", tmp_path / "nowhere")
+    missing = runner.invoke(app, ["sample", "adit", "--kind", "molecule", "--n", "2", "--no-score",
+                                  "--out", str(tmp_path / "never")])
+    assert missing.exit_code != 0 and "no shipped checkpoint" in missing.output

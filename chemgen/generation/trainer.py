@@ -130,8 +130,12 @@ def count_flops(loss_fn: LossFn, batch: DenseBatch, params: list[nn.Parameter]) 
 def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, *, schedule: WSDSchedule,
         minutes: float | None = None, max_steps: int | None = None, weight_decay: float = 0.0,
         grad_clip: float = 10.0, ema: EMA | None = None, bf16: bool = True, compile: bool = True,
-        log_every: int = 200, log: Callable[[str], None] = print) -> FitResult:
-    """Train until ``minutes`` of wall time or ``max_steps`` steps, whichever comes first."""
+        log_every: int = 200, log: Callable[[str], None] = print, stop_at: float | None = None) -> FitResult:
+    """Train until ``minutes`` of wall time (after compilation) or ``max_steps`` steps, whichever comes first.
+
+    ``stop_at`` (a ``time.perf_counter()`` instant) is a hard deadline that shortens the time budget,
+    compilation included, so that a lease-bound run ends, decayed, in time to save its results.
+    """
     if minutes is None and max_steps is None:
         raise ValueError("fit needs a time budget (minutes) or max_steps")
     params = [p for p in params if p.requires_grad]
@@ -181,13 +185,16 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
     compile_seconds = time.perf_counter() - compile_start
 
     budget = None if minutes is None else minutes * 60.0
+    start = time.perf_counter()
+    if stop_at is not None:
+        budget = max(0.0, min(budget if budget is not None else float("inf"), stop_at - start))
     result = FitResult(0, 0.0, 0, compile_seconds, compiled)
     running, since, systems = torch.zeros((), device=device), 0, 0
-    start = time.perf_counter()
     step = 0
     while True:
         elapsed = time.perf_counter() - start
-        progress = max(elapsed / budget if budget else 0.0, step / max_steps if max_steps else 0.0)
+        progress = max(elapsed / budget if budget else (1.0 if budget == 0.0 else 0.0),
+                       step / max_steps if max_steps else 0.0)
         if progress >= 1.0:
             break
         lr = schedule.lr(step, progress)

@@ -150,7 +150,7 @@ def score_systems(systems: Sequence[AtomicSystem | None], kind: str, reasons: Se
                                 stability=stability, validity=validity)
         table = scores.to_frame()
     if reasons is not None:
-        table["read_error"] = list(reasons)
+        table["failure"] = list(reasons)  # one name for a failed sample: unreadable or not decodable
     return scores.as_dict(), table, scores
 
 

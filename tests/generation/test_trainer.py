@@ -92,6 +92,15 @@ def test_fit_trains_a_vae_on_resident_batches(pack):
     assert last < 0.5 * first, result.losses
 
 
+def test_fit_stops_at_a_deadline_already_passed(pack):
+    import time
+
+    vae = AllAtomVAE(small_config().vae)
+    result = fit(lambda b: vae.loss(b), vae.parameters(), ResidentBatches(pack, "cpu", tokens_per_batch=256),
+                 schedule=WSDSchedule(1e-3), minutes=10, compile=False, stop_at=time.perf_counter() - 1)
+    assert result.steps == 0
+
+
 def test_fit_refuses_to_run_without_a_budget(pack):
     vae = AllAtomVAE(small_config().vae)
     with pytest.raises(ValueError, match="budget"):
@@ -136,12 +145,13 @@ def test_remote_trains_writes_a_lineage_that_loads_and_samples(pack, tmp_path):
               "heavy = [m for m in ('torch_geometric', 'pandas', 'pyarrow', 'rdkit', 'pymatgen', 'mlflow', 'lightning')"
               " if m in sys.modules]; assert not heavy, heavy")
     args = [sys.executable, "-c", script, "remote", "--packs", str(packs), "--out", str(out), "--config", str(config),
-            "--vae-minutes", "0.05", "--dit-minutes", "0.05", "--samples", "6", "--sample-batch", "3", "--steps", "4",
+            "--vae-minutes", "5", "--dit-minutes", "0.05", "--deadline-minutes", "1.0", "--samples", "6", "--sample-batch", "3", "--steps", "4",
             "--validation", "8", "--tokens-per-batch", "256", "--data", "qm9@abc,mp20@def"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["vae"]["steps"] > 0 and report["dit"]["steps"] > 0
+    assert report["vae"]["seconds"] < 20  # 5 minutes asked, cut to the deadline less the reserve and the DiT
     assert 0 <= report["reconstruction"]["atom_type_accuracy"] <= 1
     assert report["latent_scale"] > 0
     assert {"dit_error_molecule@0.99", "dit_error_crystal@0.5"} <= set(report["dit_error"])

@@ -127,6 +127,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="ODE steps (default: config)")
     parser.add_argument("--validation", type=int, default=1000, help="molecules and crystals to reconstruct")
     parser.add_argument("--data", default="", help="comma-separated dataset versions of the packs (name@version)")
+    parser.add_argument("--deadline-minutes", type=float, default=None,
+                        help="hard limit for the whole run: the training stages shrink (each still ending with its "
+                             "decay) so that diagnostics, the lineage and the samples are written in time")
+    parser.add_argument("--reserve-minutes", type=float, default=0.75,
+                        help="kept free under the deadline for diagnostics, saving and sampling")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,6 +139,8 @@ def main() -> None:
     torch.manual_seed(int(time.time()))  # each run of a lineage draws new batches
     config = load_config(args.config)
     run_start = time.perf_counter()
+    end_training = (None if args.deadline_minutes is None
+                    else run_start + 60 * (args.deadline_minutes - args.reserve_minutes))
     train, val = TensorPack.load(args.packs / "train.pt"), TensorPack.load(args.packs / "val.pt")
     data = ResidentBatches(train, device, tokens_per_batch=args.tokens_per_batch, oversample=OVERSAMPLE)
     model, steps, _ = initial_model(config, args.init)
@@ -147,7 +154,9 @@ def main() -> None:
     common = {"compile": args.compile, "log": lambda line: print(line, flush=True)}
 
     if args.vae_minutes > 0:
-        result = train_vae_stage(model.vae, data, config, args.vae_minutes, args.vae_lr, **common)
+        # the VAE may use the time to the deadline less the DiT's share
+        stop = None if end_training is None else end_training - 60 * args.dit_minutes
+        result = train_vae_stage(model.vae, data, config, args.vae_minutes, args.vae_lr, stop_at=stop, **common)
         steps["vae"] += result.steps
         report["vae"] = result.as_dict()
         print("vae", json.dumps(report["vae"]), flush=True)
@@ -163,7 +172,7 @@ def main() -> None:
         report["latent_scale"] = model.fit_latent_scale(type(dense)(**{k: v.to(device) for k, v in vars(dense).items()}))
         print(f"latent scale {report['latent_scale']:.4f}", flush=True)
     if args.dit_minutes > 0:
-        result = train_dit_stage(model, data, config, args.dit_minutes, args.dit_lr, **common)
+        result = train_dit_stage(model, data, config, args.dit_minutes, args.dit_lr, stop_at=end_training, **common)
         steps["dit"] += result.steps
         report["dit"] = result.as_dict()
         print("dit", json.dumps(report["dit"]), flush=True)
