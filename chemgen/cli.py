@@ -389,7 +389,7 @@ def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen 
 @train_app.command("adit-packs")
 def train_adit_packs(out: Annotated[Path, typer.Option(help="Folder for train.pt, val.pt and data.txt.")],
                      config: Config = "gpu-quick", store: StoreDir = None, data: DataVersions = None) -> None:
-    """Tensor packs of the config's datasets, for `python -m chemgen.models.adit.remote` on a GPU machine."""
+    """Tensor packs of the config's datasets, for `python -m chemgen.generation.remote` on a GPU machine."""
     from chemgen.config import load_config
     from chemgen.data.store import parse_dataset_ref
     from chemgen.models.adit.workflow import write_packs
@@ -405,7 +405,7 @@ def train_adit_packs(out: Annotated[Path, typer.Option(help="Folder for train.pt
 
 
 @train_app.command("adit-import")
-def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run of chemgen.models.adit.remote wrote.")],
+def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run of chemgen.generation.remote wrote.")],
                       into: Annotated[Optional[Path], typer.Option(
                           help="Shipped lineage to promote into (default: models/weights/<config>).")] = None,
                       store: StoreDir = None) -> None:

@@ -36,3 +36,6 @@ class DenseBatch:
     pbc: torch.Tensor             # (B,) bool
     dataset_idx: torch.Tensor     # (B,) long
     num_atoms: torch.Tensor       # (B,) long
+
+    def to(self, device: torch.device | str) -> DenseBatch:
+        return DenseBatch(**{k: v.to(device) for k, v in vars(self).items()})

@@ -81,6 +81,12 @@ class TensorPack:
         frac = self.frac_coords[atom] * mask[..., None]
         return DenseBatch(types, pos, frac, mask, self.cell[index], self.pbc[index], self.dataset_idx[index], counts)
 
+    def held_out(self, per_kind: int, seed: int = 0) -> DenseBatch:
+        """Up to ``per_kind`` molecules and ``per_kind`` crystals, drawn at random (fixed by ``seed``), padded:
+        the diagnostics batch of a validation pack."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.dense(torch.cat([order[~self.pbc[order]][:per_kind], order[self.pbc[order]][:per_kind]]))
+
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

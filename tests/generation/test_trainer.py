@@ -1,5 +1,5 @@
 """The GPU-speed training path: resident size buckets, the WSD schedule, the EMA, the loop, and a run
-of `chemgen.models.adit.remote` that writes a lineage which loads and samples."""
+of `chemgen.generation.remote` that writes a lineage which loads and samples."""
 
 from __future__ import annotations
 
@@ -141,20 +141,20 @@ def test_remote_trains_writes_a_lineage_that_loads_and_samples(pack, tmp_path):
     config = Path(__file__).parents[2] / "models" / "adit-tiny.yaml"
     out = tmp_path / "out"
     out.mkdir()
-    script = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_module('chemgen.models.adit.remote', run_name='__main__');"
+    script = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_module('chemgen.generation.remote', run_name='__main__');"
               "heavy = [m for m in ('torch_geometric', 'pandas', 'pyarrow', 'rdkit', 'pymatgen', 'mlflow', 'lightning')"
               " if m in sys.modules]; assert not heavy, heavy")
     args = [sys.executable, "-c", script, "remote", "--packs", str(packs), "--out", str(out), "--config", str(config),
-            "--vae-minutes", "5", "--dit-minutes", "0.05", "--deadline-minutes", "1.0", "--samples", "6", "--sample-batch", "3", "--steps", "4",
-            "--validation", "8", "--tokens-per-batch", "256", "--data", "qm9@abc,mp20@def"]
+            "--model", "adit", "--minutes", "vae=5,dit=0.05", "--deadline-minutes", "1.0", "--samples", "6", "--sample-batch", "3", "--steps", "4",
+            "--tokens-per-batch", "256", "--data", "qm9@abc,mp20@def"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["vae"]["steps"] > 0 and report["dit"]["steps"] > 0
     assert report["vae"]["seconds"] < 20  # 5 minutes asked, cut to the deadline less the reserve and the DiT
-    assert 0 <= report["reconstruction"]["atom_type_accuracy"] <= 1
-    assert report["latent_scale"] > 0
-    assert {"dit_error_molecule@0.99", "dit_error_crystal@0.5"} <= set(report["dit_error"])
+    assert 0 <= report["vae_diagnostics"]["atom_type_accuracy"] <= 1
+    assert report["dit"]["latent_scale"] > 0
+    assert {"dit_error_molecule@0.99", "dit_error_crystal@0.5"} <= set(report["dit_diagnostics"])
     from chemgen.models.adit.diagnostics import score_reconstructions
 
     robustness = score_reconstructions(out / "reconstructions.pt")
@@ -194,3 +194,17 @@ def test_latent_scale_brings_the_dits_targets_to_unit_variance(pack):
     fresh = ADiT(small_config())
     fresh.dit.load_state_dict(state)
     assert float(fresh.dit.latent_scale) == 1.0
+
+
+def test_remote_refuses_unknown_stages_and_models(tmp_path):
+    from chemgen.generation.protocol import generator_class
+    from chemgen.generation.remote import per_stage
+
+    assert per_stage("vae=2.5,dit=4", ("vae", "dit"), None, "minutes") == {"vae": 2.5, "dit": 4.0}
+    assert per_stage("dit=1e-3", ("vae", "dit"), 8e-4, "lr") == {"vae": 8e-4, "dit": 1e-3}
+    with pytest.raises(SystemExit, match="STAGE=NUMBER"):
+        per_stage("decoder=3", ("vae", "dit"), None, "minutes")
+    with pytest.raises(SystemExit, match="missing dit"):
+        per_stage("vae=3", ("vae", "dit"), None, "minutes")
+    with pytest.raises(KeyError, match="unknown model"):
+        generator_class("gfmdiff-not-yet")

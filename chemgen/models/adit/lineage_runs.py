@@ -1,4 +1,4 @@
-"""Back from a GPU run: score what `chemgen.models.adit.remote` brought back, and promote its checkpoint
+"""Back from a GPU run: score what `chemgen.generation.remote` brought back, and promote its checkpoint
 into the shipped lineage (``models/weights/<config>/``) only when the gate prefers it.
 
 A run folder holds ``lineage/`` (the new checkpoint and the lineage log), ``samples_molecule.pt``,

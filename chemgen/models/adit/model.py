@@ -9,13 +9,17 @@ latent space with classifier-free guidance on the dataset label, and decodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from chemgen.dense import DATASET_INDEX, DenseBatch
 from chemgen.config import ADiTConfig
+from chemgen.data.tensors import TensorPack
+from chemgen.dense import DATASET_INDEX, DenseBatch
 from chemgen.diffusion.flow_matching import LinearFlowMatching
+from chemgen.generation.protocol import TrainingStage
 from chemgen.geometry import cell_from_parameters
 from chemgen.models.adit.dit import DiT
 from chemgen.models.adit.vae import ANGSTROM_PER_NM, AllAtomVAE, latent_std
@@ -39,6 +43,10 @@ class DecodedBatch:
 
 
 class ADiT(nn.Module):
+    """ADiT as a `chemgen.generation.protocol.Generator`: stages "vae" then "dit"."""
+
+    stage_names = ("vae", "dit")
+
     def __init__(self, config: ADiTConfig):
         super().__init__()
         self.config = config
@@ -47,6 +55,53 @@ class ADiT(nn.Module):
         self.flow = LinearFlowMatching(config.flow.min_t)
         # (datasets + 1, MAX_ATOMS + 1) counts of training systems by size, to draw N at sampling time
         self.register_buffer("num_atoms_histogram", torch.zeros(config.dit.num_datasets + 1, MAX_ATOMS + 1))
+
+    # ------------------------------------------------------------------ the generator protocol
+    def training_stage(self, name: str, train: TensorPack) -> TrainingStage:
+        if name == "vae":
+            self.vae.train()
+            self._vae_trained = True
+            cfg = self.config.vae_train
+            return TrainingStage("vae", lambda batch: self.vae.loss(batch, train=True), list(self.vae.parameters()),
+                                 cfg.weight_decay, cfg.grad_clip)
+        if name == "dit":
+            self.num_atoms_histogram.copy_(torch.stack(
+                [train.num_atoms_histogram(i, MAX_ATOMS) for i in range(self.config.dit.num_datasets + 1)]).float())
+            info = {}
+            if getattr(self, "_vae_trained", False) or float(self.dit.latent_scale) == 1.0:
+                pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:4096]
+                info["latent_scale"] = self.fit_latent_scale(train.dense(pick).to(self.num_atoms_histogram.device))
+            self.train()
+            self.freeze_vae()  # the VAE stays frozen, in eval mode
+            cfg = self.config.dit_train
+            return TrainingStage("dit", self.dit_loss, list(self.dit.parameters()), cfg.weight_decay, cfg.grad_clip,
+                                 ema_module=self.dit, ema_decay=cfg.ema_decay, info=info)
+        raise KeyError(f"ADiT has stages {self.stage_names}, not {name!r}")
+
+    @torch.no_grad()
+    def stage_diagnostics(self, name: str, val: TensorPack, out_dir: Path, per_kind: int = 1000) -> dict[str, Any]:
+        """After the VAE: reconstructions of held-out systems (saved for EDM scoring on a CPU machine);
+        after the DiT: its clean-latent prediction error."""
+        from chemgen.models.adit import diagnostics
+
+        self.eval()
+        batch = val.held_out(per_kind).to(self.num_atoms_histogram.device)
+        if name == "vae":
+            metrics, decoded = diagnostics.reconstruction_metrics(self, batch)
+            diagnostics.save_reconstructions(Path(out_dir) / "reconstructions.pt", batch, decoded,
+                                             diagnostics.perturbed_reconstructions(self, batch))
+            return metrics
+        return diagnostics.dit_prediction_error(self, batch)
+
+    def checkpoint_groups(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"vae": self.vae.state_dict(), "dit": self.dit.state_dict(),
+                "num_atoms_histogram": {"counts": self.num_atoms_histogram}}
+
+    def load_checkpoint_groups(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.vae.load_state_dict(groups["vae"])
+        self.dit.load_state_dict(groups["dit"])
+        if "num_atoms_histogram" in groups:
+            self.num_atoms_histogram.copy_(groups["num_atoms_histogram"]["counts"])
 
     def freeze_vae(self) -> None:
         self.vae.requires_grad_(False)

@@ -46,7 +46,7 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
 def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: str | os.PathLike | None = None,
                 versions: dict[str, str] | None = None) -> list[str]:
     """``train.pt``, ``val.pt`` and ``data.txt`` (the ``name@version`` of each dataset) for a machine that has
-    only torch (`chemgen.models.adit.remote`); returns the dataset versions."""
+    only torch (`chemgen.generation.remote`); returns the dataset versions."""
     from chemgen.io import atomic_write
 
     out_dir = Path(out_dir)
