@@ -18,7 +18,9 @@ import torch
 from chemgen.atoms import AtomicSystem
 from chemgen.dense import DenseBatch, dataset_label
 
-PACK_FORMAT = 1
+PACK_FORMAT = 2  # 1: float32 positions of every atom; 2: compact (see `TensorPack.save`)
+POS_STEPS_PER_ANGSTROM = 2048
+POS_RANGE = 32767 / POS_STEPS_PER_ANGSTROM  # ~16 A
 
 
 @dataclass(frozen=True)
@@ -84,17 +86,34 @@ class TensorPack:
     def held_out(self, per_kind: int, seed: int = 0) -> DenseBatch:
         """Up to ``per_kind`` molecules and ``per_kind`` crystals, drawn at random (fixed by ``seed``), padded:
         the diagnostics batch of a validation pack."""
+        return self.dense(self.held_out_index(per_kind, seed))
+
+    def held_out_index(self, per_kind: int, seed: int = 0) -> torch.Tensor:
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self.dense(torch.cat([order[~self.pbc[order]][:per_kind], order[self.pbc[order]][:per_kind]]))
+        return torch.cat([order[~self.pbc[order]][:per_kind], order[self.pbc[order]][:per_kind]])
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the pack compactly (it travels to GPU machines inside a 64 MiB working tree).
+
+        Element numbers, sizes and labels fit in a byte or two; only crystals store cells and float32
+        fractional coordinates (their Cartesian
+        positions are frac @ cell, recomputed on load); molecules' centred positions are stored as
+        int16 multiples of 1/2048 A (range +-16 A, rounding error at most 0.00025 A, two orders below
+        what a VAE reconstructs), falling back to float32 for any pack with a molecule beyond that range.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        payload = {f.name: getattr(self, f.name) for f in fields(self)}
-        # Compact: element numbers fit in a byte, and molecules' fractional coordinates are zero by definition.
-        payload["atomic_numbers"] = self.atomic_numbers.to(torch.uint8)
-        payload["frac_coords"] = self.frac_coords[self.atom_is_periodic()]
+        periodic = self.atom_is_periodic()
+        payload = {"atomic_numbers": self.atomic_numbers.to(torch.uint8), "num_atoms": self.num_atoms.to(torch.int16),
+                   "pbc": self.pbc, "dataset_idx": self.dataset_idx.to(torch.uint8),
+                   "cell": self.cell[self.pbc],                     # molecules' cells are zero
+                   "frac_coords": self.frac_coords[periodic]}       # molecules' fractional coordinates too
+        molecule_pos = self.pos[~periodic]
+        if molecule_pos.numel() == 0 or molecule_pos.abs().max() < POS_RANGE:
+            payload["molecule_pos_q"] = torch.round(molecule_pos * POS_STEPS_PER_ANGSTROM).to(torch.int16)
+        else:
+            payload["molecule_pos"] = molecule_pos
         torch.save({"format": PACK_FORMAT, **payload}, tmp)
         os.replace(tmp, path)
         return path
@@ -102,17 +121,36 @@ class TensorPack:
     @classmethod
     def load(cls, path: str | os.PathLike) -> TensorPack:
         payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
-        if not isinstance(payload, dict) or payload.get("format") != PACK_FORMAT:
+        if not isinstance(payload, dict) or payload.get("format") not in (1, PACK_FORMAT):
             raise ValueError(f"{path}: not a chemgen tensor pack (format {PACK_FORMAT})")
-        missing = [f.name for f in fields(cls) if f.name not in payload]
+        positions = ("pos",) if payload["format"] == 1 else ()
+        missing = [name for name in ("atomic_numbers", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx",
+                                     *positions) if name not in payload]
+        if payload["format"] == PACK_FORMAT and not ({"molecule_pos_q", "molecule_pos"} & set(payload)):
+            missing.append("molecule_pos")
         if missing:
             raise ValueError(f"{path}: tensor pack lacks {missing}")
-        values = {f.name: payload[f.name] for f in fields(cls)}
-        values["atomic_numbers"] = values["atomic_numbers"].long()
+        values = {name: payload[name].long() for name in ("num_atoms", "dataset_idx", "atomic_numbers")}
+        values["pbc"] = payload["pbc"]
+        values["cell"] = payload["cell"]
+        if payload["format"] == PACK_FORMAT:
+            values["cell"] = torch.zeros(len(values["pbc"]), 3, 3, dtype=torch.float32)
+            values["cell"][values["pbc"]] = payload["cell"]
         periodic_atoms = torch.repeat_interleave(values["pbc"], values["num_atoms"])
-        frac = torch.zeros(len(periodic_atoms), 3, dtype=values["pos"].dtype)
-        frac[periodic_atoms] = values["frac_coords"]
+        frac = torch.zeros(len(periodic_atoms), 3, dtype=torch.float32)
+        frac[periodic_atoms] = payload["frac_coords"]
         values["frac_coords"] = frac
+        if payload["format"] == 1:
+            values["pos"] = payload["pos"]
+        else:
+            pos = torch.zeros(len(periodic_atoms), 3, dtype=torch.float32)
+            if "molecule_pos_q" in payload:
+                pos[~periodic_atoms] = payload["molecule_pos_q"].float() / POS_STEPS_PER_ANGSTROM
+            else:
+                pos[~periodic_atoms] = payload["molecule_pos"]
+            cells = torch.repeat_interleave(values["cell"], values["num_atoms"], dim=0)        # (A, 3, 3)
+            pos[periodic_atoms] = (frac[periodic_atoms, None, :] @ cells[periodic_atoms]).squeeze(1)
+            values["pos"] = pos
         return cls(**values)
 
     def atom_is_periodic(self) -> torch.Tensor:

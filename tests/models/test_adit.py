@@ -33,12 +33,29 @@ def small_config(**vae_changes) -> ADiTConfig:
 
 def test_pack_round_trip_and_dense_masks(pack, tmp_path):
     back = TensorPack.load(pack.save(tmp_path / "p.pt"))
-    for name in ("atomic_numbers", "pos", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx"):
+    for name in ("atomic_numbers", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx"):
         assert torch.equal(getattr(back, name), getattr(pack, name)), name
+    molecule = ~pack.atom_is_periodic()  # int16 steps of 1/2048 A; crystals recomputed as frac @ cell
+    assert (back.pos[molecule] - pack.pos[molecule]).abs().max() <= 0.5 / 2048 + 1e-7
+    assert torch.allclose(back.pos[~molecule], pack.pos[~molecule], atol=1e-4)
     dense = pack.dense(torch.arange(len(pack)))
     assert dense.mask.sum().item() == pack.atomic_numbers.numel()
     assert torch.all(dense.atomic_numbers[~dense.mask] == 0)
     assert torch.all(dense.frac_coords[~dense.pbc] == 0)
+
+
+def test_pack_keeps_float32_for_far_flung_molecules_and_reads_format_1(pack, tmp_path):
+    import dataclasses
+
+    far = dataclasses.replace(pack, pos=pack.pos * 20.0)  # molecules beyond the int16 range
+    back = TensorPack.load(far.save(tmp_path / "far.pt"))
+    molecule = ~pack.atom_is_periodic()
+    assert torch.equal(back.pos[molecule], far.pos[molecule])
+    old = {f.name: getattr(pack, f.name) for f in dataclasses.fields(pack)}
+    old["atomic_numbers"] = pack.atomic_numbers.to(torch.uint8)
+    old["frac_coords"] = pack.frac_coords[~molecule]
+    torch.save({"format": 1, **old}, tmp_path / "v1.pt")
+    assert torch.equal(TensorPack.load(tmp_path / "v1.pt").pos, pack.pos)
 
 
 def test_pack_refuses_foreign_files(tmp_path):

@@ -44,13 +44,16 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
 
 
 def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: str | os.PathLike | None = None,
-                versions: dict[str, str] | None = None) -> list[str]:
+                versions: dict[str, str] | None = None, val_per_kind: int | None = 1000) -> list[str]:
     """``train.pt``, ``val.pt`` and ``data.txt`` (the ``name@version`` of each dataset) for a machine that has
-    only torch (`chemgen.generation.remote`); returns the dataset versions."""
+    only torch (`chemgen.generation.remote`); returns the dataset versions. ``val.pt`` keeps only the
+    ``val_per_kind`` molecules and crystals the diagnostics use (the packs travel in a 64 MiB tree)."""
     from chemgen.io import atomic_write
 
     out_dir = Path(out_dir)
     train_pack, val_pack, manifests = training_packs(train_config, store, versions)
+    if val_per_kind is not None:
+        val_pack = val_pack.subset(val_pack.held_out_index(val_per_kind))
     train_pack.save(out_dir / "train.pt")
     val_pack.save(out_dir / "val.pt")
     refs = [f"{m['name']}@{m['version']}" for m in manifests]
