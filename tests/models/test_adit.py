@@ -210,6 +210,9 @@ def test_train_both_stages_resume_and_export(pack, tmp_path):
     config = small_config()
     vae = train_vae(config, pack, pack, tmp_path / "vae", accelerator="cpu", progress=False, max_steps=10)
     assert vae.steps == 10 and (tmp_path / "vae" / "checkpoints" / "last.ckpt").is_file()
+    # every validation logs the reconstruction diagnostics, EDM stability of true and reconstructed molecules
+    assert {"diag/molecule_rmsd_kabsch", "diag/true_edm_atom_stability", "diag/recon_edm_atom_stability"} <= set(vae.metrics)
+    assert vae.metrics["diag/true_edm_atom_stability"] > 0.95  # real QM9 molecules
     resumed = train_vae(config, pack, pack, tmp_path / "vae", accelerator="cpu", progress=False, max_steps=20)
     assert resumed.steps == 20  # continued from step 10, not from 0
     dit = train_dit(config, vae.export_path, pack, pack, tmp_path / "dit", accelerator="cpu", progress=False, max_steps=10)

@@ -29,7 +29,7 @@ import torch
 
 from chemgen.dense import DenseBatch
 from chemgen.geometry import lattice_parameters
-from chemgen.models.adit.model import ADiT, DecodedBatch
+from chemgen.models.adit.model import ADiT, DecodedBatch, decode_latents
 
 SHORT_DISTANCE = 2.0  # Angstrom: pairs below this are the bonds EDM's tables judge
 NOISE_LEVELS = (0.01, 0.03, 0.1)  # latent noise, relative to the latent standard deviation
@@ -59,17 +59,17 @@ def short_distance_errors(pred: torch.Tensor, true: torch.Tensor, mask: torch.Te
 
 
 @torch.no_grad()
-def reconstruct(model: ADiT, batch: DenseBatch) -> tuple[DecodedBatch, dict[str, torch.Tensor]]:
+def reconstruct(model: ADiT | Any, batch: DenseBatch) -> tuple[DecodedBatch, dict[str, torch.Tensor]]:
     """Decode the posterior means of ``batch``; returns the decoded systems and latent statistics."""
     vae = model.vae
     posterior = vae.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
-    decoded = model.decode(posterior.mode() * batch.mask[..., None], batch.mask, batch.pbc)
+    decoded = decode_latents(vae, posterior.mode() * batch.mask[..., None], batch.mask, batch.pbc)
     m = batch.mask
     return decoded, {"latent_std": posterior.mean[m].float().std(), "posterior_std": posterior.std[m].float().mean()}
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: ADiT, batch: DenseBatch) -> tuple[dict[str, float], DecodedBatch]:
+def reconstruction_metrics(model: ADiT | Any, batch: DenseBatch) -> tuple[dict[str, float], DecodedBatch]:
     """The diagnostics above for one validation batch (molecules and/or crystals)."""
     decoded, latent = reconstruct(model, batch)
     mask = batch.mask
@@ -108,7 +108,7 @@ def reconstruction_metrics(model: ADiT, batch: DenseBatch) -> tuple[dict[str, fl
 
 
 @torch.no_grad()
-def perturbed_reconstructions(model: ADiT, batch: DenseBatch, levels: tuple[float, ...] = NOISE_LEVELS,
+def perturbed_reconstructions(model: ADiT | Any, batch: DenseBatch, levels: tuple[float, ...] = NOISE_LEVELS,
                               seed: int = 0) -> dict[str, DecodedBatch]:
     """Decodings of the posterior means plus Gaussian noise of each level x their standard deviation."""
     from chemgen.models.adit.vae import latent_std
@@ -117,8 +117,8 @@ def perturbed_reconstructions(model: ADiT, batch: DenseBatch, levels: tuple[floa
     std = latent_std(posterior.mean.float(), batch.mask)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device)
-    return {f"recon@{level:g}": model.decode((posterior.mean + level * std * noise) * batch.mask[..., None],
-                                             batch.mask, batch.pbc) for level in levels}
+    return {f"recon@{level:g}": decode_latents(model.vae, (posterior.mean + level * std * noise) * batch.mask[..., None],
+                                               batch.mask, batch.pbc) for level in levels}
 
 
 @torch.no_grad()
@@ -164,25 +164,28 @@ def save_reconstructions(path: str | Path, batch: DenseBatch, decoded: DecodedBa
     return path
 
 
-def score_reconstructions(path: str | Path) -> dict[str, float]:
-    """EDM atom and molecule stability of saved molecule reconstructions, beside those of the true molecules
-    (CPU machine: needs the chemistry stack)."""
+def edm_stability(atomic_numbers: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """EDM atom and molecule stability and validity of padded molecules (CPU machine: needs RDKit)."""
     from chemgen.atoms import AtomicSystem
     from chemgen.scoring.molecules import score_molecules
 
+    systems = [AtomicSystem.molecule(atomic_numbers[b][mask[b]].cpu().numpy(), pos[b][mask[b]].double().cpu().numpy())
+               for b in range(len(mask))]
+    edm = score_molecules(systems, protocols=("edm",))["edm"].metrics()
+    return {f"edm_{key}": edm[f"edm/{key}"] for key in ("atom_stability", "molecule_stability", "validity")}
+
+
+def score_reconstructions(path: str | Path) -> dict[str, float]:
+    """EDM stability of saved molecule reconstructions (clean and perturbed), beside that of the true molecules."""
     data = torch.load(path, map_location="cpu", weights_only=True)
-    out: dict[str, float] = {}
+    molecules = ~data["periodic"]
+    if not molecules.any():
+        return {}
     names = sorted({k.removesuffix("_atomic_numbers") for k in data if k.endswith("_atomic_numbers")},
                    key=lambda n: (n != "true", n != "recon", n))  # true, recon, recon@0.01, ...
+    out: dict[str, float] = {}
     for which in names:
-        systems = []
-        for b in torch.nonzero(~data["periodic"]).flatten().tolist():
-            keep = data[f"{which}_mask"][b]
-            systems.append(AtomicSystem.molecule(data[f"{which}_atomic_numbers"][b][keep].numpy(),
-                                                 data[f"{which}_pos"][b][keep].double().numpy()))
-        if not systems:
-            return out
-        edm = score_molecules(systems, protocols=("edm",))["edm"].metrics()
-        for key in ("atom_stability", "molecule_stability", "validity"):
-            out[f"{which}_edm_{key}"] = edm[f"edm/{key}"]
+        scores = edm_stability(data[f"{which}_atomic_numbers"][molecules], data[f"{which}_pos"][molecules],
+                               data[f"{which}_mask"][molecules])
+        out.update({f"{which}_{k}": v for k, v in scores.items()})
     return out

@@ -160,17 +160,7 @@ class ADiT(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, mask: torch.Tensor, periodic: torch.Tensor) -> DecodedBatch:
-        out = self.vae.decode(z, mask)
-        logits = out.atom_type_logits.clone()
-        logits[..., 0] = -torch.inf  # type 0 is the mask token, never an element
-        types = logits.argmax(-1) * mask
-        n = mask.sum(1, keepdim=True).float()
-        lengths = out.lengths_scaled.float() * n ** (1 / 3)
-        cell = cell_from_parameters(lengths, out.angles.float())
-        frac = out.frac_coords % 1.0
-        pos_molecule = out.pos_nm * ANGSTROM_PER_NM
-        pos = torch.where(periodic[:, None, None], frac @ cell, pos_molecule) * mask[..., None]
-        return DecodedBatch(types, pos, frac, cell, lengths, torch.rad2deg(out.angles), mask, periodic)
+        return decode_latents(self.vae, z, mask, periodic)
 
     @torch.no_grad()
     def generate(self, num_samples: int, kind: str, num_steps: int | None = None, solver: str | None = None,
@@ -184,3 +174,20 @@ class ADiT(nn.Module):
         num_atoms = self.draw_num_atoms(dataset_idx, generator)
         z, mask = self.sample_latents(dataset_idx, num_atoms, num_steps, solver, cfg_scale, generator)
         return self.decode(z * self.dit.latent_scale, mask, torch.full((num_samples,), kind == "crystal", device=device))
+
+
+@torch.no_grad()
+def decode_latents(vae: AllAtomVAE, z: torch.Tensor, mask: torch.Tensor, periodic: torch.Tensor) -> DecodedBatch:
+    """VAE latents (B, N, c) -> systems: element by argmax (never the mask token), lattice from lengths
+    and angles, crystal positions as frac @ cell, molecule positions in Angstrom."""
+    out = vae.decode(z, mask)
+    logits = out.atom_type_logits.clone()
+    logits[..., 0] = -torch.inf  # type 0 is the mask token, never an element
+    types = logits.argmax(-1) * mask
+    n = mask.sum(1, keepdim=True).float()
+    lengths = out.lengths_scaled.float() * n ** (1 / 3)
+    cell = cell_from_parameters(lengths, out.angles.float())
+    frac = out.frac_coords % 1.0
+    pos_molecule = out.pos_nm * ANGSTROM_PER_NM
+    pos = torch.where(periodic[:, None, None], frac @ cell, pos_molecule) * mask[..., None]
+    return DecodedBatch(types, pos, frac, cell, lengths, torch.rad2deg(out.angles), mask, periodic)

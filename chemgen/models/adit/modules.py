@@ -55,6 +55,28 @@ class VAEModule(_ADiTStage):
 
     def validation_step(self, batch: DenseBatch, batch_idx: int) -> None:
         self._log_dict("val", self.vae.loss(batch, train=False), len(batch.num_atoms))
+        if batch_idx == 0:
+            self._diagnostics_batch = batch
+
+    def on_validation_epoch_end(self) -> None:
+        """Reconstruction diagnostics of the first validation batch at every validation (MLflow: ``diag/...``):
+        what separates the VAE's error from the DiT's (`chemgen.models.adit.diagnostics`)."""
+        batch = getattr(self, "_diagnostics_batch", None)
+        if batch is None or self.trainer.sanity_checking:
+            return
+        from chemgen.models.adit import diagnostics
+
+        metrics, decoded = diagnostics.reconstruction_metrics(self, batch)
+        molecules = ~batch.pbc
+        if molecules.any():
+            try:
+                for name, values in (("true", batch), ("recon", decoded)):
+                    stability = diagnostics.edm_stability(values.atomic_numbers[molecules], values.pos[molecules],
+                                                          batch.mask[molecules])
+                    metrics.update({f"{name}_{k}": v for k, v in stability.items()})
+            except ImportError:  # a machine without RDKit: the geometric diagnostics only
+                pass
+        self.log_dict({f"diag/{k}": float(v) for k, v in metrics.items()}, on_epoch=True, batch_size=len(batch.mask))
 
 
 def _warm_ema(decay: float):
