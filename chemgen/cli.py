@@ -425,7 +425,8 @@ def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run
 
 @sample_app.command("adit")
 def sample_adit(
-    kind: Annotated[str, typer.Option(help="molecule | crystal")],
+    kind: Annotated[str, typer.Option(help="A dataset the model was trained on (qm9, mp20, perov5, mpts52, "
+                                           "carbon24), or molecule (= qm9) | crystal (= mp20).")],
     model: Annotated[Optional[str], typer.Option(
         help="Model folder (vae.pt + dit.pt), lineage folder (models/weights/...) or models:/NAME@ALIAS "
              "(default: the shipped checkpoint, models/weights/adit-gpu-quick).")] = None,
@@ -444,8 +445,9 @@ def sample_adit(
     from chemgen.scoring.report import print_metrics
 
     try:
-        if kind not in ("molecule", "crystal"):
-            raise ValueError(f"--kind must be molecule or crystal, got {kind!r}")
+        from chemgen.dense import resolve_dataset
+
+        resolve_dataset(kind)  # an unknown name fails here, before any model loads
         if n < 1:
             raise ValueError("--n must be at least 1")
         from chemgen.data.store import parse_dataset_ref
@@ -459,10 +461,10 @@ def sample_adit(
                                  cfg_scale=cfg_scale, score=score, store=store, versions=versions)
     except USER_ERRORS as err:
         _fail(err)
-    console.print(f"{n} {kind}s in {result['seconds']:.1f} s ({result['samples_per_second']:.1f}/s), "
+    console.print(f"{n} samples of {result['dataset']} in {result['seconds']:.1f} s ({result['samples_per_second']:.1f}/s), "
                   f"{result['failures']} not decodable; files: " + ", ".join(str(p) for p in result["files"].values()))
     if score:
-        print_metrics(result["metrics"], console, title=f"{kind} scores")
+        print_metrics(result["metrics"], console, title=f"{result['dataset']} scores")
 
 
 @app.command("score")

@@ -15,6 +15,21 @@ import torch
 DATASET_INDEX: dict[str, int] = {"mp20": 1, "qm9": 2, "mpts52": 3, "perov5": 4, "carbon24": 5}
 
 
+# What each dataset holds, and the dataset a bare kind means (requests may name either).
+DATASET_KIND: dict[str, str] = {"qm9": "molecule", "mp20": "crystal", "mpts52": "crystal", "perov5": "crystal",
+                                "carbon24": "crystal"}
+DEFAULT_DATASET: dict[str, str] = {"molecule": "qm9", "crystal": "mp20"}
+
+
+def resolve_dataset(name: str) -> tuple[str, str]:
+    """A dataset name, or a kind standing for its default dataset -> (dataset, kind)."""
+    dataset = DEFAULT_DATASET.get(name, name)
+    if dataset not in DATASET_KIND:
+        raise ValueError(f"unknown dataset or kind {name!r} (datasets: {', '.join(DATASET_KIND)}; "
+                         f"kinds: {', '.join(DEFAULT_DATASET)})")
+    return dataset, DATASET_KIND[dataset]
+
+
 def dataset_label(name: str) -> int:
     """The conditioning label of a dataset; 0 is the CFG null class, so an unknown name must not map to it."""
     try:

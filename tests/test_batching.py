@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from chemgen.batching import DATASET_INDEX, collate, from_dense, num_atoms_histogram, to_dense
@@ -39,3 +40,12 @@ def test_unknown_dataset_label_raises_instead_of_training_as_the_null_class(qm9_
     with pytest.raises(ValueError, match="unknown dataset label 'user'"):
         TensorPack.from_systems([qm9_systems[1], stranger])
     assert TensorPack.from_systems(qm9_systems[:2]).dataset_idx.tolist() == [2, 2]
+
+
+def test_requests_name_a_dataset_or_a_kind():
+    from chemgen.dense import resolve_dataset
+
+    assert resolve_dataset("molecule") == ("qm9", "molecule") and resolve_dataset("crystal") == ("mp20", "crystal")
+    assert resolve_dataset("perov5") == ("perov5", "crystal") and resolve_dataset("qm9") == ("qm9", "molecule")
+    with pytest.raises(ValueError, match="unknown dataset or kind 'protein'"):
+        resolve_dataset("protein")

@@ -127,6 +127,23 @@ def mp20_references(store: str | os.PathLike | None = None, version: str | None 
 
 
 # ---------------------------------------------------------------------------- scoring
+def score_generated(items: Sequence[AtomicSystem | None], reasons: Sequence[str | None] | None, dataset: str,
+                    store: str | os.PathLike | None = None,
+                    version: str | None = None) -> tuple[dict[str, float], pd.DataFrame, Any]:
+    """Score generated systems of one dataset (or kind) against that dataset's curated references
+    (LATEST, or ``version``): QM9's training SMILES for novelty; for crystals the whole dataset for
+    novelty and 1,000 of its test structures for the distribution distances."""
+    from chemgen.dense import resolve_dataset
+
+    dataset, kind = resolve_dataset(dataset)
+    if kind == "molecule":
+        return score_systems(items, kind, reasons, references=qm9_reference_smiles(store=store, version=version))
+    from chemgen.data.store import load
+
+    return score_systems(items, kind, reasons, references=load(dataset, version=version, root=store),
+                         ground_truth=load(dataset, "test", version=version, limit=1000, root=store))
+
+
 def score_systems(systems: Sequence[AtomicSystem | None], kind: str, reasons: Sequence[str | None] | None = None,
                   protocols: Sequence[str] = ("edm", "rdkit"), preset: str = "cdvae",
                   references: Any = None, ground_truth: Sequence[AtomicSystem] | None = None,

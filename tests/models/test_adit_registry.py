@@ -50,13 +50,15 @@ def test_registered_pyfunc_answers_requests(registered):
     version = tracking.version_by_alias("chemgen-adit-test", tracking.CHALLENGER)
     assert version is not None
     model = mlflow.pyfunc.load_model("models:/chemgen-adit-test@challenger")
-    frame = model.predict(pd.DataFrame([{"kind": "molecule", "n": 3, "seed": 1}, {"kind": "crystal", "n": 2, "seed": 1}]))
+    frame = model.predict(pd.DataFrame([{"kind": "molecule", "n": 3, "seed": 1}, {"dataset": "mp20", "n": 2, "seed": 1}]))
     assert list(frame.groupby("request").size()) == [3, 2]
-    assert set(frame.kind) == {"molecule", "crystal"}
+    assert set(frame.kind) == {"molecule", "crystal"} and set(frame.dataset) == {"qm9", "mp20"}
     crystals = frame[frame.kind == "crystal"]
     assert all(row.cif.startswith("# generated using pymatgen") or row.failure for row in crystals.itertuples())
-    with pytest.raises(Exception, match="kind"):
+    with pytest.raises(Exception, match="unknown dataset or kind 'protein'"):
         model.predict(pd.DataFrame([{"kind": "protein", "n": 1}]))
+    with pytest.raises(Exception, match="not trained on 'perov5'"):  # a dataset it never saw: said, not guessed
+        model.predict(pd.DataFrame([{"dataset": "perov5", "n": 1}]))
 
 
 def test_cli_samples_from_the_registry(registered, tmp_path):

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
+from chemgen.dense import DEFAULT_DATASET
 from chemgen.gates import Evaluation, GateDecision, decide, gate_metrics_for
 from chemgen.generation import lineage
 from chemgen.models.adit.diagnostics import score_reconstructions
 
 SHIPPED_ROOT = Path(__file__).resolve().parents[3] / "models" / "weights"
 SHIPPED_CONFIG = "adit-gpu-quick"   # the lineage `chemgen sample adit` uses when no model is named
-KIND_DATASET = {"molecule": "qm9", "crystal": "mp20"}
+KIND_DATASET = DEFAULT_DATASET  # what a run's samples_<kind>.pt were drawn for
 
 
 def shipped_model() -> Path:
@@ -55,19 +56,11 @@ def score_samples(path: str | os.PathLike, kind: str, versions: dict[str, str], 
     from chemgen.models.adit.decode import Failure, to_systems
     from chemgen.scoring import report
 
-    systems = to_systems(load_samples(path), KIND_DATASET[kind])
+    dataset = KIND_DATASET[kind]
+    systems = to_systems(load_samples(path), dataset)
     items = [None if isinstance(s, Failure) else s for s in systems]
     reasons = [s.reason if isinstance(s, Failure) else None for s in systems]
-    if kind == "molecule":
-        references = report.qm9_reference_smiles(store=store, version=versions.get("qm9"))
-        metrics, table, scores = report.score_systems(items, kind, reasons, references=references)
-    else:
-        from chemgen.data.store import load
-
-        version = versions.get("mp20")
-        metrics, table, scores = report.score_systems(
-            items, kind, reasons, references=report.mp20_references(store, version),
-            ground_truth=load("mp20", "test", version=version, limit=1000, root=store))
+    metrics, table, scores = report.score_generated(items, reasons, dataset, store, versions.get(dataset))
     if out_dir is not None:
         report.save_report(metrics, table, scores, kind, Path(out_dir) / kind, context={"input": str(path)})
     return metrics

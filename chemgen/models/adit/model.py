@@ -17,7 +17,7 @@ from torch import nn
 
 from chemgen.config import ADiTConfig
 from chemgen.data.tensors import TensorPack
-from chemgen.dense import DATASET_INDEX, DenseBatch
+from chemgen.dense import DATASET_INDEX, DenseBatch, resolve_dataset
 from chemgen.diffusion.flow_matching import LinearFlowMatching
 from chemgen.generation.protocol import TrainingStage
 from chemgen.geometry import cell_from_parameters
@@ -25,7 +25,6 @@ from chemgen.models.adit.dit import DiT
 from chemgen.models.adit.vae import ANGSTROM_PER_NM, AllAtomVAE, latent_std
 
 MAX_ATOMS = 64  # size of the number-of-atoms histograms (QM9 <= 29, MP-20 <= 20, MPTS-52 <= 52)
-KIND_TO_DATASET = {"molecule": "qm9", "crystal": "mp20"}
 
 
 @dataclass
@@ -163,14 +162,18 @@ class ADiT(nn.Module):
         return decode_latents(self.vae, z, mask, periodic)
 
     @torch.no_grad()
-    def generate(self, num_samples: int, kind: str, num_steps: int | None = None, solver: str | None = None,
+    def generate(self, num_samples: int, dataset: str, num_steps: int | None = None, solver: str | None = None,
                  cfg_scale: float | None = None, seed: int | None = None) -> DecodedBatch:
-        """Generate ``num_samples`` molecules or crystals as padded tensors (see `chemgen.models.adit.decode`)."""
-        if kind not in KIND_TO_DATASET:
-            raise ValueError(f"kind must be one of {list(KIND_TO_DATASET)}, got {kind!r}")
+        """Generate ``num_samples`` systems of ``dataset`` (qm9, mp20, perov5, ...; "molecule" and "crystal"
+        stand for qm9 and mp20) as padded tensors: sizes from that dataset's training histogram, guidance
+        towards its label (see `chemgen.models.adit.decode` for records)."""
+        dataset, kind = resolve_dataset(dataset)
+        if float(self.num_atoms_histogram[DATASET_INDEX[dataset]].sum()) == 0:
+            trained = [d for d, i in DATASET_INDEX.items() if float(self.num_atoms_histogram[i].sum()) > 0]
+            raise ValueError(f"this model was not trained on {dataset!r} (it knows {', '.join(trained) or 'none'})")
         device = self.num_atoms_histogram.device
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        dataset_idx = torch.full((num_samples,), DATASET_INDEX[KIND_TO_DATASET[kind]], device=device)
+        dataset_idx = torch.full((num_samples,), DATASET_INDEX[dataset], device=device)
         num_atoms = self.draw_num_atoms(dataset_idx, generator)
         z, mask = self.sample_latents(dataset_idx, num_atoms, num_steps, solver, cfg_scale, generator)
         return self.decode(z * self.dit.latent_scale, mask, torch.full((num_samples,), kind == "crystal", device=device))

@@ -1,15 +1,16 @@
 """ADiT as an MLflow pyfunc: a DataFrame of requests in, a DataFrame of structures out.
 
 Logged as "models from code" (this file), so loading a registered model runs this module
-rather than unpickling an object. Requests have columns ``kind`` (molecule | crystal),
-``n``, and optionally ``seed``, ``num_steps``, ``cfg_scale``, ``solver``. Each generated
-structure is one output row: ``request``, ``sample``, ``kind``, ``formula``, ``num_atoms``,
+rather than unpickling an object. Requests have columns ``n`` and ``dataset`` (a dataset the
+model was trained on: qm9, mp20, perov5, ...) or ``kind`` (molecule = qm9, crystal = mp20), and
+optionally ``seed``, ``num_steps``, ``cfg_scale``, ``solver``. Each generated structure is one
+output row: ``request``, ``sample``, ``dataset``, ``kind``, ``formula``, ``num_atoms``,
 ``smiles`` and ``inchikey`` (molecules whose EDM distance-table molecule sanitises), ``cif``
 (crystals), ``xyz`` (extended XYZ of every structure), ``failure`` (why a sample is no
 structure at all, else empty).
 
     model = mlflow.pyfunc.load_model("models:/chemgen-adit@champion")
-    frame = model.predict(pd.DataFrame([{"kind": "crystal", "n": 10, "seed": 0}]))
+    frame = model.predict(pd.DataFrame([{"dataset": "mp20", "n": 10, "seed": 0}]))
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-REQUEST_COLUMNS = {"kind": str, "n": int, "seed": int, "num_steps": int, "cfg_scale": float, "solver": str}
-OUTPUT_COLUMNS = ["request", "sample", "kind", "formula", "num_atoms", "smiles", "inchikey", "cif", "xyz", "failure"]
+REQUEST_COLUMNS = {"dataset": str, "kind": str, "n": int, "seed": int, "num_steps": int, "cfg_scale": float,
+                   "solver": str}
+OUTPUT_COLUMNS = ["request", "sample", "dataset", "kind", "formula", "num_atoms", "smiles", "inchikey", "cif", "xyz", "failure"]
 MAX_SAMPLES_PER_REQUEST = 10_000
 
 
@@ -70,33 +72,39 @@ class ADiTPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from chemgen.models.adit.decode import to_systems
-        from chemgen.models.adit.model import KIND_TO_DATASET
 
         requests = validate_requests(model_input)
         frames = []
         for index, request in requests.iterrows():
             decoded = self.model.generate(
-                int(request["n"]), request["kind"], seed=int(request["seed"]),
+                int(request["n"]), request["dataset"], seed=int(request["seed"]),
                 num_steps=_optional_int(request.get("num_steps")), cfg_scale=_optional_float(request.get("cfg_scale")),
                 solver=request.get("solver") or None)
-            rows = structure_rows(to_systems(decoded, KIND_TO_DATASET[request["kind"]]), request["kind"])
-            frames.append(pd.DataFrame(rows).assign(request=index))
+            rows = structure_rows(to_systems(decoded, request["dataset"]), request["kind"])
+            frames.append(pd.DataFrame(rows).assign(request=index, dataset=request["dataset"]))
         return pd.concat(frames, ignore_index=True)[OUTPUT_COLUMNS]
 
 
 def validate_requests(frame: pd.DataFrame) -> pd.DataFrame:
+    from chemgen.dense import resolve_dataset
+
     if not isinstance(frame, pd.DataFrame) or frame.empty:
-        raise ValueError("requests must be a non-empty DataFrame with columns 'kind' and 'n'")
-    missing = {"kind", "n"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"requests lack column(s) {sorted(missing)}")
+        raise ValueError("requests must be a non-empty DataFrame with columns 'n' and 'dataset' (or 'kind')")
+    if "n" not in frame.columns or not {"dataset", "kind"} & set(frame.columns):
+        raise ValueError("requests need column 'n' and column 'dataset' (qm9, mp20, ...) or 'kind' (molecule, crystal)")
     unknown = set(frame.columns) - set(REQUEST_COLUMNS)
     if unknown:
         raise ValueError(f"unknown request column(s) {sorted(unknown)} (known: {sorted(REQUEST_COLUMNS)})")
     frame = frame.reset_index(drop=True).copy()
-    bad_kind = ~frame["kind"].isin(["molecule", "crystal"])
-    if bad_kind.any():
-        raise ValueError(f"kind must be 'molecule' or 'crystal', got {frame.loc[bad_kind, 'kind'].tolist()}")
+    named = frame["dataset"] if "dataset" in frame else pd.Series([None] * len(frame))
+    asked = [d if isinstance(d, str) and d else k for d, k in zip(named, frame.get("kind", named))]
+    resolved = []
+    for row, name in enumerate(asked):
+        try:
+            resolved.append(resolve_dataset(str(name)))
+        except ValueError as err:
+            raise ValueError(f"request {row}: {err}") from None
+    frame["dataset"], frame["kind"] = [d for d, _ in resolved], [k for _, k in resolved]
     if ((frame["n"] < 1) | (frame["n"] > MAX_SAMPLES_PER_REQUEST)).any():
         raise ValueError(f"n must lie in 1..{MAX_SAMPLES_PER_REQUEST}")
     if "seed" not in frame:

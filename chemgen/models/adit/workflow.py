@@ -136,7 +136,8 @@ def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics:
     model_dir = Path(model_dir)
     load_adit(model_dir)  # fail before anything is registered if the directory is incomplete
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "kind"), ColSpec("long", "n"), ColSpec("long", "seed", required=False),
+        inputs=Schema([ColSpec("string", "dataset", required=False), ColSpec("string", "kind", required=False),
+                       ColSpec("long", "n"), ColSpec("long", "seed", required=False),
                        ColSpec("long", "num_steps", required=False), ColSpec("double", "cfg_scale", required=False),
                        ColSpec("string", "solver", required=False)]),
         outputs=Schema([ColSpec("long" if c in ("request", "sample", "num_atoms") else "string", c) for c in OUTPUT_COLUMNS]))
@@ -175,27 +176,28 @@ def load_model(model: str | os.PathLike, device: str = "cpu"):
 
 
 # ---------------------------------------------------------------------------- sampling
-def sample_to_files(model: Any, kind: str, n: int, out_dir: str | os.PathLike, seed: int = 0,
+def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike, seed: int = 0,
                     num_steps: int | None = None, solver: str | None = None, cfg_scale: float | None = None,
                     batch_size: int = 500, score: bool = True, store: str | os.PathLike | None = None,
                     versions: dict[str, str] | None = None) -> dict[str, Any]:
-    """Generate n structures, write them (SDF + XYZ or CIF + XYZ) with a CSV summary, and score them."""
+    """Generate n structures of a dataset (or kind: molecule = qm9, crystal = mp20), write them (SDF + XYZ or
+    CIF + XYZ) with a CSV summary, and score them against that dataset's references."""
     import pandas as pd
 
     from chemgen import io as structure_io
     from chemgen.bonds import perceive_bonds
+    from chemgen.dense import resolve_dataset
     from chemgen.models.adit.decode import Failure, to_systems
-    from chemgen.models.adit.model import KIND_TO_DATASET
     from chemgen.models.adit.pyfunc import structure_rows
     from chemgen.scoring import report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = KIND_TO_DATASET[kind]
+    dataset, kind = resolve_dataset(dataset)
     systems: list[Any] = []
     start = time.perf_counter()
     for i, first in enumerate(range(0, n, batch_size)):
-        decoded = model.generate(min(batch_size, n - first), kind, num_steps=num_steps, solver=solver,
+        decoded = model.generate(min(batch_size, n - first), dataset, num_steps=num_steps, solver=solver,
                                  cfg_scale=cfg_scale, seed=seed + i)
         systems.extend(to_systems(decoded, dataset))
     seconds = time.perf_counter() - start
@@ -209,21 +211,13 @@ def sample_to_files(model: Any, kind: str, n: int, out_dir: str | os.PathLike, s
             files["cif"] = structure_io.write(out_dir / "samples.cif",
                                               [s.replace(material_id=f"sample_{i}") for i, s in enumerate(records)])
     summary = pd.DataFrame(structure_rows(systems, kind)).drop(columns=["xyz", "cif"])
-    result: dict[str, Any] = {"n": n, "seconds": seconds, "samples_per_second": n / max(seconds, 1e-9),
+    result: dict[str, Any] = {"n": n, "dataset": dataset, "seconds": seconds,
+                              "samples_per_second": n / max(seconds, 1e-9),
                               "failures": len(systems) - len(records), "files": files}
     if score:
         items = [None if isinstance(s, Failure) else s for s in systems]
         reasons = [s.reason if isinstance(s, Failure) else None for s in systems]
-        if kind == "molecule":
-            references = report.qm9_reference_smiles(store=store, version=(versions or {}).get("qm9"))
-            metrics, table, scores = report.score_systems(items, kind, reasons, references=references)
-        else:
-            from chemgen.data.store import load
-
-            version = (versions or {}).get("mp20")
-            metrics, table, scores = report.score_systems(
-                items, kind, reasons, references=report.mp20_references(store, version),
-                ground_truth=load("mp20", "test", version=version, limit=1000, root=store))
+        metrics, table, scores = report.score_generated(items, reasons, dataset, store, (versions or {}).get(dataset))
         summary = pd.concat([summary.reset_index(drop=True), table.drop(columns=[c for c in ("index",) if c in table])
                              .add_prefix("score_").reset_index(drop=True)], axis=1)
         result["metrics"] = metrics
