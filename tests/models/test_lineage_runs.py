@@ -75,7 +75,11 @@ def test_reconstruction_stability_of_a_perfect_reconstruction_is_the_data_stabil
     same = SimpleNamespace(**{k: getattr(dense, k) for k in ("atomic_numbers", "pos", "frac_coords", "cell", "mask")})
     scores = score_reconstructions(save_reconstructions(tmp_path / "r.pt", dense, same))
     assert scores["recon_edm_atom_stability"] == scores["true_edm_atom_stability"] > 0.95
+    assert scores["recon_crystal_match_rate"] == 1.0 and scores["recon_crystal_match_rms"] < 1e-6
     torch.manual_seed(0)
-    jitter = SimpleNamespace(**{**vars(same), "pos": dense.pos + 0.1 * torch.randn_like(dense.pos) * dense.mask[..., None]})
+    atoms = dense.mask[..., None]
+    jitter = SimpleNamespace(**{**vars(same), "pos": dense.pos + 0.1 * torch.randn_like(dense.pos) * atoms,
+                                "frac_coords": dense.frac_coords + 0.01 * torch.randn_like(dense.pos) * atoms})
     noisy = score_reconstructions(save_reconstructions(tmp_path / "n.pt", dense, jitter))
     assert noisy["recon_edm_molecule_stability"] < scores["true_edm_molecule_stability"] - 0.3
+    assert 0.001 < noisy["recon_crystal_match_rms"] < 0.3  # ~0.05 A jitter still matches, with a finite RMS
