@@ -194,6 +194,10 @@ def test_dit_loss_falls_and_sampling_is_reproducible(pack):
     assert set(sizes.tolist()) <= set(pack.num_atoms[pack.pbc].tolist())  # N drawn from the training histogram
     heun = model.generate(6, "molecule", seed=3, solver="heun", num_steps=5)
     assert heun.mask.shape[0] == 6 and not heun.periodic.any()
+    # size-sorted chunks keep the drawn sizes and their order; padding beyond a system stays empty
+    chunked = model.generate(6, "molecule", seed=3, solver="heun", num_steps=5, chunk_size=2)
+    assert torch.equal(chunked.mask, heun.mask)
+    assert torch.all(chunked.atomic_numbers[~chunked.mask] == 0) and torch.all(chunked.atomic_numbers[chunked.mask] > 0)
 
 
 def test_degenerate_lattices_become_failures_not_exceptions():

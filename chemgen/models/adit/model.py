@@ -163,10 +163,14 @@ class ADiT(nn.Module):
 
     @torch.no_grad()
     def generate(self, num_samples: int, dataset: str, num_steps: int | None = None, solver: str | None = None,
-                 cfg_scale: float | None = None, seed: int | None = None) -> DecodedBatch:
+                 cfg_scale: float | None = None, seed: int | None = None, chunk_size: int = 128) -> DecodedBatch:
         """Generate ``num_samples`` systems of ``dataset`` (qm9, mp20, perov5, ...; "molecule" and "crystal"
         stand for qm9 and mp20) as padded tensors: sizes from that dataset's training histogram, guidance
-        towards its label (see `chemgen.models.adit.decode` for records)."""
+        towards its label (see `chemgen.models.adit.decode` for records).
+
+        Samples are integrated in chunks of ``chunk_size`` systems of similar size (sorted by number of
+        atoms), so that each chunk pads only to its own largest system: 1.4x (QM9) to 2x (MP-20) fewer
+        token-steps than one batch padded to the largest. The output keeps the drawn order."""
         dataset, kind = resolve_dataset(dataset)
         if float(self.num_atoms_histogram[DATASET_INDEX[dataset]].sum()) == 0:
             trained = [d for d, i in DATASET_INDEX.items() if float(self.num_atoms_histogram[i].sum()) > 0]
@@ -175,7 +179,13 @@ class ADiT(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         dataset_idx = torch.full((num_samples,), DATASET_INDEX[dataset], device=device)
         num_atoms = self.draw_num_atoms(dataset_idx, generator)
-        z, mask = self.sample_latents(dataset_idx, num_atoms, num_steps, solver, cfg_scale, generator)
+        order = torch.argsort(num_atoms, stable=True)
+        width = int(num_atoms.max())
+        z = torch.zeros(num_samples, width, self.config.vae.latent_dim, device=device)
+        for chunk in order.split(chunk_size):
+            z_chunk, _ = self.sample_latents(dataset_idx[chunk], num_atoms[chunk], num_steps, solver, cfg_scale, generator)
+            z[chunk, : z_chunk.shape[1]] = z_chunk
+        mask = torch.arange(width, device=device)[None] < num_atoms[:, None]
         return self.decode(z * self.dit.latent_scale, mask, torch.full((num_samples,), kind == "crystal", device=device))
 
 
