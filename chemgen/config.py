@@ -59,7 +59,10 @@ class DiTConfig:
     num_layers: int = 12
     mlp_ratio: float = 4.0
     class_dropout: float = 0.1
-    num_datasets: int = 5  # chemgen.batching.DATASET_INDEX labels, 0 = null class
+    num_datasets: int = 5  # conditioning labels 1..num_datasets, 0 = CFG's null class
+    # the labels' datasets in order (label = position + 1): saved with every export and lineage, so a model
+    # trained with one order is never read with another (chemgen.dense.DATASET_INDEX must agree)
+    datasets: tuple[str, ...] = ("mp20", "qm9", "mpts52", "perov5", "carbon24")
     num_spacegroups: int = 230
     spacegroup_conditioning: bool = False
 

@@ -228,6 +228,16 @@ def test_train_both_stages_resume_and_export(pack, tmp_path):
         load_adit(tmp_path / "vae")
 
 
+def test_a_model_with_another_label_order_is_refused():
+    """The dataset labels live in the config (and so in every export): a model trained with another order
+    would generate the wrong datasets, so it must not load."""
+    config = load_config("tiny")
+    assert config.dit.datasets[:2] == ("mp20", "qm9")
+    swapped = dataclasses.replace(config, dit=dataclasses.replace(config.dit, datasets=("qm9", "mp20", *config.dit.datasets[2:])))
+    with pytest.raises(ValueError, match="wrong datasets"):
+        ADiT(swapped)
+
+
 def test_shipped_configs_load_and_unknown_keys_are_rejected(tmp_path):
     for name in ("tiny", "cpu", "gpu-quick", "dit-s", "dit-b"):
         config = load_config(name)

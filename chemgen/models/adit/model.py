@@ -48,6 +48,10 @@ class ADiT(nn.Module):
 
     def __init__(self, config: ADiTConfig):
         super().__init__()
+        labels = {name: i + 1 for i, name in enumerate(config.dit.datasets)}
+        if labels != DATASET_INDEX or config.dit.num_datasets != len(labels):
+            raise ValueError(f"config {config.name!r} labels datasets {labels} ({config.dit.num_datasets} labels), "
+                             f"but chemgen labels them {DATASET_INDEX}: the model would read the wrong datasets")
         self.config = config
         self.vae = AllAtomVAE(config.vae)
         self.dit = DiT(config.dit, d_x=config.vae.latent_dim)
