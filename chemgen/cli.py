@@ -410,17 +410,18 @@ def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run
                           help="Shipped lineage to promote into (default: models/weights/<config>).")] = None,
                       store: StoreDir = None) -> None:
     """Score a GPU run's samples and reconstructions here, and promote its checkpoint if the gate prefers it."""
-    from chemgen.models.adit.lineage_runs import promote_run, score_run
+    from chemgen.models.adit.lineage_runs import log_run, promote_run, score_run
     from chemgen.scoring.report import print_metrics
 
     try:
         scored = score_run(run, store)
         decision, target = promote_run(run, scored, into)
+        run_id = log_run(run, scored, decision, target)
     except USER_ERRORS as err:
         _fail(err)
     print_metrics(scored["scores"], console, title=f"scores of {run}")
     verdict = "[bold green]promoted[/]" if decision.promote else "[yellow]kept the shipped checkpoint[/]"
-    console.print(f"{verdict} ({target}): {decision.reason}")
+    console.print(f"{verdict} ({target}): {decision.reason}; MLflow run {run_id}")
 
 
 @sample_app.command("adit")

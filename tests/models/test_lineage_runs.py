@@ -51,8 +51,17 @@ def test_first_run_is_promoted_then_only_a_clear_improvement(tmp_path):
     decision, _ = promote_run(_run(tmp_path, "d", 4), _scored(0.70, context={**CONTEXT, "samples": "200"}), target)
     assert not decision.promote and "context" in decision.reason
 
-    decision, _ = promote_run(_run(tmp_path, "e", 5), _scored(0.70), target)
+    run_e = _run(tmp_path, "e", 5)
+    (run_e / "report.json").write_text('{"device": "NVIDIA H100", "vae": {"systems_per_second": 65000.0, "mfu": 0.05}}')
+    scored = {**_scored(0.70), "report": {"device": "NVIDIA H100", "vae": {"systems_per_second": 65000.0, "mfu": 0.05}}}
+    decision, _ = promote_run(run_e, scored, target)
     assert decision.promote
+    from chemgen import tracking
+    from chemgen.models.adit.lineage_runs import log_run
+
+    logged = tracking.client().get_run(log_run(run_e, scored, decision, target))  # the GPU run, tracked here
+    assert logged.data.params["promoted"] == "True" and logged.data.params["device"] == "NVIDIA H100"
+    assert logged.data.metrics["molecule/edm/validity"] == 0.70 and logged.data.metrics["vae/mfu"] == 0.05
     shipped = lineage.read_manifest(target)
     assert shipped["steps"] == {"vae": 5, "dit": 5} and shipped["content_hash"] != hash_a
     assert [r["run"] for r in lineage.runs(target)] == ["e"]  # the run's own log (which carries its history)

@@ -115,3 +115,31 @@ def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any], target: str 
 def _gate_view(scores: dict[str, float]) -> dict[str, float]:
     """The gate's metric names (``molecule/edm/validity``, ``crystal/cdvae/valid``) from a scores dict."""
     return {k: float(v) for k, v in scores.items()}
+
+
+def log_run(run_dir: str | os.PathLike, scored: dict[str, Any], decision: GateDecision, target: Path) -> str:
+    """Record a GPU run as an MLflow run here: what it trained (params), its throughput and diagnostics,
+    the scores of its samples, the gate's decision, and its report and lineage manifest as artifacts."""
+    import mlflow
+
+    from chemgen import tracking
+
+    run_dir = Path(run_dir)
+    report = scored.get("report", {})
+    manifest = lineage.read_manifest(run_dir / "lineage")
+    with tracking.run(f"gpu-run-{manifest['config']['name']}", tags={"chemgen.kind": "lineage-run",
+                                                                    "gate.decision": decision.reason[:5000]}) as active:
+        tracking.log_params({"model": manifest.get("model"), "config": manifest["config"]["name"],
+                             "device": report.get("device"), "init": report.get("init"),
+                             "data": ",".join(manifest.get("data", [])), "promoted": decision.promote,
+                             "target": str(target), "content_hash": manifest["content_hash"],
+                             **{f"steps.{k}": v for k, v in manifest.get("steps", {}).items()}})
+        metrics: dict[str, float] = dict(scored["scores"])
+        for key, value in report.items():
+            if isinstance(value, dict):  # stage results and diagnostics: vae/systems_per_second, vae/mfu, ...
+                metrics.update({f"{key}/{k}": v for k, v in value.items() if isinstance(v, (int, float))})
+        tracking.log_metrics(metrics)
+        for name in ("report.json", "lineage/manifest.json", "lineage/lineage.jsonl"):
+            if (run_dir / name).is_file():
+                mlflow.log_artifact(str(run_dir / name), artifact_path=str(Path(name).parent) if "/" in name else None)
+        return active.info.run_id
