@@ -59,15 +59,16 @@ def plot_sweep(table: Any, metric: str, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     solvers = list(dict.fromkeys(table["solver"]))
-    fig, axes = plt.subplots(1, len(solvers), figsize=(4.2 * len(solvers), 3.4), squeeze=False)
-    for ax, solver in zip(axes[0], solvers):
+    fig, axes = plt.subplots(1, len(solvers), figsize=(4.2 * len(solvers), 3.4), squeeze=False, sharey=True)
+    for i, (ax, solver) in enumerate(zip(axes[0], solvers)):
         grid = table[table.solver == solver].pivot(index="steps", columns="cfg_scale", values=metric)
         image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
         ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [str(s) for s in grid.index])
         for (r, c), value in np.ndenumerate(grid.to_numpy()):
-            ax.text(c, r, f"{100 * value:.0f}", ha="center", va="center", color="white", fontsize=8)
-        ax.set(title=solver, xlabel="CFG scale", ylabel="ODE steps")
+            ax.text(c, r, f"{100 * value:.0f}", ha="center", va="center", fontsize=8,
+                    color="black" if value > 0.6 else "white")
+        ax.set(title=solver, xlabel="CFG scale", ylabel="ODE steps" if i == 0 else "")
     fig.colorbar(image, ax=axes[0].tolist(), label=metric)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
