@@ -404,6 +404,51 @@ def train_adit_packs(out: Annotated[Path, typer.Option(help="Folder for train.pt
     console.print(f"packs of {', '.join(refs)} in {out}: {sizes}")
 
 
+@train_app.command("adit")
+def train_adit(
+    minutes: Annotated[str, typer.Option(help="Training minutes per stage, e.g. vae=10,dit=30 (0 skips a stage).")],
+    config: Config = "gpu-quick",
+    lineage_dir: Annotated[Optional[Path], typer.Option(
+        "--lineage", help="Lineage to continue and to promote into (default: models/weights/<config>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: .chemgen/runs/<config>-<time>).")] = None,
+    samples: Annotated[int, typer.Option(help="Samples of each kind to score the run on.")] = 1000,
+    tokens_per_batch: Annotated[int, typer.Option(help="Padded atoms per step (GPU: 65,536).")] = 65_536,
+    deadline_minutes: Annotated[Optional[float], typer.Option(help="Hard limit for the whole run.")] = None,
+    promote: Annotated[bool, typer.Option(help="Score the run and promote it into the lineage if the gate prefers it.")] = True,
+    store: StoreDir = None,
+    data: DataVersions = None,
+) -> None:
+    """Train ADiT through its lineage on this machine, as a GPU lease does: packs from the store, the shared
+    loop (`chemgen.generation.remote`), diagnostics, samples; then score, gate and record the run in MLflow."""
+    import time as _time
+
+    from chemgen.config import load_config
+    from chemgen.data.store import parse_dataset_ref
+    from chemgen.generation import remote
+    from chemgen.models.adit.lineage_runs import shipped_lineage
+    from chemgen.models.adit.workflow import write_packs
+    from chemgen.paths import chemgen_home
+
+    try:
+        cfg = load_config(config)
+        versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
+        out = out or chemgen_home() / "runs" / f"{cfg.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        lineage_dir = lineage_dir or shipped_lineage(cfg.name)
+        refs = write_packs(cfg.vae_train, out / "packs", store, versions)
+        out.mkdir(parents=True, exist_ok=True)
+        argv = ["--model", "adit", "--config", config, "--packs", str(out / "packs"), "--out", str(out),
+                "--minutes", minutes, "--samples", str(samples), "--tokens-per-batch", str(tokens_per_batch),
+                "--data", ",".join(refs), "--init", str(lineage_dir)]
+        if deadline_minutes is not None:
+            argv += ["--deadline-minutes", str(deadline_minutes)]
+        remote.main(argv)
+    except USER_ERRORS as err:
+        _fail(err)
+    console.print(f"run written to {out}")
+    if promote:
+        train_adit_import(out, into=lineage_dir, store=store)
+
+
 @train_app.command("adit-import")
 def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run of chemgen.generation.remote wrote.")],
                       into: Annotated[Optional[Path], typer.Option(

@@ -86,6 +86,26 @@ def test_cli_sweeps_sampling_settings_and_scores_every_cell(registered, tmp_path
     assert bad.exit_code == 1 and "euler or heun" in bad.output
 
 
+def test_cli_trains_a_lineage_like_a_gpu_lease_then_scores_and_promotes(registered, tmp_path):
+    """`chemgen train adit`: packs from the store, the shared loop, diagnostics, samples, then the gate."""
+    from chemgen.generation import lineage
+
+    target = tmp_path / "lineage"
+    args = ["train", "adit", "--config", "tiny", "--minutes", "vae=0.05,dit=0.05", "--lineage", str(target),
+            "--out", str(tmp_path / "run"), "--samples", "4", "--tokens-per-batch", "256",
+            *(registered / "data").read_text().split()]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "promoted" in said and "first version: no champion yet" in said
+    first = lineage.read_manifest(target)
+    assert first["steps"]["vae"] > 0 and "molecule/edm/validity" in first["scores"]
+    assert (tmp_path / "run" / "reconstructions.pt").is_file()
+    again = runner.invoke(app, [*args[:args.index("--out") + 1], str(tmp_path / "run2"), *args[args.index("--out") + 2:]])
+    assert again.exit_code == 0, again.output
+    assert len(lineage.runs(tmp_path / "run2" / "lineage")) == 2  # the second run continued the first
+
+
 def test_cli_trains_into_a_lineage_and_samples_from_it(registered, tmp_path):
     from chemgen.generation import lineage
 
