@@ -15,6 +15,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import to_dense_batch
 
 from chemgen.atoms import AtomicSystem
+from chemgen.data.tensors import crystal_spacegroup
 from chemgen.dense import DATASET_INDEX, DenseBatch, dataset_label
 
 __all__ = ["DATASET_INDEX", "DenseBatch", "collate", "dataset_label", "from_dense", "num_atoms_histogram",
@@ -31,6 +32,7 @@ def to_data(system: AtomicSystem) -> Data:
         pbc=torch.tensor([system.pbc]),                                            # (1,)
         dataset_idx=torch.tensor([dataset_label(system.dataset)]),                # (1,)
         num_atoms=torch.tensor([system.num_atoms]),                                # (1,)
+        spacegroup=torch.tensor([crystal_spacegroup(system)]),                    # (1,) 0 = none
         num_nodes=system.num_atoms,
     )
 
@@ -45,7 +47,10 @@ def to_dense(batch: Batch, max_atoms: int | None = None) -> DenseBatch:
     types, mask = to_dense_batch(batch.atomic_numbers, batch.batch, fill_value=0, max_num_nodes=max_atoms)
     pos, _ = to_dense_batch(batch.pos, batch.batch, max_num_nodes=max_atoms)
     frac, _ = to_dense_batch(batch.frac_coords, batch.batch, max_num_nodes=max_atoms)
-    return DenseBatch(types, pos, frac, mask, batch.cell, batch.pbc, batch.dataset_idx, batch.num_atoms)
+    spacegroup = getattr(batch, "spacegroup", None)
+    if spacegroup is None:
+        spacegroup = torch.zeros_like(batch.num_atoms)
+    return DenseBatch(types, pos, frac, mask, batch.cell, batch.pbc, batch.dataset_idx, batch.num_atoms, spacegroup)
 
 
 def from_dense(dense: DenseBatch, datasets: Sequence[str] | None = None) -> list[AtomicSystem]:

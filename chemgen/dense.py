@@ -51,6 +51,7 @@ class DenseBatch:
     pbc: torch.Tensor             # (B,) bool
     dataset_idx: torch.Tensor     # (B,) long
     num_atoms: torch.Tensor       # (B,) long
+    spacegroup: torch.Tensor      # (B,) long, 1-230 for crystals with a known space group, else 0
 
     def to(self, device: torch.device | str) -> DenseBatch:
         return DenseBatch(**{k: v.to(device) for k, v in vars(self).items()})

@@ -18,7 +18,7 @@ import torch
 from chemgen.atoms import AtomicSystem
 from chemgen.dense import DenseBatch, dataset_label
 
-PACK_FORMAT = 2  # 1: float32 positions of every atom; 2: compact (see `TensorPack.save`)
+PACK_FORMAT = 3  # 1: float32 positions of every atom; 2: compact (see `TensorPack.save`); 3: + space groups
 POS_STEPS_PER_ANGSTROM = 2048
 POS_RANGE = 32767 / POS_STEPS_PER_ANGSTROM  # ~16 A
 
@@ -32,8 +32,11 @@ class TensorPack:
     cell: torch.Tensor            # (S, 3, 3) float32, zeros for molecules
     pbc: torch.Tensor             # (S,) bool
     dataset_idx: torch.Tensor     # (S,) long, chemgen.batching.DATASET_INDEX
+    spacegroup: torch.Tensor | None = None  # (S,) long, international number of crystals (0: none or unknown)
 
     def __post_init__(self) -> None:
+        if self.spacegroup is None:
+            object.__setattr__(self, "spacegroup", torch.zeros(len(self.num_atoms), dtype=torch.long))
         object.__setattr__(self, "offsets", torch.cat([torch.zeros(1, dtype=torch.long), self.num_atoms.cumsum(0)]))
         if int(self.offsets[-1]) != self.atomic_numbers.numel():
             raise ValueError(f"pack is inconsistent: num_atoms sums to {int(self.offsets[-1])} "
@@ -58,6 +61,7 @@ class TensorPack:
             cell=torch.stack([torch.tensor(s.cell, dtype=torch.float32) for s in systems]),
             pbc=torch.tensor([s.pbc for s in systems]),
             dataset_idx=torch.tensor([dataset_label(s.dataset) for s in systems]),
+            spacegroup=torch.tensor([crystal_spacegroup(s) for s in systems], dtype=torch.long),
         )
 
     @classmethod
@@ -68,7 +72,8 @@ class TensorPack:
         index = torch.as_tensor(index, dtype=torch.long)
         atoms = torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in index.tolist()])
         return TensorPack(self.atomic_numbers[atoms], self.pos[atoms], self.frac_coords[atoms],
-                          self.num_atoms[index], self.cell[index], self.pbc[index], self.dataset_idx[index])
+                          self.num_atoms[index], self.cell[index], self.pbc[index], self.dataset_idx[index],
+                          self.spacegroup[index])
 
     def dense(self, index: torch.Tensor | Sequence[int]) -> DenseBatch:
         """Padded tensors of the systems at ``index``: (B, N_max, ...) with a mask."""
@@ -81,7 +86,8 @@ class TensorPack:
         types = torch.where(mask, self.atomic_numbers[atom], torch.zeros_like(atom))
         pos = self.pos[atom] * mask[..., None]
         frac = self.frac_coords[atom] * mask[..., None]
-        return DenseBatch(types, pos, frac, mask, self.cell[index], self.pbc[index], self.dataset_idx[index], counts)
+        return DenseBatch(types, pos, frac, mask, self.cell[index], self.pbc[index], self.dataset_idx[index], counts,
+                          self.spacegroup[index])
 
     def held_out(self, per_kind: int, seed: int = 0) -> DenseBatch:
         """Up to ``per_kind`` molecules and ``per_kind`` crystals, drawn at random (fixed by ``seed``), padded:
@@ -107,6 +113,7 @@ class TensorPack:
         periodic = self.atom_is_periodic()
         payload = {"atomic_numbers": self.atomic_numbers.to(torch.uint8), "num_atoms": self.num_atoms.to(torch.int16),
                    "pbc": self.pbc, "dataset_idx": self.dataset_idx.to(torch.uint8),
+                   "spacegroup": self.spacegroup.to(torch.uint8),
                    "cell": self.cell[self.pbc],                     # molecules' cells are zero
                    "frac_coords": self.frac_coords[periodic]}       # molecules' fractional coordinates too
         molecule_pos = self.pos[~periodic]
@@ -121,19 +128,21 @@ class TensorPack:
     @classmethod
     def load(cls, path: str | os.PathLike) -> TensorPack:
         payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no code
-        if not isinstance(payload, dict) or payload.get("format") not in (1, PACK_FORMAT):
+        if not isinstance(payload, dict) or payload.get("format") not in (1, 2, PACK_FORMAT):
             raise ValueError(f"{path}: not a chemgen tensor pack (format {PACK_FORMAT})")
-        positions = ("pos",) if payload["format"] == 1 else ()
+        positions = ("pos",) if payload["format"] == 1 else ()  # 2 and 3 store them compactly
         missing = [name for name in ("atomic_numbers", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx",
                                      *positions) if name not in payload]
-        if payload["format"] == PACK_FORMAT and not ({"molecule_pos_q", "molecule_pos"} & set(payload)):
+        if payload["format"] > 1 and not ({"molecule_pos_q", "molecule_pos"} & set(payload)):
             missing.append("molecule_pos")
         if missing:
             raise ValueError(f"{path}: tensor pack lacks {missing}")
         values = {name: payload[name].long() for name in ("num_atoms", "dataset_idx", "atomic_numbers")}
         values["pbc"] = payload["pbc"]
+        if "spacegroup" in payload:  # packs written before space groups were kept have none
+            values["spacegroup"] = payload["spacegroup"].long()
         values["cell"] = payload["cell"]
-        if payload["format"] == PACK_FORMAT:
+        if payload["format"] > 1:
             values["cell"] = torch.zeros(len(values["pbc"]), 3, 3, dtype=torch.float32)
             values["cell"][values["pbc"]] = payload["cell"]
         periodic_atoms = torch.repeat_interleave(values["pbc"], values["num_atoms"])
@@ -156,10 +165,27 @@ class TensorPack:
     def atom_is_periodic(self) -> torch.Tensor:
         return torch.repeat_interleave(self.pbc, self.num_atoms)
 
+    def spacegroup_histogram(self, dataset_idx: int, max_atoms: int) -> torch.Tensor:
+        """Counts of one dataset's systems by (number of atoms, space group): (max_atoms + 1, 231)."""
+        rows = self.dataset_idx == dataset_idx
+        keep = self.num_atoms[rows] <= max_atoms
+        flat = self.num_atoms[rows][keep] * 231 + self.spacegroup[rows][keep]
+        return torch.bincount(flat, minlength=(max_atoms + 1) * 231)[: (max_atoms + 1) * 231].view(max_atoms + 1, 231)
+
     def num_atoms_histogram(self, dataset_idx: int, max_atoms: int) -> torch.Tensor:
         """Counts of systems of one dataset by size (index = number of atoms)."""
         sizes = self.num_atoms[self.dataset_idx == dataset_idx]
         return torch.bincount(sizes, minlength=max_atoms + 1)[: max_atoms + 1]
+
+
+def crystal_spacegroup(system: AtomicSystem) -> int:
+    """The international space-group number a crystal's record carries (MP-20: ``spacegroup.number``), else 0."""
+    value = system.properties.get("spacegroup.number") if system.pbc else None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return 0
+    return number if 1 <= number <= 230 else 0
 
 
 def pack_from_store(name: str, split: str, limit: int | None = None, root: str | os.PathLike | None = None,

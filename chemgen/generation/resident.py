@@ -91,4 +91,4 @@ def _pad_to(batch: DenseBatch, size: int) -> DenseBatch:
         return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, extra))
 
     return DenseBatch(pad(batch.atomic_numbers), pad(batch.pos), pad(batch.frac_coords), pad(batch.mask),
-                      batch.cell, batch.pbc, batch.dataset_idx, batch.num_atoms)
+                      batch.cell, batch.pbc, batch.dataset_idx, batch.num_atoms, batch.spacegroup)

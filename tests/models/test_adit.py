@@ -33,8 +33,9 @@ def small_config(**vae_changes) -> ADiTConfig:
 
 def test_pack_round_trip_and_dense_masks(pack, tmp_path):
     back = TensorPack.load(pack.save(tmp_path / "p.pt"))
-    for name in ("atomic_numbers", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx"):
+    for name in ("atomic_numbers", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx", "spacegroup"):
         assert torch.equal(getattr(back, name), getattr(pack, name)), name
+    assert torch.all(pack.spacegroup[pack.pbc] >= 1) and torch.all(pack.spacegroup[~pack.pbc] == 0)  # MP-20 records
     molecule = ~pack.atom_is_periodic()  # int16 steps of 1/2048 A; crystals recomputed as frac @ cell
     assert (back.pos[molecule] - pack.pos[molecule]).abs().max() <= 0.5 / 2048 + 1e-7
     assert torch.allclose(back.pos[~molecule], pack.pos[~molecule], atol=1e-4)
@@ -226,6 +227,38 @@ def test_train_both_stages_resume_and_export(pack, tmp_path):
     assert len(systems) == 3
     with pytest.raises(FileNotFoundError, match="dit.pt"):
         load_adit(tmp_path / "vae")
+
+
+def test_spacegroup_conditioning_trains_draws_observed_groups_and_loads_older_checkpoints(pack):
+    """With space-group conditioning the DiT sees MP-20's labels in training; generation draws a crystal's
+    group from training crystals of its size; a checkpoint made without the table loads (new table)."""
+    plain = small_config()
+    config = dataclasses.replace(plain, dit=dataclasses.replace(plain.dit, spacegroup_conditioning=True))
+    torch.manual_seed(0)
+    model = ADiT(config)
+    model.set_histograms(pack)
+    model.train()
+    model.freeze_vae()
+    dense = pack.dense(torch.arange(len(pack)))
+    optimizer = torch.optim.Adam(model.dit.parameters(), lr=1e-2)
+    for _ in range(3):  # past adaLN-Zero's start, where no conditioning has a gradient yet
+        optimizer.zero_grad()
+        model.dit_loss(dense)["loss"].backward()
+        optimizer.step()
+    optimizer.zero_grad()
+    model.dit_loss(dense)["loss"].backward()
+    assert model.dit.spacegroup_embedder.table.weight.grad.abs().sum() > 0  # the labels reach the DiT
+    model.eval()
+    crystals = pack.dataset_idx == 1
+    seen = set(zip(pack.num_atoms[crystals].tolist(), pack.spacegroup[crystals].tolist()))
+    sizes = model.draw_num_atoms(torch.ones(64, dtype=torch.long), torch.Generator().manual_seed(0))
+    groups = model.draw_spacegroups(torch.ones(64, dtype=torch.long), sizes, torch.Generator().manual_seed(0))
+    assert set(zip(sizes.tolist(), groups.tolist())) <= seen
+    assert model.generate(3, "mp20", num_steps=3, seed=0).mask.shape[0] == 3
+    old = ADiT(plain)
+    again = ADiT(config)
+    again.load_checkpoint_groups({"vae": old.vae.state_dict(), "dit": old.dit.state_dict()})
+    assert again.dit.spacegroup_embedder is not None
 
 
 def test_a_model_with_another_label_order_is_refused():

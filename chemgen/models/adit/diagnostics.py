@@ -135,12 +135,13 @@ def dit_prediction_error(model: ADiT, batch: DenseBatch, times: tuple[float, ...
     x_1 = posterior.mean * mask[..., None] / model.dit.latent_scale
     spread = latent_std(x_1, mask)   # 1 once the scale is fitted; divides out an unfitted scale
     x_0 = centred_gaussian(tuple(x_1.shape), mask, torch.Generator().manual_seed(seed))
+    spacegroup = batch.spacegroup if model.config.dit.spacegroup_conditioning else None
     out = {}
     for t_value in times:
         t = torch.full((len(x_1),), t_value, device=x_1.device)
         x_t = ((1 - t_value) * x_0 + t_value * x_1) * mask[..., None]
-        x_sc = model.dit(x_t, t, batch.dataset_idx, mask)
-        error = ((model.dit(x_t, t, batch.dataset_idx, mask, x_sc) - x_1) ** 2).sum(-1)   # (B, N)
+        x_sc = model.dit(x_t, t, batch.dataset_idx, mask, None, spacegroup)
+        error = ((model.dit(x_t, t, batch.dataset_idx, mask, x_sc, spacegroup) - x_1) ** 2).sum(-1)   # (B, N)
         for kind, rows in (("molecule", ~batch.pbc), ("crystal", batch.pbc)):
             if rows.any():
                 m = mask[rows]

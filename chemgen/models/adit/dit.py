@@ -45,6 +45,9 @@ class DiT(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         state_dict.setdefault(prefix + "latent_scale", torch.ones(()))  # checkpoints from before the scale
+        if self.spacegroup_embedder is not None:  # a lineage that turns space-group conditioning on: a new table
+            state_dict.setdefault(prefix + "spacegroup_embedder.table.weight",
+                                  self.spacegroup_embedder.table.weight.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _initialize_weights(self) -> None:
@@ -75,13 +78,15 @@ class DiT(nn.Module):
         return self.final_layer(h, c) * mask[..., None]                                      # (B, N, c)
 
     def forward_with_cfg(self, x_t: torch.Tensor, t: torch.Tensor, dataset_idx: torch.Tensor, mask: torch.Tensor,
-                         cfg_scale: float, x_sc: torch.Tensor | None = None) -> torch.Tensor:
-        """Classifier-free guidance: x_uncond + s * (x_cond - x_uncond), both halves in one pass."""
+                         cfg_scale: float, x_sc: torch.Tensor | None = None,
+                         spacegroup: torch.Tensor | None = None) -> torch.Tensor:
+        """Classifier-free guidance: x_uncond + s * (x_cond - x_uncond), both halves in one pass; the
+        unconditional half gets the null class for the dataset and the space group."""
         if cfg_scale == 1.0:
-            return self(x_t, t, dataset_idx, mask, x_sc)
+            return self(x_t, t, dataset_idx, mask, x_sc, spacegroup)
         both = lambda v: None if v is None else torch.cat([v, v], dim=0)  # noqa: E731
-        labels = torch.cat([dataset_idx, torch.zeros_like(dataset_idx)], dim=0)
-        out = self(both(x_t), both(t), labels, both(mask), both(x_sc))
+        null = lambda v: None if v is None else torch.cat([v, torch.zeros_like(v)], dim=0)  # noqa: E731
+        out = self(both(x_t), both(t), null(dataset_idx), both(mask), both(x_sc), null(spacegroup))
         cond, uncond = out.chunk(2, dim=0)
         return uncond + cfg_scale * (cond - uncond)
 

@@ -24,6 +24,7 @@ from chemgen.geometry import cell_from_parameters
 from chemgen.models.adit.dit import DiT
 from chemgen.models.adit.vae import ANGSTROM_PER_NM, AllAtomVAE, latent_std
 
+NUM_SPACEGROUP_LABELS = 231  # 0 = none, 1..230 international numbers
 MAX_ATOMS = 64  # size of the number-of-atoms histograms (QM9 <= 29, MP-20 <= 20, MPTS-52 <= 52)
 
 
@@ -58,6 +59,10 @@ class ADiT(nn.Module):
         self.flow = LinearFlowMatching(config.flow.min_t)
         # (datasets + 1, MAX_ATOMS + 1) counts of training systems by size, to draw N at sampling time
         self.register_buffer("num_atoms_histogram", torch.zeros(config.dit.num_datasets + 1, MAX_ATOMS + 1))
+        # (datasets + 1, MAX_ATOMS + 1, 231) counts by size and space group, to draw a crystal's space group
+        # given its size when the DiT is conditioned on space groups (empty: the null class 0)
+        self.register_buffer("spacegroup_histogram", torch.zeros(config.dit.num_datasets + 1, MAX_ATOMS + 1,
+                                                                 NUM_SPACEGROUP_LABELS))
 
     # ------------------------------------------------------------------ the generator protocol
     def training_stage(self, name: str, train: TensorPack) -> TrainingStage:
@@ -68,8 +73,7 @@ class ADiT(nn.Module):
             return TrainingStage("vae", lambda batch: self.vae.loss(batch, train=True), list(self.vae.parameters()),
                                  cfg.weight_decay, cfg.grad_clip)
         if name == "dit":
-            self.num_atoms_histogram.copy_(torch.stack(
-                [train.num_atoms_histogram(i, MAX_ATOMS) for i in range(self.config.dit.num_datasets + 1)]).float())
+            self.set_histograms(train)
             info = {}
             if getattr(self, "_vae_trained", False) or float(self.dit.latent_scale) == 1.0:
                 pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:4096]
@@ -96,15 +100,24 @@ class ADiT(nn.Module):
             return metrics
         return diagnostics.dit_prediction_error(self, batch)
 
+    def set_histograms(self, train: TensorPack) -> None:
+        """The training sets' sizes, and sizes by space group, that generation draws from."""
+        datasets = range(self.config.dit.num_datasets + 1)
+        self.num_atoms_histogram.copy_(torch.stack([train.num_atoms_histogram(i, MAX_ATOMS) for i in datasets]).float())
+        self.spacegroup_histogram.copy_(torch.stack([train.spacegroup_histogram(i, MAX_ATOMS) for i in datasets]).float())
+
     def checkpoint_groups(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"vae": self.vae.state_dict(), "dit": self.dit.state_dict(),
-                "num_atoms_histogram": {"counts": self.num_atoms_histogram}}
+                "num_atoms_histogram": {"counts": self.num_atoms_histogram},
+                "spacegroup_histogram": {"counts": self.spacegroup_histogram}}
 
     def load_checkpoint_groups(self, groups: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Weights and histograms by group; checkpoints from before space groups were kept load without them."""
         self.vae.load_state_dict(groups["vae"])
         self.dit.load_state_dict(groups["dit"])
-        if "num_atoms_histogram" in groups:
-            self.num_atoms_histogram.copy_(groups["num_atoms_histogram"]["counts"])
+        for name in ("num_atoms_histogram", "spacegroup_histogram"):
+            if name in groups:
+                getattr(self, name).copy_(groups[name]["counts"])
 
     def freeze_vae(self) -> None:
         self.vae.requires_grad_(False)
@@ -119,14 +132,15 @@ class ADiT(nn.Module):
             x_1 = posterior.sample() * batch.mask[..., None] / self.dit.latent_scale           # (B, N, c)
         t = self.flow.sample_t(len(x_1), x_1.device)
         x_t = self.flow.interpolate(x_1, t, batch.mask)
+        spacegroup = batch.spacegroup if self.config.dit.spacegroup_conditioning else None
         x_sc = None
         if self.training and self.config.flow.self_condition_prob > 0:
             # self-conditioning: a first estimate without gradient, kept for a random half of the systems
             # (chosen per system on the device, so the step has one graph and no host decision)
             with torch.no_grad():
                 keep = torch.rand(len(x_1), 1, 1, device=x_1.device) < self.config.flow.self_condition_prob
-                x_sc = self.dit(x_t, t, batch.dataset_idx, batch.mask) * keep
-        x_1_hat = self.dit(x_t, t, batch.dataset_idx, batch.mask, x_sc)
+                x_sc = self.dit(x_t, t, batch.dataset_idx, batch.mask, None, spacegroup) * keep
+        x_1_hat = self.dit(x_t, t, batch.dataset_idx, batch.mask, x_sc, spacegroup)
         per_system = self.flow.loss(x_1, x_1_hat, t, batch.mask)
         return {"loss": per_system.mean(), "latent_std": latent_std(x_1, batch.mask)}
 
@@ -146,16 +160,27 @@ class ADiT(nn.Module):
             raise ValueError("no number-of-atoms histogram for a requested dataset (was it in the training data?)")
         return torch.multinomial(hist, 1, generator=generator).squeeze(-1).to(dataset_idx.device)
 
+    def draw_spacegroups(self, dataset_idx: torch.Tensor, num_atoms: torch.Tensor,
+                         generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Space groups drawn from the training crystals of the same dataset and size, or None (the null
+        class) when the DiT is not conditioned on them or the training data carried none."""
+        if not self.config.dit.spacegroup_conditioning:
+            return None
+        hist = self.spacegroup_histogram[dataset_idx, num_atoms].float().cpu()                 # (B, 231)
+        hist[:, 0] += (hist.sum(-1) == 0).float()  # a size never seen with a space group: the null class
+        return torch.multinomial(hist, 1, generator=generator).squeeze(-1).to(dataset_idx.device)
+
     @torch.no_grad()
     def sample_latents(self, dataset_idx: torch.Tensor, num_atoms: torch.Tensor, num_steps: int | None = None,
                        solver: str | None = None, cfg_scale: float | None = None,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       generator: torch.Generator | None = None,
+                       spacegroup: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         flow = self.config.flow
         mask = torch.arange(int(num_atoms.max()), device=num_atoms.device)[None] < num_atoms[:, None]   # (B, N)
         scale = flow.cfg_scale if cfg_scale is None else cfg_scale
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor, x_sc: torch.Tensor | None) -> torch.Tensor:
-            return self.dit.forward_with_cfg(x_t, t, dataset_idx, mask, scale, x_sc)
+            return self.dit.forward_with_cfg(x_t, t, dataset_idx, mask, scale, x_sc, spacegroup)
 
         z = self.flow.sample(denoise, mask, self.config.vae.latent_dim, num_steps or flow.num_steps,
                              solver or flow.solver, self_condition=flow.self_condition_prob > 0, generator=generator)
@@ -183,11 +208,13 @@ class ADiT(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         dataset_idx = torch.full((num_samples,), DATASET_INDEX[dataset], device=device)
         num_atoms = self.draw_num_atoms(dataset_idx, generator)
+        spacegroup = self.draw_spacegroups(dataset_idx, num_atoms, generator) if kind == "crystal" else None
         order = torch.argsort(num_atoms, stable=True)
         width = int(num_atoms.max())
         z = torch.zeros(num_samples, width, self.config.vae.latent_dim, device=device)
         for chunk in order.split(chunk_size):
-            z_chunk, _ = self.sample_latents(dataset_idx[chunk], num_atoms[chunk], num_steps, solver, cfg_scale, generator)
+            z_chunk, _ = self.sample_latents(dataset_idx[chunk], num_atoms[chunk], num_steps, solver, cfg_scale, generator,
+                                             None if spacegroup is None else spacegroup[chunk])
             z[chunk, : z_chunk.shape[1]] = z_chunk
         mask = torch.arange(width, device=device)[None] < num_atoms[:, None]
         return self.decode(z * self.dit.latent_scale, mask, torch.full((num_samples,), kind == "crystal", device=device))

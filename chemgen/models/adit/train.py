@@ -24,7 +24,7 @@ from chemgen.config import ADiTConfig, TrainConfig, from_dict
 from chemgen.data.tensors import TensorPack
 from chemgen.generation import lineage
 from chemgen.models.adit.modules import DiTModule, VAEModule
-from chemgen.models.adit.model import ADiT, MAX_ATOMS
+from chemgen.models.adit.model import ADiT
 
 EXPORT_FORMAT = 1
 
@@ -142,8 +142,8 @@ def train_dit(config: ADiTConfig, vae_path: str | os.PathLike, train: TensorPack
     out_dir = Path(out_dir)
     L.seed_everything(config.dit_train.seed, workers=True)
     vae_state = stage_state(vae_path, "vae")
-    histogram = torch.stack([train.num_atoms_histogram(i, MAX_ATOMS) for i in range(config.dit.num_datasets + 1)]).float()
-    module = DiTModule(config.to_dict(), vae_state, histogram)
+    module = DiTModule(config.to_dict(), vae_state)
+    module.model.set_histograms(train)
     if init_from is not None:  # warm start: continue from the DiT (EMA) weights of an exported model or lineage
         init = stage_state(init_from, "dit")
         module.model.dit.load_state_dict(init)
@@ -158,7 +158,7 @@ def train_dit(config: ADiTConfig, vae_path: str | os.PathLike, train: TensorPack
     path = out_dir / "dit.pt"
     if trainer.is_global_zero:  # under DDP one process writes the export
         ema = module.ema_model()
-        export(path, config, {"dit": ema.dit.state_dict(), "num_atoms_histogram": {"counts": ema.num_atoms_histogram}})
+        export(path, config, {k: v for k, v in ema.checkpoint_groups().items() if k != "vae"})
         export(out_dir / "vae.pt", config, {"vae": vae_state})  # out_dir is now a complete model directory
     return StageResult(path, trainer.global_step, seconds, steps * config.dit_train.batch_size / max(seconds, 1e-9),
                        _metrics(trainer))
@@ -200,18 +200,14 @@ def load_adit(model_dir: str | os.PathLike, device: str | torch.device = "cpu") 
     if lineage.is_lineage(model_dir):
         checkpoint = lineage.load(model_dir)
         model = ADiT(from_dict(ADiTConfig, checkpoint.manifest["config"], where=str(model_dir / "manifest.json")))
-        model.vae.load_state_dict(checkpoint.groups["vae"])
-        model.dit.load_state_dict(checkpoint.groups["dit"])
-        model.num_atoms_histogram.copy_(checkpoint.groups["num_atoms_histogram"]["counts"])
+        model.load_checkpoint_groups(checkpoint.groups)
         return model.to(device).eval()
     if not (model_dir / "dit.pt").is_file():
         raise FileNotFoundError(f"{model_dir}: no dit.pt (a model directory holds vae.pt and dit.pt; "
                                 "train the DiT stage with `chemgen train adit-dit`)")
     vae, dit = load_export(model_dir / "vae.pt"), load_export(model_dir / "dit.pt")
     model = ADiT(from_dict(ADiTConfig, dit["config"], where=str(model_dir / "dit.pt")))
-    model.vae.load_state_dict(vae["state"]["vae"])  # load_state_dict casts bf16 exports to float32
-    model.dit.load_state_dict(dit["state"]["dit"])
-    model.num_atoms_histogram.copy_(dit["state"]["num_atoms_histogram"]["counts"])
+    model.load_checkpoint_groups({**dit["state"], "vae": vae["state"]["vae"]})  # bf16 exports load as float32
     return model.to(device).eval()
 
 
@@ -219,8 +215,7 @@ def export_model_dir(model: ADiT, out_dir: str | os.PathLike, dtype: torch.dtype
     """Write a model directory (``vae.pt`` + ``dit.pt``) from a model in memory."""
     out_dir = Path(out_dir)
     export(out_dir / "vae.pt", model.config, {"vae": model.vae.state_dict()}, dtype)
-    export(out_dir / "dit.pt", model.config, {"dit": model.dit.state_dict(),
-                                              "num_atoms_histogram": {"counts": model.num_atoms_histogram}}, dtype)
+    export(out_dir / "dit.pt", model.config, {k: v for k, v in model.checkpoint_groups().items() if k != "vae"}, dtype)
     return out_dir
 
 
@@ -243,9 +238,7 @@ def save_lineage(model_dir: str | os.PathLike, folder: str | os.PathLike, steps:
     ``data`` names the dataset versions (``qm9@<version>``); ``run`` is the line for ``lineage.jsonl``.
     """
     model = load_adit(model_dir)
-    groups = {"vae": model.vae.state_dict(), "dit": model.dit.state_dict(),
-              "num_atoms_histogram": {"counts": model.num_atoms_histogram}}
-    manifest = lineage.save(folder, groups, {"model": "adit", "config": model.config.to_dict(), "steps": steps,
+    manifest = lineage.save(folder, model.checkpoint_groups(), {"model": "adit", "config": model.config.to_dict(), "steps": steps,
                                              "scores": scores or {}, "data": data or []}, dtype=dtype)
     lineage.append_run(folder, {"steps": steps, "scores": scores or {}, "content_hash": manifest["content_hash"],
                                 **(run or {})})

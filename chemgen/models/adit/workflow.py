@@ -15,7 +15,7 @@ import torch
 
 from chemgen import tracking
 from chemgen.config import ADiTConfig, TrainConfig, load_config
-from chemgen.data.tensors import TensorPack, pack_from_store
+from chemgen.data.tensors import PACK_FORMAT, TensorPack, pack_from_store
 
 REGISTERED_NAME = "chemgen-adit"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
@@ -33,7 +33,9 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
     for manifest in manifests:
         for split in packs:
             limit = train_config.limit_per_dataset
-            cache = chemgen_home() / "packs" / f"{manifest['name']}-{manifest['version']}-{split}-{limit or 'all'}.pt"
+            # the pack format is part of the name: a pack cached by an older chemgen lacks newer fields
+            cache = (chemgen_home() / "packs"
+                     / f"{manifest['name']}-{manifest['version']}-{split}-{limit or 'all'}-v{PACK_FORMAT}.pt")
             if cache.is_file():
                 pack = TensorPack.load(cache)
             else:
