@@ -55,7 +55,8 @@ def test_loss_weight_is_one_over_one_minus_t_squared_clamped_at_0_9():
 class _StubDiT:
     """Returns 1 for the conditional label and 0 for the null class (label 0), per token and channel."""
 
-    def __call__(self, x_t, t, labels, mask, x_sc=None):
+    def __call__(self, x_t, t, labels, mask, x_sc=None, spacegroup=None):
+        assert spacegroup is None or torch.equal(spacegroup != 0, labels != 0)  # both labels null together
         return (labels != 0).float()[:, None, None].expand_as(x_t).clone()
 
 
@@ -65,3 +66,6 @@ def test_classifier_free_guidance_extrapolates_from_the_unconditional_output(sca
     mask = torch.ones(2, 3, dtype=torch.bool)
     out = DiT.forward_with_cfg(_StubDiT(), x_t, torch.zeros(2), torch.tensor([1, 2]), mask, scale)
     assert torch.allclose(out, torch.full_like(x_t, expected))   # uncond + s (cond - uncond) = 0 + s * 1
+    with_groups = DiT.forward_with_cfg(_StubDiT(), x_t, torch.zeros(2), torch.tensor([1, 2]), mask, scale,
+                                       spacegroup=torch.tensor([225, 12]))
+    assert torch.allclose(with_groups, out)
