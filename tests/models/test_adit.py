@@ -221,6 +221,7 @@ def test_train_both_stages_resume_and_export(pack, tmp_path):
     resumed = train_vae(config, pack, pack, tmp_path / "vae", accelerator="cpu", progress=False, max_steps=20)
     assert resumed.steps == 20  # continued from step 10, not from 0
     dit = train_dit(config, vae.export_path, pack, pack, tmp_path / "dit", accelerator="cpu", progress=False, max_steps=10)
+    assert {"diag/dit_error_molecule@0.99", "diag/dit_error_crystal@0.5"} <= set(dit.metrics)
     model = load_adit(dit.export_path.parent)
     assert model.num_atoms_histogram[2].sum() == 8  # 8 QM9 molecules in the pack
     systems = to_systems(model.generate(3, "molecule", seed=0), "qm9")
