@@ -62,6 +62,28 @@ def print_summary(result: dict[str, Any], profile: str, console: Console) -> Non
     table.add_row("champion", "this version (promoted)" if reg["promoted"] else "unchanged")
     table.add_row("gate", reg["reason"])
     table.add_row("MLflow run", result["mlflow_run_id"])
+    shipped = shipped_summary()
+    if shipped:
+        table.add_row("shipped checkpoint", shipped)
     console.print(table)
     console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking.tracking_uri()} --port 5000")
     console.print(f'load the champion: mlflow.pyfunc.load_model("models:/{reg["name"]}@champion")')
+
+
+def shipped_summary() -> str | None:
+    """One line on the checkpoint that ships with chemgen (`chemgen sample adit` without --model): where it is,
+    how far it has trained, and what its samples scored when it was promoted; None if this checkout has none."""
+    from chemgen.generation import lineage
+    from chemgen.models.adit.lineage_runs import SHIPPED_CONFIG, shipped_lineage
+
+    folder = shipped_lineage(SHIPPED_CONFIG)
+    if not lineage.is_lineage(folder):
+        return None
+    manifest = lineage.read_manifest(folder)
+    scores, evaluation = manifest.get("scores", {}), manifest.get("evaluation", {})
+    steps = ", ".join(f"{k} {v:,} steps" for k, v in manifest.get("steps", {}).items())
+    quality = ", ".join(f"{label} {100 * scores[key]:.1f} %" for key, label in (
+        ("molecule/edm/molecule_stability", "QM9 EDM molecule stability"), ("molecule/edm/validity", "EDM validity"),
+        ("crystal/cdvae/valid", "MP-20 validity")) if key in scores)
+    return (f"{folder.relative_to(folder.parents[2])} ({steps}): {quality or 'not scored'}"
+            + (f" on {evaluation['samples']:,} samples of each kind" if evaluation.get("samples") else ""))

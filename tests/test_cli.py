@@ -65,3 +65,15 @@ def test_sample_without_a_model_uses_the_shipped_checkpoint(tmp_path, monkeypatc
     missing = runner.invoke(app, ["sample", "adit", "--kind", "molecule", "--n", "2", "--no-score",
                                   "--out", str(tmp_path / "never")])
     assert missing.exit_code != 0 and "no shipped checkpoint" in missing.output
+
+
+def test_main_job_summary_states_the_shipped_checkpoints_recorded_quality(tmp_path, monkeypatch):
+    from chemgen.generation import lineage
+    from chemgen.models.adit import lineage_runs
+    from chemgen.pipeline import shipped_summary
+
+    if lineage.is_lineage(lineage_runs.shipped_lineage(lineage_runs.SHIPPED_CONFIG)):
+        line = shipped_summary()
+        assert line.startswith("models/weights/adit-gpu-quick") and "QM9 EDM molecule stability" in line
+    monkeypatch.setattr(lineage_runs, "SHIPPED_ROOT", tmp_path / "nowhere")
+    assert shipped_summary() is None
