@@ -9,7 +9,7 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export CHEMGEN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test bench clean-store spectra spectra-stop spectra-kill spectra-wheels
+.PHONY: install run test bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -58,3 +58,7 @@ spectra-wheels: install
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .whl tblite==0.8.0 cffi==2.1.1 pycparser==3.12 ase==3.29.0
+
+# Tensor packs for a GPU lease (carry .packs/full; the command is in models/README.md, "Next GPU run").
+gpu-packs: install
+	$(VENV)/bin/chemgen train adit-packs --config gpu-quick --out .packs/full
