@@ -59,6 +59,17 @@ def test_pack_keeps_float32_for_far_flung_molecules_and_reads_format_1(pack, tmp
     assert torch.equal(TensorPack.load(tmp_path / "v1.pt").pos, pack.pos)
 
 
+def test_compressed_packs_read_back_the_same(pack, tmp_path):
+    plain = TensorPack.load(pack.save(tmp_path / "p.pt"))
+    small = TensorPack.load(pack.save(tmp_path / "c.pt", compress=True))
+    assert (tmp_path / "c.pt").stat().st_size < (tmp_path / "p.pt").stat().st_size
+    for name in ("atomic_numbers", "pos", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx", "spacegroup"):
+        assert torch.equal(getattr(small, name), getattr(plain, name)), name
+    (tmp_path / "bad.pt").write_bytes(b"\xfd7zXZ\x00" + b"not xz at all")
+    with pytest.raises(ValueError, match="corrupt compressed tensor pack"):
+        TensorPack.load(tmp_path / "bad.pt")
+
+
 def test_pack_refuses_foreign_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a chemgen tensor pack"):
