@@ -40,3 +40,9 @@ def to_systems(decoded, dataset: str) -> list[AtomicSystem | Failure]:
         except (InvalidSystemError, np.linalg.LinAlgError) as err:
             results.append(Failure(i, str(err)))
     return results
+
+
+def split_failures(systems: list[AtomicSystem | Failure]) -> tuple[list[AtomicSystem | None], list[str | None]]:
+    """Records with None in place of failures, and each failure's reason (None for records): what scoring takes."""
+    return ([None if isinstance(s, Failure) else s for s in systems],
+            [s.reason if isinstance(s, Failure) else None for s in systems])

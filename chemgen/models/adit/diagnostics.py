@@ -31,6 +31,7 @@ import torch
 from chemgen.dense import DenseBatch
 from chemgen.geometry import lattice_parameters
 from chemgen.models.adit.model import ADiT, DecodedBatch, decode_latents
+from chemgen.models.adit.vae import short_pairs
 
 SHORT_DISTANCE = 2.0  # Angstrom: pairs below this are the bonds EDM's tables judge
 NOISE_LEVELS = (0.01, 0.03, 0.1)  # latent noise, relative to the latent standard deviation
@@ -53,10 +54,8 @@ def kabsch_rmsd(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> t
 def short_distance_errors(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor,
                           cutoff: float = SHORT_DISTANCE) -> torch.Tensor:
     """|d_pred - d_true| (A) of every pair closer than ``cutoff`` in the true structure, flattened."""
-    d_true, d_pred = torch.cdist(true, true), torch.cdist(pred, pred)
-    eye = torch.eye(true.shape[1], dtype=torch.bool, device=true.device)
-    pairs = mask[:, :, None] & mask[:, None, :] & (d_true < cutoff) & ~eye
-    return (d_pred - d_true).abs()[pairs]
+    d_true, pairs = short_pairs(true, mask, cutoff)
+    return (torch.cdist(pred, pred) - d_true).abs()[pairs > 0]
 
 
 @torch.no_grad()

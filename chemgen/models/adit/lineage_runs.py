@@ -26,7 +26,6 @@ from chemgen.models.adit.diagnostics import score_reconstructions
 
 SHIPPED_ROOT = Path(__file__).resolve().parents[3] / "models" / "weights"
 SHIPPED_CONFIG = "adit-gpu-quick"   # the lineage `chemgen sample adit` uses when no model is named
-KIND_DATASET = DEFAULT_DATASET  # what a run's samples_<kind>.pt were drawn for
 
 
 def shipped_model() -> Path:
@@ -53,14 +52,12 @@ def load_samples(path: str | os.PathLike) -> SimpleNamespace:
 def score_samples(path: str | os.PathLike, kind: str, versions: dict[str, str], store: str | os.PathLike | None = None,
                   out_dir: str | os.PathLike | None = None) -> dict[str, float]:
     """Score a samples file with the reference protocols against the given dataset versions."""
-    from chemgen.models.adit.decode import Failure, to_systems
+    from chemgen.models.adit.decode import split_failures, to_systems
     from chemgen.scoring import report
 
-    dataset = KIND_DATASET[kind]
+    dataset = DEFAULT_DATASET[kind]  # what a run's samples_<kind>.pt were drawn for
     systems = to_systems(load_samples(path), dataset)
-    items = [None if isinstance(s, Failure) else s for s in systems]
-    reasons = [s.reason if isinstance(s, Failure) else None for s in systems]
-    metrics, table, scores = report.score_generated(items, reasons, dataset, store, versions.get(dataset))
+    metrics, table, scores = report.score_generated(*split_failures(systems), dataset, store, versions.get(dataset))
     if out_dir is not None:
         report.save_report(metrics, table, scores, kind, Path(out_dir) / kind, context={"input": str(path)})
     return metrics
@@ -94,12 +91,12 @@ def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any], target: str 
     source = run_dir / "lineage"
     manifest = lineage.read_manifest(source)
     target = Path(target) if target is not None else shipped_lineage(manifest["config"]["name"])
-    challenger = Evaluation(_gate_view(scored["scores"]), scored["samples"], scored["context"])
+    challenger = Evaluation(dict(scored["scores"]), scored["samples"], scored["context"])
     champion = None
     if lineage.is_lineage(target):
         shipped = lineage.read_manifest(target)
         evaluation = shipped.get("evaluation", {})
-        champion = Evaluation(_gate_view(shipped.get("scores", {})), evaluation.get("samples"), evaluation.get("context", {}))
+        champion = Evaluation(dict(shipped.get("scores", {})), evaluation.get("samples"), evaluation.get("context", {}))
     decision = decide(gate_metrics_for(registered_name), challenger, champion)
     if decision.promote:
         checkpoint = lineage.load(source)
@@ -110,11 +107,6 @@ def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any], target: str 
         lineage.save(target, checkpoint.groups, meta)
         shutil.copyfile(source / "lineage.jsonl", target / "lineage.jsonl")  # the run's log extends the shipped one
     return decision, target
-
-
-def _gate_view(scores: dict[str, float]) -> dict[str, float]:
-    """The gate's metric names (``molecule/edm/validity``, ``crystal/cdvae/valid``) from a scores dict."""
-    return {k: float(v) for k, v in scores.items()}
 
 
 def log_run(run_dir: str | os.PathLike, scored: dict[str, Any], decision: GateDecision, target: Path) -> str:

@@ -76,8 +76,7 @@ class ADiT(nn.Module):
             self.set_histograms(train)
             info = {}
             if getattr(self, "_vae_trained", False) or float(self.dit.latent_scale) == 1.0:
-                pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:4096]
-                info["latent_scale"] = self.fit_latent_scale(train.dense(pick).to(self.num_atoms_histogram.device))
+                info["latent_scale"] = self.fit_latent_scale(train)
             self.train()
             self.freeze_vae()  # the VAE stays frozen, in eval mode
             cfg = self.config.dit_train
@@ -145,9 +144,13 @@ class ADiT(nn.Module):
         return {"loss": per_system.mean(), "latent_std": latent_std(x_1, batch.mask)}
 
     @torch.no_grad()
-    def fit_latent_scale(self, batch: DenseBatch) -> float:
-        """Set the DiT's latent scale to the standard deviation of the VAE's posterior means over the
-        real atoms of ``batch`` (a few thousand training systems suffice)."""
+    def fit_latent_scale(self, data: DenseBatch | TensorPack, systems: int = 4096) -> float:
+        """Set the DiT's latent scale to the standard deviation of the VAE's posterior means over the real
+        atoms of a batch, or of ``systems`` training systems drawn from a pack (seed 0): a few thousand suffice."""
+        if isinstance(data, TensorPack):
+            pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:systems]
+            data = data.dense(pick).to(self.num_atoms_histogram.device)
+        batch = data
         posterior = self.vae.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
         std = float(latent_std(posterior.mean.float(), batch.mask))
         self.dit.latent_scale.fill_(std)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,22 +27,16 @@ def sampling_sweep(model: Any, dataset: str, n: int, cfg_scales: Sequence[float]
     import pandas as pd
 
     from chemgen.dense import resolve_dataset
-    from chemgen.models.adit.decode import Failure, to_systems
+    from chemgen.models.adit.decode import split_failures
+    from chemgen.models.adit.workflow import generate_records
     from chemgen.scoring import report
 
     dataset, kind = resolve_dataset(dataset)
     rows = []
     for solver, num_steps, cfg in itertools.product(solvers, steps, cfg_scales):
-        start = time.perf_counter()
-        systems: list[Any] = []
-        for i, first in enumerate(range(0, n, batch_size)):
-            decoded = model.generate(min(batch_size, n - first), dataset, num_steps=num_steps, solver=solver,
-                                     cfg_scale=cfg, seed=seed + i)
-            systems.extend(to_systems(decoded, dataset))
-        seconds = time.perf_counter() - start
-        items = [None if isinstance(s, Failure) else s for s in systems]
-        reasons = [s.reason if isinstance(s, Failure) else None for s in systems]
-        metrics, _, _ = report.score_generated(items, reasons, dataset, store, version)
+        systems, seconds = generate_records(model, dataset, n, seed, batch_size, num_steps=num_steps, solver=solver,
+                                            cfg_scale=cfg)
+        metrics, _, _ = report.score_generated(*split_failures(systems), dataset, store, version)
         rows.append({"solver": solver, "steps": num_steps, "cfg_scale": cfg, "seconds": seconds,
                      "samples_per_second": n / seconds,
                      **{m: metrics.get(m, float("nan")) for m in (PRIMARY[kind], *SECONDARY[kind])}})

@@ -149,8 +149,7 @@ def train_dit(config: ADiTConfig, vae_path: str | os.PathLike, train: TensorPack
         module.model.dit.load_state_dict(init)
         module.ema.module.load_state_dict(init)
     if init_from is None or float(module.model.dit.latent_scale) == 1.0:  # latents to unit variance
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:2048]
-        module.model.fit_latent_scale(train.dense(pick))
+        module.model.fit_latent_scale(train)
         module.ema.module.latent_scale.copy_(module.model.dit.latent_scale)
     trainer = make_trainer(out_dir, config.dit_train, accelerator, devices, logger, progress, max_steps, max_minutes)
     train_loader, val_loader = loaders(train, val, config.dit_train)

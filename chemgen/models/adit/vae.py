@@ -246,11 +246,18 @@ def short_distance_error(pred: torch.Tensor, true: torch.Tensor, weight: torch.T
     These pairs are the bonds EDM's stability tables judge, with margins of a few pm.
     """
     pred, true = pred.float(), true.float()
-    d_true = torch.cdist(true, true)                                                            # (B, N, N)
-    d_pred = (pred[:, :, None] - pred[:, None, :]).square().sum(-1).add(1e-12).sqrt()
-    eye = torch.eye(true.shape[1], device=true.device, dtype=torch.bool)
-    pairs = weight[:, :, None] * weight[:, None, :] * ((d_true < cutoff) & ~eye).float()
+    d_true, pairs = short_pairs(true, weight, cutoff)
+    d_pred = (pred[:, :, None] - pred[:, None, :]).square().sum(-1).add(1e-12).sqrt()  # cdist's gradient is NaN at 0
     return ((d_pred - d_true).square() * pairs).sum() / pairs.sum().clamp_min(1)
+
+
+def short_pairs(true: torch.Tensor, weight: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """True distances (B, N, N) and the weight of each pair: both atoms' weights if they are closer than
+    ``cutoff`` and distinct, else 0 (the pairs EDM's bond tables judge)."""
+    d_true = torch.cdist(true, true)
+    eye = torch.eye(true.shape[1], device=true.device, dtype=torch.bool)
+    weight = weight.to(d_true.dtype)
+    return d_true, weight[:, :, None] * weight[:, None, :] * ((d_true < cutoff) & ~eye).to(d_true.dtype)
 
 
 def full_precision(like: torch.Tensor):

@@ -178,6 +178,19 @@ def load_model(model: str | os.PathLike, device: str = "cpu"):
 
 
 # ---------------------------------------------------------------------------- sampling
+def generate_records(model: Any, dataset: str, n: int, seed: int = 0, batch_size: int = 500,
+                     **sampling: Any) -> tuple[list[Any], float]:
+    """n records (or `Failure`s) of a dataset in batches seeded seed, seed + 1, ..., and the seconds it took."""
+    from chemgen.models.adit.decode import to_systems
+
+    systems: list[Any] = []
+    start = time.perf_counter()
+    for i, first in enumerate(range(0, n, batch_size)):
+        systems.extend(to_systems(model.generate(min(batch_size, n - first), dataset, seed=seed + i, **sampling),
+                                  dataset))
+    return systems, time.perf_counter() - start
+
+
 def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike, seed: int = 0,
                     num_steps: int | None = None, solver: str | None = None, cfg_scale: float | None = None,
                     batch_size: int = 500, score: bool = True, store: str | os.PathLike | None = None,
@@ -189,20 +202,15 @@ def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike
     from chemgen import io as structure_io
     from chemgen.bonds import perceive_bonds
     from chemgen.dense import resolve_dataset
-    from chemgen.models.adit.decode import Failure, to_systems
+    from chemgen.models.adit.decode import Failure, split_failures
     from chemgen.models.adit.pyfunc import structure_rows
     from chemgen.scoring import report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset, kind = resolve_dataset(dataset)
-    systems: list[Any] = []
-    start = time.perf_counter()
-    for i, first in enumerate(range(0, n, batch_size)):
-        decoded = model.generate(min(batch_size, n - first), dataset, num_steps=num_steps, solver=solver,
-                                 cfg_scale=cfg_scale, seed=seed + i)
-        systems.extend(to_systems(decoded, dataset))
-    seconds = time.perf_counter() - start
+    systems, seconds = generate_records(model, dataset, n, seed, batch_size, num_steps=num_steps, solver=solver,
+                                        cfg_scale=cfg_scale)
     records = [s for s in systems if not isinstance(s, Failure)]
     files: dict[str, Path] = {}
     if records:
@@ -217,9 +225,8 @@ def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike
                               "samples_per_second": n / max(seconds, 1e-9),
                               "failures": len(systems) - len(records), "files": files}
     if score:
-        items = [None if isinstance(s, Failure) else s for s in systems]
-        reasons = [s.reason if isinstance(s, Failure) else None for s in systems]
-        metrics, table, scores = report.score_generated(items, reasons, dataset, store, (versions or {}).get(dataset))
+        metrics, table, scores = report.score_generated(*split_failures(systems), dataset, store,
+                                                        (versions or {}).get(dataset))
         summary = pd.concat([summary.reset_index(drop=True), table.drop(columns=[c for c in ("index",) if c in table])
                              .add_prefix("score_").reset_index(drop=True)], axis=1)
         result["metrics"] = metrics
