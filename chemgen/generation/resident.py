@@ -49,7 +49,7 @@ class ResidentBatches:
             if len(members) == 0:
                 continue
             dense = _pad_to(pack.dense(members), edge)
-            batch = DenseBatch(**{k: v.to(self.device) for k, v in vars(dense).items()})
+            batch = dense.to(self.device)
             draw = torch.repeat_interleave(torch.arange(len(members)), repeats[members]).to(self.device)
             batch_size = max(multiple_of, tokens_per_batch // edge // multiple_of * multiple_of)
             self.buckets.append(Bucket(batch, draw, edge, batch_size))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import lightning as L
@@ -16,15 +15,11 @@ from chemgen.models.adit.model import ADiT
 from chemgen.models.adit.vae import AllAtomVAE
 
 
-def _move(batch: DenseBatch, device: torch.device) -> DenseBatch:
-    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)})
-
-
 class _ADiTStage(L.LightningModule):
     train_config: TrainConfig
 
     def transfer_batch_to_device(self, batch: DenseBatch, device: torch.device, dataloader_idx: int) -> DenseBatch:
-        return _move(batch, device)
+        return batch.to(device)
 
     def _log_dict(self, prefix: str, values: dict[str, torch.Tensor], batch_size: int) -> None:
         on_step = prefix == "train"
