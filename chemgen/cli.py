@@ -453,13 +453,16 @@ def train_adit(
 def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run of chemgen.generation.remote wrote.")],
                       into: Annotated[Optional[Path], typer.Option(
                           help="Shipped lineage to promote into (default: models/weights/<config>).")] = None,
-                      store: StoreDir = None) -> None:
+                      store: StoreDir = None,
+                      samples: Annotated[Optional[int], typer.Option(
+                          help="Score the first N samples of each kind only (the shipped checkpoint's count: "
+                               "the gate compares equal contexts only).")] = None) -> None:
     """Score a GPU run's samples and reconstructions here, and promote its checkpoint if the gate prefers it."""
     from chemgen.models.adit.lineage_runs import log_run, promote_run, score_run
     from chemgen.scoring.report import print_metrics
 
     try:
-        scored = score_run(run, store)
+        scored = score_run(run, store, samples)
         decision, target = promote_run(run, scored, into)
         run_id = log_run(run, scored, decision, target)
     except USER_ERRORS as err:

@@ -41,30 +41,36 @@ def shipped_lineage(config_name: str) -> Path:
     return SHIPPED_ROOT / config_name
 
 
-def load_samples(path: str | os.PathLike) -> SimpleNamespace:
-    """Padded sample tensors saved by the remote run, as the decoded batch `to_systems` reads."""
+def load_samples(path: str | os.PathLike, limit: int | None = None) -> SimpleNamespace:
+    """Padded sample tensors saved by the remote run, as the decoded batch `to_systems` reads; ``limit`` keeps
+    the first samples only (batches are seeded in order, so the first n of a larger run are another run's n)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != 1 or "mask" not in payload:
         raise ValueError(f"{path}: not a chemgen samples file")
-    return SimpleNamespace(**{k: payload[k] for k in ("atomic_numbers", "pos", "frac_coords", "cell", "mask", "periodic")})
+    keys = ("atomic_numbers", "pos", "frac_coords", "cell", "mask", "periodic")
+    return SimpleNamespace(**{k: payload[k][:limit] for k in keys})
 
 
 def score_samples(path: str | os.PathLike, kind: str, versions: dict[str, str], store: str | os.PathLike | None = None,
-                  out_dir: str | os.PathLike | None = None) -> dict[str, float]:
+                  out_dir: str | os.PathLike | None = None, limit: int | None = None) -> dict[str, float]:
     """Score a samples file with the reference protocols against the given dataset versions."""
     from chemgen.models.adit.decode import split_failures, to_systems
     from chemgen.scoring import report
 
     dataset = DEFAULT_DATASET[kind]  # what a run's samples_<kind>.pt were drawn for
-    systems = to_systems(load_samples(path), dataset)
+    systems = to_systems(load_samples(path, limit), dataset)
     metrics, table, scores = report.score_generated(*split_failures(systems), dataset, store, versions.get(dataset))
     if out_dir is not None:
         report.save_report(metrics, table, scores, kind, Path(out_dir) / kind, context={"input": str(path)})
     return metrics
 
 
-def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Scores of both kinds (``molecule/...``, ``crystal/...``), reconstruction stability, and the context."""
+def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None,
+              limit: int | None = None) -> dict[str, Any]:
+    """Scores of both kinds (``molecule/...``, ``crystal/...``), reconstruction stability, and the context.
+
+    ``limit`` scores the first samples only, so that a run is evaluated in the shipped checkpoint's context
+    (the gate never compares different sample counts; both runs seed their first batch alike)."""
     run_dir = Path(run_dir)
     manifest = lineage.read_manifest(run_dir / "lineage")
     versions = dict(ref.split("@", 1) for ref in manifest.get("data", []))
@@ -72,8 +78,8 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     samples = {}
     for kind in ("molecule", "crystal"):
         path = run_dir / f"samples_{kind}.pt"
-        samples[kind] = int(load_samples(path).mask.shape[0])
-        metrics = score_samples(path, kind, versions, store, out_dir=run_dir / "scores")
+        samples[kind] = int(load_samples(path, limit).mask.shape[0])
+        metrics = score_samples(path, kind, versions, store, out_dir=run_dir / "scores", limit=limit)
         scores.update({f"{kind}/{k}": float(v) for k, v in metrics.items()})
     if (run_dir / "reconstructions.pt").is_file():
         scores.update({f"reconstruction/{k}": v for k, v in score_reconstructions(run_dir / "reconstructions.pt").items()})
