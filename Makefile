@@ -61,4 +61,4 @@ spectra-wheels: install
 
 # Tensor packs for a GPU lease (carry .packs/full; the command is in models/README.md, "Next GPU run").
 gpu-packs: install
-	$(VENV)/bin/chemgen train adit-packs --config gpu-quick --out .packs/full
+	$(VENV)/bin/chemgen train packs --model adit --config gpu-quick --out .packs/full

@@ -1,7 +1,7 @@
 """Training throughput of chemgen's loop (`chemgen.generation.trainer.fit`) against a bare PyTorch loop.
 
 Both loops train the same model on the same resident batches (real QM9 + MP-20 systems from tensor
-packs, `chemgen train adit-packs`) for the same number of steps; the bare loop is what anyone would
+packs, `chemgen train packs`) for the same number of steps; the bare loop is what anyone would
 write: forward, backward, clip, AdamW step, no autocast, no EMA. Prints systems/s for each and their
 ratio, the model FLOP utilisation where the chip's peak is known (H100/H200), the torch thread setting
 and the 1-minute load average beside every figure.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -299,8 +299,9 @@ def convert(
     console.print(f"wrote {len(systems)} structure(s) to {target}")
 
 
-Config = Annotated[str, typer.Option(help="Config name in models/ (tiny, cpu, gpu-quick, dit-s, dit-b) or a YAML path.")]
-Accelerator = Annotated[str, typer.Option(help="auto | cpu | gpu")]
+Config = Annotated[Optional[str], typer.Option(
+    help="Config name in models/ (adit: tiny, cpu, gpu-quick, dit-s, dit-b) or a YAML path "
+         "(default: the config of the model's shipped checkpoint).")]
 
 
 DataVersions = Annotated[Optional[list[str]], typer.Option(
@@ -308,157 +309,173 @@ DataVersions = Annotated[Optional[list[str]], typer.Option(
                    "`chemgen data prepare NAME --limit N` prints the version of its slice.")]
 
 
-def _train(stage: str, config: str, out: Optional[Path], vae: Optional[Path], store: Optional[Path], accelerator: str,
-           devices: int, max_steps: Optional[int], max_minutes: Optional[float], resume: bool,
-           init_from: Optional[Path] = None, lineage_dir: Optional[Path] = None,
-           data: Optional[list[str]] = None) -> Path:
-    from chemgen.config import load_config
-    from chemgen.models.adit.workflow import train
-    from chemgen.paths import chemgen_home
-
+def _versions(data: Optional[list[str]]) -> dict[str, str]:
     from chemgen.data.store import parse_dataset_ref
 
-    cfg = load_config(config)
-    out = out or chemgen_home() / "models" / cfg.name / stage
-    versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
-    outcome = train(stage, cfg, out, vae_path=vae, store=store, accelerator=accelerator, devices=devices,
-                    max_steps=max_steps, max_minutes=max_minutes, resume=resume, init_from=init_from,
-                    versions=versions)
-    console.print(f"[bold green]{stage} trained[/]: {outcome.steps} steps in {outcome.seconds:.1f} s "
-                  f"({outcome.systems_per_second:.1f} systems/s), MLflow run {outcome.run_id}")
-    if lineage_dir is not None:
-        from chemgen.generation import lineage
-        from chemgen.models.adit.train import save_lineage
-
-        before = lineage.read_manifest(lineage_dir).get("steps", {}) if lineage.is_lineage(lineage_dir) else {}
-        steps = {"vae": int(before.get("vae", 0)), "dit": int(before.get("dit", 0)) + outcome.steps}
-        manifest = save_lineage(out, lineage_dir, steps, run={
-            "stage": stage, "config": cfg.name, "run_steps": outcome.steps, "minutes": round(outcome.seconds / 60, 2),
-            "mlflow_run_id": outcome.run_id, "accelerator": accelerator, "init_from": str(init_from or "")})
-        console.print(f"lineage {lineage_dir}: {len(manifest['shards'])} shard(s), steps {steps}")
-    for key in sorted(outcome.metrics):
-        if key.startswith("val/"):
-            console.print(f"  {key} = {outcome.metrics[key]:.4f}")
-    return out
+    return {name: version for name, version in map(parse_dataset_ref, data or []) if version}
 
 
-@train_app.command("adit-vae")
-def train_adit_vae(config: Config = "tiny", out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None,
-                   store: StoreDir = None, accelerator: Accelerator = "auto", devices: int = 1,
-                   max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
-                   resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = True,
-                   init_from: Annotated[Optional[Path], typer.Option(
-                       help="Warm-start from a model folder, vae.pt or lineage (models/weights/...).")] = None,
-                   data: DataVersions = None) -> None:
-    """Stage 1: train ADiT's all-atom VAE on the curated datasets of the config."""
-    try:
-        out = _train("vae", config, out, None, store, accelerator, devices, max_steps, max_minutes, resume, init_from,
-                     data=data)
-    except USER_ERRORS as err:
-        _fail(err)
-    console.print(f"next: chemgen train adit-dit --config {config} --vae {out / 'vae.pt'}"
-                  + "".join(f" --data {d}" for d in data or []))
+def _budget(text: Optional[str], stages: tuple[str, ...], what: str, cast: type) -> dict[str, Any]:
+    """``"vae=10,dit=30"`` -> {"vae": 10, "dit": 30} for the stages named (a missing stage is not trained)."""
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        if name not in stages:
+            raise ValueError(f"--{what}: {item!r}: the stages are {', '.join(stages)}")
+        try:
+            values[name] = cast(value)
+        except ValueError:
+            raise ValueError(f"--{what}: {item!r}: {value!r} is not a number") from None
+    return values
 
 
-@train_app.command("adit-dit")
-def train_adit_dit(vae: Annotated[Path, typer.Option(help="vae.pt from `chemgen train adit-vae`, or a lineage.")],
-                   config: Config = "tiny", out: Annotated[Optional[Path], typer.Option(help="Output model folder.")] = None,
-                   store: StoreDir = None, accelerator: Accelerator = "auto", devices: int = 1,
-                   max_steps: Optional[int] = None, max_minutes: Optional[float] = None, resume: bool = True,
-                   register: Annotated[Optional[str], typer.Option(help="Register the model under this name (alias challenger).")] = None,
-                   init_from: Annotated[Optional[Path], typer.Option(
-                       help="Warm-start the DiT from a model folder or lineage.")] = None,
-                   lineage_dir: Annotated[Optional[Path], typer.Option(
-                       "--lineage", help="Save the trained model into this lineage folder and log the run "
-                                         "(its DiT step count accumulates).")] = None,
-                   data: DataVersions = None) -> None:
-    """Stage 2: train the latent DiT on the frozen VAE; the output folder is the model."""
-    try:
-        out = _train("dit", config, out, vae, store, accelerator, devices, max_steps, max_minutes, resume, init_from,
-                     lineage_dir, data)
-        if register:
-            from chemgen.models.adit.workflow import register as register_model
+def _train_model(model: str):
+    def train_model(
+        config: Config = None,
+        minutes: Annotated[Optional[str], typer.Option(
+            help="Training minutes per stage, e.g. vae=10,dit=30 (a stage not named is not trained).")] = None,
+        steps: Annotated[Optional[str], typer.Option(
+            help="Optimiser steps per stage, e.g. vae=300,dit=300 (with --minutes: whichever ends first).")] = None,
+        init: Annotated[Optional[Path], typer.Option(
+            help="Lineage to continue (default: the config's shipped lineage, models/weights/<model>-<config>, "
+                 "if there is one).")] = None,
+        fresh: Annotated[bool, typer.Option(help="Start from random weights instead of a lineage.")] = False,
+        out: Annotated[Optional[Path], typer.Option(
+            help="Run folder (default: .chemgen/runs/<config>-<time>); rerun into it to resume.")] = None,
+        samples: Annotated[int, typer.Option(help="Samples of each dataset to score the run on (0: none).")] = 1000,
+        promote: Annotated[bool, typer.Option(
+            help="Score the run and promote it into the lineage (--into) if the gate prefers it.")] = False,
+        into: Annotated[Optional[Path], typer.Option(help="Lineage to promote into (default: --init's).")] = None,
+        register: Annotated[Optional[str], typer.Option(
+            help="Register the trained model in MLflow under this name (alias challenger).")] = None,
+        tokens_per_batch: Annotated[Optional[int], typer.Option(
+            help="Padded atoms per step (default: 65,536 on a GPU, 16 x the config's batch size on CPU).")] = None,
+        store: StoreDir = None,
+        data: DataVersions = None,
+    ) -> None:
+        import time as _time
 
-            version = register_model(out, register)
-            console.print(f"registered {register} version {version.version} (alias challenger)")
-    except USER_ERRORS as err:
-        _fail(err)
-    console.print(f"model: {out}  (sample: chemgen sample adit --model {out} --kind crystal --n 100 --out samples/)")
+        from chemgen.config import load_config
+        from chemgen.generation import jobs, lineage
+        from chemgen.generation.protocol import generator_class, model_spec
+        from chemgen.generation.runs import shipped_lineage
+        from chemgen.generation.training import save_samples
+        from chemgen.paths import chemgen_home
+
+        spec = model_spec(model)
+        try:
+            cfg = load_config(config or spec.shipped_config, model)
+            stages = tuple(generator_class(model).stage_names)
+            minute_budget = _budget(minutes, stages, "minutes", float)
+            step_budget = _budget(steps, stages, "steps", int)
+            if not minute_budget and not step_budget:
+                raise ValueError(f"give --minutes or --steps for at least one of the stages {', '.join(stages)}")
+            start = init if init is not None or fresh else shipped_lineage(cfg.name)
+            start = start if start is not None and lineage.is_lineage(start) else None
+            if init is not None and start is None:
+                raise FileNotFoundError(f"{init}: not a lineage folder (manifest.json + weight shards)")
+            out = out or chemgen_home() / "runs" / f"{cfg.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+            outcome = jobs.train(model, cfg, out, init=start, minutes=minute_budget, steps=step_budget, store=store,
+                                 versions=_versions(data), tokens_per_batch=tokens_per_batch)
+            console.print(f"[bold green]{model} trained[/] in {outcome.seconds / 60:.1f} min: steps {outcome.steps} "
+                          f"(from {start or 'random weights'}); model {outcome.model_dir}; MLflow run {outcome.run_id}")
+            if samples > 0:
+                trained = jobs.load_lineage_model(outcome.model_dir)
+                for dataset in spec.sample_datasets:
+                    save_samples(trained, dataset, samples, out / f"samples_{dataset}.pt", 500, seed=1000)
+            if promote:
+                if samples <= 0:
+                    raise ValueError("--promote needs --samples > 0 (the gate compares sample scores)")
+                train_import(out, into=into or start or shipped_lineage(cfg.name), store=store)
+            if register:
+                version = jobs.register(outcome.model_dir, register)
+                console.print(f"registered {register} version {version.version} (alias challenger)")
+        except USER_ERRORS as err:
+            _fail(err)
+
+    train_model.__doc__ = (f"Train {model} through its lineage: every stage on the config's curated datasets "
+                           "(MLflow-tracked, resumable), then sample, and optionally score, gate and promote.")
+    return train_model
 
 
-@train_app.command("adit-packs")
-def train_adit_packs(out: Annotated[Path, typer.Option(help="Folder for train.pt, val.pt and data.txt.")],
-                     config: Config = "gpu-quick", store: StoreDir = None, data: DataVersions = None) -> None:
-    """Tensor packs of the config's datasets, for `python -m chemgen.generation.remote` on a GPU machine."""
+def _sample_model(model: str):
+    def sample_model(
+        kind: Annotated[str, typer.Option(help="A dataset the model was trained on (qm9, mp20, perov5, mpts52, "
+                                               "carbon24), or molecule (= qm9) | crystal (= mp20).")],
+        checkpoint: Annotated[Optional[str], typer.Option(
+            "--model", help="Lineage folder (models/weights/...) or models:/NAME@ALIAS "
+                            "(default: the shipped checkpoint).")] = None,
+        n: Annotated[int, typer.Option(help="Number of structures.")] = 100,
+        out: Annotated[Path, typer.Option(help="Output folder.")] = Path("samples"),
+        seed: int = 0,
+        steps: Annotated[Optional[int], typer.Option(help="ODE steps (default: the model's config).")] = None,
+        solver: Annotated[Optional[str], typer.Option(help="euler | heun (2nd order, fewer steps).")] = None,
+        cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
+        score: Annotated[bool, typer.Option(help="Score the samples against the curated references.")] = True,
+        store: StoreDir = None,
+        data: DataVersions = None,
+    ) -> None:
+        from chemgen.dense import resolve_dataset
+        from chemgen.generation import runs
+        from chemgen.generation.jobs import load_model, sample_to_files
+        from chemgen.scoring.report import print_metrics
+
+        try:
+            resolve_dataset(kind)  # an unknown name fails here, before any model loads
+            if n < 1:
+                raise ValueError("--n must be at least 1")
+            result = sample_to_files(load_model(checkpoint or runs.shipped_model(model)), kind, n, out, seed=seed,
+                                     num_steps=steps, solver=solver, cfg_scale=cfg_scale, score=score, store=store,
+                                     versions=_versions(data))
+        except USER_ERRORS as err:
+            _fail(err)
+        console.print(f"{n} samples of {result['dataset']} in {result['seconds']:.1f} s "
+                      f"({result['samples_per_second']:.1f}/s), {result['failures']} not decodable; files: "
+                      + ", ".join(str(p) for p in result["files"].values()))
+        if score:
+            print_metrics(result["metrics"], console, title=f"{result['dataset']} scores")
+
+    sample_model.__doc__ = (f"Generate structures with {model}: molecules (SDF + XYZ) or crystals (CIF + XYZ), "
+                            "a CSV summary and scores.")
+    return sample_model
+
+
+def _register_model_commands() -> None:
+    from chemgen.generation.protocol import MODELS
+
+    for name in MODELS:
+        train_app.command(name)(_train_model(name))
+        sample_app.command(name)(_sample_model(name))
+
+
+@train_app.command("packs")
+def train_packs(out: Annotated[Path, typer.Option(help="Folder for train.pt, val.pt and data.txt.")],
+                model: Annotated[str, typer.Option(help="Model whose config names the datasets.")] = "adit",
+                config: Config = None, store: StoreDir = None, data: DataVersions = None) -> None:
+    """Tensor packs of a config's datasets, for `python -m chemgen.generation.remote` on a GPU machine."""
     from chemgen.config import load_config
-    from chemgen.data.store import parse_dataset_ref
-    from chemgen.models.adit.workflow import write_packs
+    from chemgen.generation.jobs import _first_train_config, write_packs
+    from chemgen.generation.protocol import model_spec
 
     try:
-        cfg = load_config(config)
-        versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
-        refs = write_packs(cfg.vae_train, out, store, versions)
+        cfg = load_config(config or model_spec(model).shipped_config, model)
+        refs = write_packs(_first_train_config(cfg), out, store, _versions(data))
     except USER_ERRORS as err:
         _fail(err)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in sorted(out.glob("*.pt")))
     console.print(f"packs of {', '.join(refs)} in {out}: {sizes}")
 
 
-@train_app.command("adit")
-def train_adit(
-    minutes: Annotated[str, typer.Option(help="Training minutes per stage, e.g. vae=10,dit=30 (0 skips a stage).")],
-    config: Config = "gpu-quick",
-    lineage_dir: Annotated[Optional[Path], typer.Option(
-        "--lineage", help="Lineage to continue and to promote into (default: models/weights/<config>).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: .chemgen/runs/<config>-<time>).")] = None,
-    samples: Annotated[int, typer.Option(help="Samples of each kind to score the run on.")] = 1000,
-    tokens_per_batch: Annotated[int, typer.Option(help="Padded atoms per step (GPU: 65,536).")] = 65_536,
-    deadline_minutes: Annotated[Optional[float], typer.Option(help="Hard limit for the whole run.")] = None,
-    promote: Annotated[bool, typer.Option(help="Score the run and promote it into the lineage if the gate prefers it.")] = True,
-    store: StoreDir = None,
-    data: DataVersions = None,
-) -> None:
-    """Train ADiT through its lineage on this machine, as a GPU lease does: packs from the store, the shared
-    loop (`chemgen.generation.remote`), diagnostics, samples; then score, gate and record the run in MLflow."""
-    import time as _time
-
-    from chemgen.config import load_config
-    from chemgen.data.store import parse_dataset_ref
-    from chemgen.generation import remote
-    from chemgen.models.adit.lineage_runs import shipped_lineage
-    from chemgen.models.adit.workflow import write_packs
-    from chemgen.paths import chemgen_home
-
-    try:
-        cfg = load_config(config)
-        versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
-        out = out or chemgen_home() / "runs" / f"{cfg.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
-        lineage_dir = lineage_dir or shipped_lineage(cfg.name)
-        refs = write_packs(cfg.vae_train, out / "packs", store, versions)
-        out.mkdir(parents=True, exist_ok=True)
-        argv = ["--model", "adit", "--config", config, "--packs", str(out / "packs"), "--out", str(out),
-                "--minutes", minutes, "--samples", str(samples), "--tokens-per-batch", str(tokens_per_batch),
-                "--data", ",".join(refs), "--init", str(lineage_dir)]
-        if deadline_minutes is not None:
-            argv += ["--deadline-minutes", str(deadline_minutes)]
-        remote.main(argv)
-    except USER_ERRORS as err:
-        _fail(err)
-    console.print(f"run written to {out}")
-    if promote:
-        train_adit_import(out, into=lineage_dir, store=store)
-
-
-@train_app.command("adit-import")
-def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run of chemgen.generation.remote wrote.")],
-                      into: Annotated[Optional[Path], typer.Option(
-                          help="Shipped lineage to promote into (default: models/weights/<config>).")] = None,
-                      store: StoreDir = None,
-                      samples: Annotated[Optional[int], typer.Option(
-                          help="Score the first N samples of each kind only (the shipped checkpoint's count: "
-                               "the gate compares equal contexts only).")] = None) -> None:
-    """Score a GPU run's samples and reconstructions here, and promote its checkpoint if the gate prefers it."""
-    from chemgen.models.adit.lineage_runs import log_run, promote_run, score_run
+@train_app.command("import")
+def train_import(run: Annotated[Path, typer.Argument(help="Run folder (a GPU lease's or `chemgen train MODEL`'s).")],
+                 into: Annotated[Optional[Path], typer.Option(
+                     help="Shipped lineage to promote into (default: models/weights/<config>).")] = None,
+                 store: StoreDir = None,
+                 samples: Annotated[Optional[int], typer.Option(
+                     help="Score the first N samples of each dataset only (the shipped checkpoint's count: "
+                          "the gate compares equal contexts only).")] = None) -> None:
+    """Score a training run's samples and diagnostics here, and promote its checkpoint if the gate prefers it."""
+    from chemgen.generation.runs import log_run, promote_run, score_run
     from chemgen.scoring.report import print_metrics
 
     try:
@@ -472,54 +489,11 @@ def train_adit_import(run: Annotated[Path, typer.Argument(help="Folder a GPU run
     console.print(f"{verdict} ({target}): {decision.reason}; MLflow run {run_id}")
 
 
-@sample_app.command("adit")
-def sample_adit(
-    kind: Annotated[str, typer.Option(help="A dataset the model was trained on (qm9, mp20, perov5, mpts52, "
-                                           "carbon24), or molecule (= qm9) | crystal (= mp20).")],
-    model: Annotated[Optional[str], typer.Option(
-        help="Model folder (vae.pt + dit.pt), lineage folder (models/weights/...) or models:/NAME@ALIAS "
-             "(default: the shipped checkpoint, models/weights/adit-gpu-quick).")] = None,
-    n: Annotated[int, typer.Option(help="Number of structures.")] = 100,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("samples"),
-    seed: int = 0,
-    steps: Annotated[Optional[int], typer.Option(help="ODE steps (default: the model's config, 100).")] = None,
-    solver: Annotated[Optional[str], typer.Option(help="euler (ADiT) | heun (2nd order, fewer steps).")] = None,
-    cfg_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (ADiT: 2.0).")] = None,
-    score: Annotated[bool, typer.Option(help="Score the samples against the curated references.")] = True,
-    store: StoreDir = None,
-    data: DataVersions = None,
-) -> None:
-    """Generate molecules (SDF + XYZ) or crystals (CIF + XYZ) with a CSV summary and scores."""
-    from chemgen.models.adit.workflow import load_model, sample_to_files
-    from chemgen.scoring.report import print_metrics
-
-    try:
-        from chemgen.dense import resolve_dataset
-
-        resolve_dataset(kind)  # an unknown name fails here, before any model loads
-        if n < 1:
-            raise ValueError("--n must be at least 1")
-        from chemgen.data.store import parse_dataset_ref
-
-        versions = {name: version for name, version in map(parse_dataset_ref, data or []) if version}
-        if model is None:
-            from chemgen.models.adit.lineage_runs import shipped_model
-
-            model = str(shipped_model())
-        result = sample_to_files(load_model(model), kind, n, out, seed=seed, num_steps=steps, solver=solver,
-                                 cfg_scale=cfg_scale, score=score, store=store, versions=versions)
-    except USER_ERRORS as err:
-        _fail(err)
-    console.print(f"{n} samples of {result['dataset']} in {result['seconds']:.1f} s ({result['samples_per_second']:.1f}/s), "
-                  f"{result['failures']} not decodable; files: " + ", ".join(str(p) for p in result["files"].values()))
-    if score:
-        print_metrics(result["metrics"], console, title=f"{result['dataset']} scores")
-
-
 @sample_app.command("sweep")
 def sample_sweep(
     kind: Annotated[str, typer.Option(help="A dataset (qm9, mp20, ...) or molecule | crystal.")],
-    model: Annotated[Optional[str], typer.Option(help="Model folder, lineage or models:/NAME@ALIAS "
+    generator: Annotated[str, typer.Option(help="Which model's shipped checkpoint, when --model is not given.")] = "adit",
+    model: Annotated[Optional[str], typer.Option(help="Lineage folder or models:/NAME@ALIAS "
                                                       "(default: the shipped checkpoint).")] = None,
     n: Annotated[int, typer.Option(help="Samples per setting (the same seeds in every cell).")] = 200,
     cfg: Annotated[Optional[list[float]], typer.Option(help="CFG scales (default 1 1.5 2 3 4).")] = None,
@@ -531,9 +505,10 @@ def sample_sweep(
 ) -> None:
     """Sweep sampling settings (CFG scale x steps x solver) on one model and score every cell."""
     from chemgen.dense import resolve_dataset
+    from chemgen.generation import runs
+    from chemgen.generation.jobs import load_model
+    from chemgen.generation.sweep import PRIMARY, plot_sweep, sampling_sweep
     from chemgen.io import atomic_write
-    from chemgen.models.adit.sweep import PRIMARY, plot_sweep, sampling_sweep
-    from chemgen.models.adit.workflow import load_model
 
     try:
         dataset, kind_name = resolve_dataset(kind)
@@ -542,12 +517,9 @@ def sample_sweep(
         bad = [s for s in solver or [] if s not in ("euler", "heun")]
         if bad:
             raise ValueError(f"--solver must be euler or heun, got {bad}")
-        if model is None:
-            from chemgen.models.adit.lineage_runs import shipped_model
-
-            model = str(shipped_model())
-        table = sampling_sweep(load_model(model), dataset, n, cfg or [1.0, 1.5, 2.0, 3.0, 4.0], steps or [25, 50, 100],
-                               solver or ["euler", "heun"], seed=seed, store=store)
+        table = sampling_sweep(load_model(model or runs.shipped_model(generator)), dataset, n,
+                               cfg or [1.0, 1.5, 2.0, 3.0, 4.0], steps or [25, 50, 100], solver or ["euler", "heun"],
+                               seed=seed, store=store)
     except USER_ERRORS as err:
         _fail(err)
     out.mkdir(parents=True, exist_ok=True)
@@ -564,6 +536,9 @@ def sample_sweep(
     best = table.loc[table[primary].idxmax()]
     console.print(f"best: {best.solver}, {int(best.steps)} steps, CFG {best.cfg_scale:g} ({primary} {best[primary]:.3f}); "
                   f"wrote {out / 'sweep.csv'} and {plot}")
+
+
+_register_model_commands()
 
 
 @app.command("score")

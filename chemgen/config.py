@@ -155,24 +155,28 @@ def from_dict(cls: type[T], values: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: {err}") from err
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """``tiny`` -> models/adit-tiny.yaml; a path is used as it is."""
+def resolve_config_path(name_or_path: str | Path, model: str = "adit") -> Path:
+    """``tiny`` -> models/<model>-tiny.yaml (also ``adit-tiny``); a path is used as it is."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return path
-    candidate = MODELS_DIR / f"adit-{name_or_path}.yaml"
+    name = str(name_or_path).removeprefix(f"{model}-")
+    candidate = MODELS_DIR / f"{model}-{name}.yaml"
     if not candidate.is_file():
-        known = sorted(p.stem.removeprefix("adit-") for p in MODELS_DIR.glob("adit-*.yaml"))
-        raise ConfigError(f"no config named {name_or_path!r} (known: {', '.join(known)})")
+        known = sorted(p.stem.removeprefix(f"{model}-") for p in MODELS_DIR.glob(f"{model}-*.yaml"))
+        raise ConfigError(f"no {model} config named {name_or_path!r} (known: {', '.join(known)})")
     return candidate
 
 
-def load_config(name_or_path: str | Path) -> ADiTConfig:
-    path = resolve_config_path(name_or_path)
+def load_config(name_or_path: str | Path, model: str = "adit") -> Any:
+    """A model's config (``models/<model>-<name>.yaml`` or a YAML path) as its config dataclass."""
+    from chemgen.generation.protocol import config_type
+
+    path = resolve_config_path(name_or_path, model)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    return from_dict(ADiTConfig, values or {}, where=str(path))
+    return from_dict(config_type(model), values or {}, where=str(path))

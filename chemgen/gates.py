@@ -122,11 +122,18 @@ def recorded_evaluation(name: str, version: str | int) -> Evaluation:
     return Evaluation(recorded(name, version), samples, context)
 
 
-def evaluate_and_promote(name: str, version: str | int, evaluation: Evaluation) -> GateDecision:
-    """Record the challenger's evaluation, compare with the champion's, move ``champion`` if it wins."""
+def evaluate_and_promote(name: str, version: str | int, evaluation: Evaluation,
+                         champion_evaluation: Evaluation | None = None) -> GateDecision:
+    """Record the challenger's evaluation, compare with the champion's, move ``champion`` if it wins.
+
+    ``champion_evaluation`` is the champion scored in the same run (same seeds); without it, the scores
+    recorded on the champion's version are used (and compared only if their context is the same)."""
     record(name, version, evaluation)
     champion = tracking.version_by_alias(name, tracking.CHAMPION)
-    champion_evaluation = recorded_evaluation(name, champion.version) if champion is not None else None
+    if champion is None:
+        champion_evaluation = None
+    elif champion_evaluation is None:
+        champion_evaluation = recorded_evaluation(name, champion.version)
     decision = decide(gate_metrics_for(name), evaluation, champion_evaluation)
     if decision.promote:
         tracking.promote(name, version)

@@ -34,11 +34,12 @@ def run_main(profile: str = "demo", data_dir: Path | None = None, console: Conso
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     log = chemgen_home() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    console.print(f"nightly retrain ({profile}): curate -> train VAE -> train DiT -> sample and score -> register "
-                  f"-> gate; libraries' output goes to {log}", highlight=False)
+    console.print(f"nightly retrain ({profile}): curate -> champion (the shipped model first) -> train a challenger "
+                  f"from it -> sample and score both -> register -> gate; libraries' output goes to {log}",
+                  highlight=False)
     with output_to_log(log) as terminal:
         screen = Console(file=terminal, force_terminal=console.is_terminal, width=console.width)
-        with screen.status(f"running the {profile} profile (about a minute on 2 cores)"):
+        with screen.status(f"running the {profile} profile (a few minutes on 2 cores)"):
             result = nightly_retrain(profile=profile, model_name=model_name,
                                      data_dir=str(data_dir) if data_dir else None)
     print_summary(result, profile, console)
@@ -54,9 +55,15 @@ def print_summary(result: dict[str, Any], profile: str, console: Console) -> Non
         state = "reused" if d["reused"] else "curated"
         table.add_row(f"dataset {d['name']}", f"{d['version']} ({state}; sha256 {d['content_hash'][:12]}; "
                                               + " / ".join(f"{k} {v:,}" for k, v in d["splits"].items()) + ")")
+    champion = result.get("champion_metrics") or {}
     for key in SUMMARY_METRICS:
         if key in result["metrics"]:
-            table.add_row(key, f"{result['metrics'][key]:.4f}")
+            ours = f"{result['metrics'][key]:.4f}"
+            table.add_row(key, f"{ours}   (champion {champion[key]:.4f})" if key in champion else ours)
+    trained = result.get("train", {})
+    if trained.get("steps"):
+        table.add_row("challenger", f"{trained['model_dir']} ({', '.join(f'{k} {v:,} steps' for k, v in trained['steps'].items())}"
+                                    f" over its lineage; {trained['seconds'] / 60:.1f} min here)")
     reg = result["registration"]
     table.add_row("registered", f"{reg['name']} version {reg['version']} (alias challenger)")
     table.add_row("champion", "this version (promoted)" if reg["promoted"] else "unchanged")
@@ -74,9 +81,10 @@ def shipped_summary() -> str | None:
     """One line on the checkpoint that ships with chemgen (`chemgen sample adit` without --model): where it is,
     how far it has trained, and what its samples scored when it was promoted; None if this checkout has none."""
     from chemgen.generation import lineage
-    from chemgen.models.adit.lineage_runs import SHIPPED_CONFIG, shipped_lineage
+    from chemgen.generation.protocol import model_spec
+    from chemgen.generation.runs import shipped_lineage
 
-    folder = shipped_lineage(SHIPPED_CONFIG)
+    folder = shipped_lineage(model_spec("adit").shipped_config)
     if not lineage.is_lineage(folder):
         return None
     manifest = lineage.read_manifest(folder)

@@ -53,27 +53,25 @@ def test_console_script_runs_in_a_subprocess():
 def test_sample_without_a_model_uses_the_shipped_checkpoint(tmp_path, monkeypatch):
     """`chemgen sample adit` with no --model samples models/weights/adit-gpu-quick (committed), and says
     clearly when a checkout lacks it."""
-    from chemgen.generation import lineage
-    from chemgen.models.adit import lineage_runs
+    from chemgen.generation import lineage, runs
 
-    if lineage.is_lineage(lineage_runs.shipped_lineage(lineage_runs.SHIPPED_CONFIG)):
+    if lineage.is_lineage(runs.shipped_lineage("adit-gpu-quick")):
         done = runner.invoke(app, ["sample", "adit", "--kind", "molecule", "--n", "2", "--steps", "3", "--no-score",
                                    "--out", str(tmp_path / "samples")])
         assert done.exit_code == 0, done.output
         assert (tmp_path / "samples" / "summary.csv").is_file()
-    monkeypatch.setattr(lineage_runs, "SHIPPED_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(runs, "SHIPPED_ROOT", tmp_path / "nowhere")
     missing = runner.invoke(app, ["sample", "adit", "--kind", "molecule", "--n", "2", "--no-score",
                                   "--out", str(tmp_path / "never")])
     assert missing.exit_code != 0 and "no shipped checkpoint" in missing.output
 
 
 def test_main_job_summary_states_the_shipped_checkpoints_recorded_quality(tmp_path, monkeypatch):
-    from chemgen.generation import lineage
-    from chemgen.models.adit import lineage_runs
+    from chemgen.generation import lineage, runs
     from chemgen.pipeline import shipped_summary
 
-    if lineage.is_lineage(lineage_runs.shipped_lineage(lineage_runs.SHIPPED_CONFIG)):
+    if lineage.is_lineage(runs.shipped_lineage("adit-gpu-quick")):
         line = shipped_summary()
         assert line.startswith("models/weights/adit-gpu-quick") and "QM9 EDM molecule stability" in line
-    monkeypatch.setattr(lineage_runs, "SHIPPED_ROOT", tmp_path / "nowhere")
+    monkeypatch.setattr(runs, "SHIPPED_ROOT", tmp_path / "nowhere")
     assert shipped_summary() is None

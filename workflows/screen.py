@@ -22,8 +22,8 @@ from chemgen.paths import chemgen_home
 
 @task(name="generate-crystals", retries=1, retry_delay_seconds=1)
 def generate(model: str, n: int, seed: int, num_steps: int | None) -> list[Any]:
-    from chemgen.models.adit.decode import to_systems
-    from chemgen.models.adit.workflow import load_model
+    from chemgen.generation.jobs import load_model
+    from chemgen.generation.records import to_systems
 
     decoded = load_model(model).generate(n, "crystal", seed=seed, num_steps=num_steps)
     return to_systems(decoded, "mp20")
@@ -31,7 +31,7 @@ def generate(model: str, n: int, seed: int, num_steps: int | None) -> list[Any]:
 
 @task(name="validity-uniqueness-novelty")
 def screen_without_energies(systems: list[Any], preset: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    from chemgen.models.adit.decode import Failure
+    from chemgen.generation.records import Failure
     from chemgen.scoring.crystals import score_crystals
     from chemgen.scoring.report import mp20_references
 

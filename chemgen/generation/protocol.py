@@ -6,7 +6,9 @@ GPU runner). They meet here: a model is a `Generator`, built from its config, th
 training stages in order and hands each one to the loop as a `TrainingStage`, generates padded
 samples, and exposes its weights as named groups of tensors for lineages.
 
-`MODELS` maps a model's name to ``module:class`` so that the runner imports only the model asked for.
+`MODELS` maps a model's name to its `ModelSpec` (where its class and config type live, the name it
+registers under, its shipped lineage), so that every shared command imports only the model asked for.
+Adding a model means its folder and one entry here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,28 @@ from torch import nn
 from chemgen.data.tensors import TensorPack
 from chemgen.dense import DenseBatch
 
-MODELS: dict[str, str] = {"adit": "chemgen.models.adit.model:ADiT"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the shared layer needs to know about a model, by name."""
+
+    name: str                     # the CLI's MODEL and the lineage manifest's "model"
+    generator: str                # "module:Class" implementing `Generator`
+    config_type: str              # "module:Class" of its config dataclass (models/<name>-<config>.yaml)
+    registered_name: str          # its name in the MLflow registry (demo runs append "-<profile>")
+    shipped_config: str           # the lineage under models/weights/ that `chemgen sample MODEL` uses
+    sample_datasets: tuple[str, ...]  # what a training run samples and scores, in order
+    metadata: dict[str, str] = field(default_factory=dict)   # logged with every registered version
+    run_scorers: tuple[str, ...] = ()  # "module:function"s scoring a run folder's model-specific files
+
+
+MODELS: dict[str, ModelSpec] = {
+    "adit": ModelSpec("adit", "chemgen.models.adit.model:ADiT", "chemgen.config:ADiTConfig", "chemgen-adit",
+                      "adit-gpu-quick", ("qm9", "mp20"),
+                      {"architecture": "ADiT", "paper": "Joshi et al., All-atom Diffusion Transformers, ICML 2025"},
+                      ("chemgen.models.adit.diagnostics:score_run_reconstructions",)),
+}
 
 
 @dataclass
@@ -45,8 +68,12 @@ class Generator(Protocol):
     config: Any
     stage_names: tuple[str, ...]
 
-    def training_stage(self, name: str, train: TensorPack) -> TrainingStage:
-        """Put the model in the state the stage trains in (freezing, fitted scales) and describe it."""
+    def training_stage(self, name: str, train: TensorPack, trained: tuple[str, ...] = ()) -> TrainingStage:
+        """Put the model in the state the stage trains in (freezing, fitted scales) and describe it;
+        ``trained`` names the stages this run has trained before it."""
+
+    def stage_monitor(self, name: str, batch: DenseBatch) -> dict[str, float]:
+        """Quick measurements on a held-out batch during the stage (logged as ``diag/...``)."""
 
     def stage_diagnostics(self, name: str, val: TensorPack, out_dir: Path) -> dict[str, Any]:
         """Measurements after a stage on held-out systems; may write one file into ``out_dir``."""
@@ -62,9 +89,21 @@ class Generator(Protocol):
         """Load what `checkpoint_groups` gave (strict: a mismatch raises)."""
 
 
-def generator_class(model: str) -> type:
-    """The class registered under ``model`` (imported on demand)."""
+def model_spec(model: str) -> ModelSpec:
     if model not in MODELS:
         raise KeyError(f"unknown model {model!r} (known: {', '.join(MODELS)})")
-    module, name = MODELS[model].split(":")
+    return MODELS[model]
+
+
+def _import(path: str) -> Any:
+    module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def generator_class(model: str) -> type:
+    """The class registered under ``model`` (imported on demand)."""
+    return _import(model_spec(model).generator)
+
+
+def config_type(model: str) -> type:
+    return _import(model_spec(model).config_type)

@@ -62,27 +62,31 @@ def test_corruption_and_missing_files_are_named(tmp_path):
 
 
 def test_adit_trains_through_a_lineage(qm9_systems, mp20_systems, tmp_path):
+    """Two runs on two "machines": the second starts from the first's lineage, steps and run log accumulate,
+    and the lineage loads as a model that samples."""
     from chemgen.data.tensors import TensorPack
-    from chemgen.models.adit.decode import to_systems
-    from chemgen.models.adit.train import load_adit, save_lineage, train_dit, train_vae
+    from chemgen.generation.jobs import load_lineage_model
+    from chemgen.generation.records import to_systems
+    from chemgen.generation.training import finish_run, train_stages
     from tests.models.test_adit import small_config
 
     pack = TensorPack.from_systems([*qm9_systems[:8], *mp20_systems[:8]])
     config = small_config()
-    vae = train_vae(config, pack, pack, tmp_path / "vae", accelerator="cpu", progress=False, max_steps=5)
-    dit = train_dit(config, vae.export_path, pack, pack, tmp_path / "dit", accelerator="cpu", progress=False,
-                    max_steps=5)
-    folder = tmp_path / "models" / "weights" / "adit-test"
-    save_lineage(dit.export_path.parent, folder, {"vae": 5, "dit": 5}, run={"device": "cpu", "minutes": 0.1})
-    from_dir, from_lineage = load_adit(dit.export_path.parent), load_adit(folder)
-    a = from_dir.generate(4, "molecule", seed=3)
-    b = from_lineage.generate(4, "molecule", seed=3)
+    quiet = dict(tokens_per_batch=256, device="cpu", log=lambda line: None)
+    model, report = train_stages("adit", config, pack, pack, tmp_path / "run1", steps={"vae": 5, "dit": 5}, **quiet)
+    finish_run(tmp_path / "run1" / "lineage", report, 0.1)
+    first = tmp_path / "run1" / "lineage"
+    loaded = load_lineage_model(first)
+    a = model.generate(4, "molecule", seed=3)
+    b = loaded.generate(4, "molecule", seed=3)
     assert torch.equal(a.mask, b.mask)                       # same sizes drawn from the same histogram
     assert (a.pos - b.pos).abs().max() < 0.25                # bf16 weights: close, not bit-identical
     # A second run on another machine starts from the lineage, not from scratch.
-    again = train_dit(config, folder, pack, pack, tmp_path / "dit2", accelerator="cpu", progress=False, max_steps=5,
-                      init_from=folder)
-    save_lineage(again.export_path.parent, folder, {"vae": 5, "dit": 10}, run={"device": "cpu"})
-    assert [r["steps"]["dit"] for r in lineage.runs(folder)] == [5, 10]
-    assert lineage.read_manifest(folder)["steps"] == {"vae": 5, "dit": 10}
-    assert len(to_systems(load_adit(folder).generate(2, "crystal", seed=0), "mp20")) == 2
+    _, report = train_stages("adit", config, pack, pack, tmp_path / "run2", init=first, steps={"dit": 5}, **quiet)
+    finish_run(tmp_path / "run2" / "lineage", report, 0.1)
+    second = tmp_path / "run2" / "lineage"
+    assert [r["steps"]["dit"] for r in lineage.runs(second)] == [5, 10]
+    assert lineage.read_manifest(second)["steps"] == {"vae": 5, "dit": 10}
+    assert len(to_systems(load_lineage_model(second).generate(2, "crystal", seed=0), "mp20")) == 2
+    with pytest.raises(FileNotFoundError, match="not a trained model"):
+        load_lineage_model(tmp_path / "run2")

@@ -12,8 +12,7 @@ from chemgen.config import ADiTConfig, DiTConfig, FlowConfig, TrainConfig, VAECo
 from chemgen.data.tensors import TensorPack
 from chemgen.geometry import cell_from_parameters, lattice_parameters, random_rotation
 from chemgen.models.adit import ADiT
-from chemgen.models.adit.decode import Failure, to_systems
-from chemgen.models.adit.train import load_adit, train_dit, train_vae
+from chemgen.generation.records import Failure, to_systems
 from chemgen.models.adit.vae import AllAtomVAE
 
 
@@ -222,23 +221,39 @@ def test_degenerate_lattices_become_failures_not_exceptions():
     assert isinstance(result, Failure) and "volume" in result.reason
 
 
-def test_train_both_stages_resume_and_export(pack, tmp_path):
+def test_both_stages_train_through_the_shared_trainer_and_log_diagnostics(pack, tmp_path):
+    """The shared trainer (Lightning under `fit`) trains ADiT's stages in order; each stage's monitor measures
+    held-out systems: reconstruction errors and EDM stability of reconstructed molecules, then the DiT's error."""
+    from chemgen.generation.training import train_stages
+
+    logged: list[dict[str, float]] = []
     config = small_config()
-    vae = train_vae(config, pack, pack, tmp_path / "vae", accelerator="cpu", progress=False, max_steps=10)
-    assert vae.steps == 10 and (tmp_path / "vae" / "checkpoints" / "last.ckpt").is_file()
-    # every validation logs the reconstruction diagnostics, EDM stability of true and reconstructed molecules
-    assert {"diag/molecule_rmsd_kabsch", "diag/true_edm_atom_stability", "diag/recon_edm_atom_stability"} <= set(vae.metrics)
-    assert vae.metrics["diag/true_edm_atom_stability"] > 0.95  # real QM9 molecules
-    resumed = train_vae(config, pack, pack, tmp_path / "vae", accelerator="cpu", progress=False, max_steps=20)
-    assert resumed.steps == 20  # continued from step 10, not from 0
-    dit = train_dit(config, vae.export_path, pack, pack, tmp_path / "dit", accelerator="cpu", progress=False, max_steps=10)
-    assert {"diag/dit_error_molecule@0.99", "diag/dit_error_crystal@0.5"} <= set(dit.metrics)
-    model = load_adit(dit.export_path.parent)
+    config = dataclasses.replace(config, vae_train=dataclasses.replace(config.vae_train, val_every_steps=5),
+                                 dit_train=dataclasses.replace(config.dit_train, val_every_steps=5))
+    model, report = train_stages("adit", config, pack, pack, tmp_path, steps={"vae": 10, "dit": 10},
+                                 tokens_per_batch=256, device="cpu", log=lambda line: None, logger=_recording_logger(logged))
+    assert report["vae"]["steps"] == 10 and report["dit"]["steps"] == 10
+    names = {k for m in logged for k in m}
+    assert {"vae/diag/molecule_rmsd_kabsch", "vae/diag/recon_edm_atom_stability", "dit/diag/dit_error_molecule@0.99",
+            "vae/train/loss", "dit/train/loss"} <= names
     assert model.num_atoms_histogram[2].sum() == 8  # 8 QM9 molecules in the pack
-    systems = to_systems(model.generate(3, "molecule", seed=0), "qm9")
-    assert len(systems) == 3
-    with pytest.raises(FileNotFoundError, match="dit.pt"):
-        load_adit(tmp_path / "vae")
+    assert len(to_systems(model.generate(3, "molecule", seed=0), "qm9")) == 3
+
+
+def _recording_logger(logged: list[dict[str, float]]):
+    """A Lightning logger that keeps what it is given (as the MLflow logger would receive it)."""
+    from lightning.pytorch.loggers import Logger
+
+    class Recording(Logger):
+        name, version = "recording", 0
+
+        def log_metrics(self, metrics, step=None):
+            logged.append(dict(metrics))
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    return Recording()
 
 
 def test_spacegroup_conditioning_trains_draws_observed_groups_and_loads_older_checkpoints(pack):

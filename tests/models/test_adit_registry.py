@@ -19,17 +19,13 @@ def registered(tmp_path_factory, mp20_slice_dir):
     assert qm9.sliced  # a slice is a version of its own and never becomes LATEST
     curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)
     out = tmp_path_factory.mktemp("adit")
-    unnamed = runner.invoke(app, ["train", "adit-vae", "--config", "tiny", "--accelerator", "cpu",
-                                  "--out", str(out / "vae"), "--max-steps", "8"])
+    train = ["train", "adit", "--config", "tiny", "--steps", "vae=8,dit=8", "--out", str(out / "run"), "--samples", "0",
+             "--tokens-per-batch", "256"]
+    unnamed = runner.invoke(app, train)
     assert unnamed.exit_code == 1 and "qm9@VERSION" in unnamed.output
     data = ["--data", f"qm9@{qm9.version}"]
-    vae = runner.invoke(app, ["train", "adit-vae", "--config", "tiny", "--accelerator", "cpu", "--out", str(out / "vae"),
-                              "--max-steps", "8", *data])
-    assert vae.exit_code == 0, vae.output
-    dit = runner.invoke(app, ["train", "adit-dit", "--config", "tiny", "--accelerator", "cpu", "--vae",
-                              str(out / "vae" / "vae.pt"), "--out", str(out / "model"), "--max-steps", "8",
-                              "--register", "chemgen-adit-test", *data])
-    assert dit.exit_code == 0, dit.output
+    trained = runner.invoke(app, [*train, "--register", "chemgen-adit-test", *data])
+    assert trained.exit_code == 0, trained.output
     out.joinpath("data").write_text(" ".join(data))
     return out
 
@@ -37,13 +33,12 @@ def registered(tmp_path_factory, mp20_slice_dir):
 def test_training_runs_are_tracked_with_params_and_dataset_inputs(registered):
     tracking.configure()
     runs = mlflow.search_runs(experiment_names=[tracking.DEFAULT_EXPERIMENT], output_format="list")
-    stages = {r.data.tags.get("stage") for r in runs}
-    assert {"vae", "dit"} <= stages
-    vae_run = next(r for r in runs if r.data.tags.get("stage") == "vae")
-    assert vae_run.data.params["vae.latent_dim"] == "4"
-    assert "train/loss" in vae_run.data.metrics
-    assert {d.dataset.name.split("@")[0] for d in vae_run.inputs.dataset_inputs} == {"qm9", "mp20"}
-    assert vae_run.data.tags["dataset.qm9"].split()[1].startswith("sha256:")
+    run = next(r for r in runs if r.data.tags.get("model") == "adit" and "vae.latent_dim" in r.data.params)
+    assert run.data.params["vae.latent_dim"] == "4" and run.data.params["steps.vae"] == "8"
+    assert {"vae/train/loss", "dit/train/loss", "vae/steps", "dit_diagnostics/dit_error_molecule_0.99"} <= set(
+        run.data.metrics)
+    assert {d.dataset.name.split("@")[0] for d in run.inputs.dataset_inputs} == {"qm9", "mp20"}
+    assert run.data.tags["dataset.qm9"].split()[1].startswith("sha256:")
 
 
 def test_registered_pyfunc_answers_requests(registered):
@@ -70,7 +65,7 @@ def test_cli_samples_from_the_registry(registered, tmp_path):
     assert len(summary) == 6 and "score_edm/valid" in summary.columns
     assert (tmp_path / "s" / "scores" / "scores.json").is_file()
     bad = runner.invoke(app, ["sample", "adit", "--model", str(tmp_path / "nowhere"), "--kind", "molecule"])
-    assert bad.exit_code == 1 and "dit.pt" in bad.output
+    assert bad.exit_code == 1 and "not a trained model" in bad.output
 
 
 def test_cli_sweeps_sampling_settings_and_scores_every_cell(registered, tmp_path):
@@ -86,38 +81,28 @@ def test_cli_sweeps_sampling_settings_and_scores_every_cell(registered, tmp_path
     assert bad.exit_code == 1 and "euler or heun" in bad.output
 
 
-def test_cli_trains_a_lineage_like_a_gpu_lease_then_scores_and_promotes(registered, tmp_path):
-    """`chemgen train adit`: packs from the store, the shared loop, diagnostics, samples, then the gate."""
+def test_cli_trains_through_a_lineage_then_scores_promotes_and_samples_it(registered, tmp_path):
+    """`chemgen train adit`: packs from the store, the shared trainer, diagnostics, samples, then the gate; a second
+    run continues the promoted lineage and its steps and run log accumulate."""
     from chemgen.generation import lineage
 
-    target = tmp_path / "lineage"
-    args = ["train", "adit", "--config", "tiny", "--minutes", "vae=0.05,dit=0.05", "--lineage", str(target),
-            "--out", str(tmp_path / "run"), "--samples", "4", "--tokens-per-batch", "256",
-            *(registered / "data").read_text().split()]
-    result = runner.invoke(app, args)
+    target = tmp_path / "weights" / "adit-tiny"
+    data = (registered / "data").read_text().split()
+    args = ["train", "adit", "--config", "tiny", "--steps", "vae=4,dit=4", "--into", str(target), "--promote",
+            "--samples", "4", "--tokens-per-batch", "256", *data]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())  # rich wraps long lines
     assert "promoted" in said and "first version: no champion yet" in said
     first = lineage.read_manifest(target)
-    assert first["steps"]["vae"] > 0 and "molecule/edm/validity" in first["scores"]
-    assert (tmp_path / "run" / "reconstructions.pt").is_file()
-    again = runner.invoke(app, [*args[:args.index("--out") + 1], str(tmp_path / "run2"), *args[args.index("--out") + 2:]])
+    assert first["steps"] == {"vae": 4, "dit": 4} and "molecule/edm/validity" in first["scores"]
+    assert "reconstruction/recon_edm_atom_stability" in first["scores"]
+    again = runner.invoke(app, [*args, "--out", str(tmp_path / "run2"), "--init", str(target), "--steps", "dit=4"])
     assert again.exit_code == 0, again.output
     assert len(lineage.runs(tmp_path / "run2" / "lineage")) == 2  # the second run continued the first
-
-
-def test_cli_trains_into_a_lineage_and_samples_from_it(registered, tmp_path):
-    from chemgen.generation import lineage
-
-    folder = tmp_path / "weights" / "adit-tiny"
-    for run in range(2):
-        result = runner.invoke(app, ["train", "adit-dit", "--config", "tiny", "--accelerator", "cpu", "--vae",
-                                     str(registered / "vae" / "vae.pt"), "--out", str(tmp_path / f"run{run}"),
-                                     "--max-steps", "4", "--lineage", str(folder), *(registered / "data").read_text().split(),
-                                     *(["--init-from", str(folder)] if run else [])])
-        assert result.exit_code == 0, result.output
-    assert lineage.read_manifest(folder)["steps"]["dit"] == 8          # 4 + 4: the count accumulates
-    assert [r["init_from"] for r in lineage.runs(folder)] == ["", str(folder)]
-    sampled = runner.invoke(app, ["sample", "adit", "--model", str(folder), "--kind", "crystal", "--n", "3",
-                                  "--out", str(tmp_path / "s"), "--steps", "4", *(registered / "data").read_text().split()])
+    assert lineage.read_manifest(tmp_path / "run2" / "lineage")["steps"] == {"vae": 4, "dit": 8}
+    sampled = runner.invoke(app, ["sample", "adit", "--model", str(target), "--kind", "crystal", "--n", "3",
+                                  "--out", str(tmp_path / "s"), "--steps", "4", *data])
     assert sampled.exit_code == 0, sampled.output
+    bad = runner.invoke(app, ["train", "adit", "--config", "tiny", "--steps", "vea=4"])
+    assert bad.exit_code == 1 and "the stages are vae, dit" in " ".join(bad.output.split())

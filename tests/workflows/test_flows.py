@@ -9,7 +9,9 @@ from workflows.curate import curate_all
 from workflows.retrain import nightly_retrain
 
 MODEL = "chemgen-adit-flowtest"
-SMALL = {"qm9_rows": 600, "vae_steps": 150, "dit_steps": 150, "samples": 40, "sample_steps": 10}
+# from scratch with the tiny config: what the flow does, not how good a model gets
+SMALL = {"config": "tiny", "init": None, "minutes": None, "qm9_rows": 600, "steps": {"vae": 150, "dit": 150},
+         "samples": 40, "sample_steps": 10}
 
 
 def versions(name: str) -> list[str]:
@@ -44,12 +46,34 @@ def test_demo_runs_never_register_under_the_production_name():
 def test_a_worse_run_stays_challenger(first_run, mp20_slice_dir):
     before = tracking.version_by_alias(MODEL, tracking.CHAMPION).version
     worse = nightly_retrain(profile="demo", model_name=MODEL, data_dir=str(mp20_slice_dir),
-                            overrides={**SMALL, "vae_steps": 1, "dit_steps": 1})
+                            overrides={**SMALL, "steps": {"vae": 1, "dit": 1}})
     reg = worse["registration"]
     assert not reg["promoted"], reg
     assert tracking.version_by_alias(MODEL, tracking.CHAMPION).version == before
     assert str(tracking.version_by_alias(MODEL, tracking.CHALLENGER).version) == str(reg["version"])
     assert worse["datasets"][0]["reused"]  # unchanged input: curation was a no-op
+    # the champion was sampled from the same seeds in the same run, and that is what the gate compared
+    assert worse["champion_metrics"] and reg["champion_before"] == {
+        m: worse["champion_metrics"][m] for m in gates.gate_metrics_for(MODEL)}
+
+
+def test_the_shipped_model_is_the_first_champion_and_a_fine_tuned_challenger_faces_it(mp20_slice_dir):
+    """The demo profile's path: no champion yet, so the shipped checkpoint is registered as champion; a challenger
+    fine-tuned from it is scored beside it on the same seeds and the gate decides."""
+    name = "chemgen-adit-shippedtest"
+    result = nightly_retrain(profile="demo", model_name=name, data_dir=str(mp20_slice_dir),
+                             overrides={"qm9_rows": 600, "minutes": None, "steps": {"dit": 2}, "samples": 8,
+                                        "sample_steps": 3})
+    shipped = tracking.client().get_model_version(name, result["champion"]["version"])
+    assert shipped.tags.get("shipped") == "true" and str(result["champion"]["version"]) == "1"
+    reg = result["registration"]
+    assert str(reg["version"]) == "2" and reg["champion_before"] is not None
+    assert set(result["champion_metrics"]) == set(result["metrics"])
+    from chemgen.generation import lineage
+
+    trained = lineage.read_manifest(result["train"]["model_dir"])
+    shipped_steps = lineage.read_manifest(result["champion"]["model_dir"])["steps"]
+    assert trained["steps"] == {"vae": shipped_steps["vae"], "dit": shipped_steps["dit"] + 2}
 
 
 def test_an_injected_failure_is_retried_then_fails_cleanly(first_run, mp20_slice_dir):
@@ -59,7 +83,7 @@ def test_an_injected_failure_is_retried_then_fails_cleanly(first_run, mp20_slice
     registry_before = versions(MODEL)
     champion_before = tracking.version_by_alias(MODEL, tracking.CHAMPION).version
     state = nightly_retrain(profile="demo", model_name=MODEL, data_dir=str(mp20_slice_dir),
-                            overrides={**SMALL, "vae_steps": 5, "dit_steps": 5}, fail_at="sample-crystal",
+                            overrides={**SMALL, "steps": {"vae": 5, "dit": 5}}, fail_at="sample-crystal",
                             return_state=True)
     assert state.is_failed()
     with get_client(sync_client=True) as client:

@@ -20,14 +20,13 @@ from chemgen.data.tensors import TensorPack
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, qm9_systems, mp20_systems):
     from chemgen.config import load_config
-    from chemgen.models.adit.train import train_dit, train_vae
+    from chemgen.generation.training import train_stages
 
     out = tmp_path_factory.mktemp("tiny-model")
     pack = TensorPack.from_systems([*qm9_systems[:16], *mp20_systems[:16]])
-    config = load_config("tiny")
-    vae = train_vae(config, pack, None, out / "vae", accelerator="cpu", progress=False, max_steps=20)
-    train_dit(config, vae.export_path, pack, None, out / "model", accelerator="cpu", progress=False, max_steps=20)
-    return out / "model"
+    train_stages("adit", load_config("tiny"), pack, pack, out, steps={"vae": 20, "dit": 20}, tokens_per_batch=512,
+                 device="cpu", log=lambda line: None)
+    return out / "lineage"
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,7 @@ def mlflow_server(tmp_path, monkeypatch):
 
 
 def test_tracking_and_registry_against_a_real_mlflow_server(mlflow_server, tiny_model_dir):
-    from chemgen.models.adit.workflow import register
+    from chemgen.generation.jobs import register
 
     assert tracking.tracking_uri() == mlflow_server
     with tracking.run("server-check", tags={"purpose": "test"}) as run:

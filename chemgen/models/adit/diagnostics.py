@@ -221,3 +221,9 @@ def score_reconstructions(path: str | Path) -> dict[str, float]:
                                data[f"{which}_mask"][molecules])
         out.update({f"{which}_{k}": v for k, v in scores.items()})
     return out
+
+
+def score_run_reconstructions(run_dir: str | Path) -> dict[str, float]:
+    """``reconstruction/...`` scores of a run folder's ``reconstructions.pt`` (none if the run skipped the VAE)."""
+    path = Path(run_dir) / "reconstructions.pt"
+    return {f"reconstruction/{k}": v for k, v in score_reconstructions(path).items()} if path.is_file() else {}

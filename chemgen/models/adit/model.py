@@ -65,17 +65,16 @@ class ADiT(nn.Module):
                                                                  NUM_SPACEGROUP_LABELS))
 
     # ------------------------------------------------------------------ the generator protocol
-    def training_stage(self, name: str, train: TensorPack) -> TrainingStage:
+    def training_stage(self, name: str, train: TensorPack, trained: tuple[str, ...] = ()) -> TrainingStage:
         if name == "vae":
             self.vae.train()
-            self._vae_trained = True
             cfg = self.config.vae_train
             return TrainingStage("vae", lambda batch: self.vae.loss(batch, train=True), list(self.vae.parameters()),
                                  cfg.weight_decay, cfg.grad_clip)
         if name == "dit":
             self.set_histograms(train)
             info = {}
-            if getattr(self, "_vae_trained", False) or float(self.dit.latent_scale) == 1.0:
+            if "vae" in trained or float(self.dit.latent_scale) == 1.0:  # a new VAE: new latent statistics
                 info["latent_scale"] = self.fit_latent_scale(train)
             self.train()
             self.freeze_vae()  # the VAE stays frozen, in eval mode
@@ -98,6 +97,30 @@ class ADiT(nn.Module):
                                              diagnostics.perturbed_reconstructions(self, batch))
             return metrics
         return diagnostics.dit_prediction_error(self, batch)
+
+    @torch.no_grad()
+    def stage_monitor(self, name: str, batch: DenseBatch) -> dict[str, float]:
+        """During the VAE stage: reconstruction errors (and EDM stability of the reconstructed molecules where
+        RDKit is installed); during the DiT stage: its clean-latent error at t = 0.5 / 0.9 / 0.99 (live weights)."""
+        from chemgen.models.adit import diagnostics
+
+        training = self.vae.training if name == "vae" else self.dit.training
+        self.eval()
+        try:
+            if name == "dit":
+                return diagnostics.dit_prediction_error(self, batch)
+            metrics, decoded = diagnostics.reconstruction_metrics(self, batch)
+            molecules = ~batch.pbc
+            if molecules.any():
+                try:
+                    stability = diagnostics.edm_stability(decoded.atomic_numbers[molecules], decoded.pos[molecules],
+                                                          batch.mask[molecules])
+                    metrics.update({f"recon_{k}": v for k, v in stability.items()})
+                except ImportError:  # a GPU machine without RDKit: the geometric diagnostics only
+                    pass
+            return metrics
+        finally:
+            (self.vae if name == "vae" else self.dit).train(training)
 
     def set_histograms(self, train: TensorPack) -> None:
         """The training sets' sizes, and sizes by space group, that generation draws from."""
@@ -198,7 +221,7 @@ class ADiT(nn.Module):
                  cfg_scale: float | None = None, seed: int | None = None, chunk_size: int = 128) -> DecodedBatch:
         """Generate ``num_samples`` systems of ``dataset`` (qm9, mp20, perov5, ...; "molecule" and "crystal"
         stand for qm9 and mp20) as padded tensors: sizes from that dataset's training histogram, guidance
-        towards its label (see `chemgen.models.adit.decode` for records).
+        towards its label (see `chemgen.generation.records` for records).
 
         Samples are integrated in chunks of ``chunk_size`` systems of similar size (sorted by number of
         atoms), so that each chunk pads only to its own largest system: 1.4x (QM9) to 2x (MP-20) fewer

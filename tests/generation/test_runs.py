@@ -11,8 +11,8 @@ import torch
 from chemgen.config import load_config
 from chemgen.generation import lineage
 from chemgen.models.adit import ADiT
-from chemgen.models.adit.lineage_runs import load_samples, promote_run
-from chemgen.models.adit.train import load_adit
+from chemgen.generation.jobs import load_lineage_model
+from chemgen.generation.runs import load_samples, promote_run
 
 CONTEXT = {"samples": "1000", "seed": "1000", "data": "mp20@a,qm9@b", "sampling_steps": "100", "cfg_scale": "2.0"}
 
@@ -39,7 +39,7 @@ def test_first_run_is_promoted_then_only_a_clear_improvement(tmp_path):
     assert decision.promote and "first version" in decision.reason
     shipped = lineage.read_manifest(target)
     assert shipped["scores"]["molecule/edm/validity"] == 0.50 and shipped["evaluation"]["context"] == CONTEXT
-    assert load_adit(target).config.name == "adit-tiny"
+    assert load_lineage_model(target).config.name == "adit-tiny"
 
     hash_a = shipped["content_hash"]
     decision, _ = promote_run(_run(tmp_path, "b", 2), _scored(0.52), target)   # within noise at n = 1000
@@ -57,7 +57,7 @@ def test_first_run_is_promoted_then_only_a_clear_improvement(tmp_path):
     decision, _ = promote_run(run_e, scored, target)
     assert decision.promote
     from chemgen import tracking
-    from chemgen.models.adit.lineage_runs import log_run
+    from chemgen.generation.runs import log_run
 
     logged = tracking.client().get_run(log_run(run_e, scored, decision, target))  # the GPU run, tracked here
     assert logged.data.params["promoted"] == "True" and logged.data.params["device"] == "NVIDIA H100"

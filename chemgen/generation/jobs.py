@@ -1,6 +1,8 @@
-"""ADiT's jobs on a CPU machine with the full stack: train from the store, register, sample to files.
+"""Every model's jobs on a machine with the full stack: train from the store, register, load, sample to files.
 
-Each function is what one CLI command or flow task calls: curated data in, tracked results out.
+Each function is what one CLI command or flow task calls, for any model in `chemgen.generation.protocol.MODELS`:
+curated data in, tracked results out. A trained model is a lineage folder (`chemgen.generation.lineage`);
+its manifest names the model, so loading needs nothing else.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 import torch
 
 from chemgen import tracking
-from chemgen.config import ADiTConfig, TrainConfig, load_config
+from chemgen.config import TrainConfig, load_config
 from chemgen.data.tensors import PACK_FORMAT, TensorPack, pack_from_store
+from chemgen.generation import lineage
+from chemgen.generation.protocol import config_type, generator_class, model_spec
 
-REGISTERED_NAME = "chemgen-adit"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 
 
@@ -67,63 +70,74 @@ def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: st
 # ---------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class TrainingOutcome:
-    stage: str
-    out_dir: Path
+    model_dir: Path            # the run's lineage folder: the trained model
     run_id: str
-    steps: int
+    steps: dict[str, int]      # the lineage's steps per stage after this run
     seconds: float
-    systems_per_second: float
-    metrics: dict[str, float]
+    report: dict[str, Any]
 
 
-def train(stage: str, config: ADiTConfig | str, out_dir: str | os.PathLike, vae_path: str | os.PathLike | None = None,
-          store: str | os.PathLike | None = None, accelerator: str = "auto", devices: int = 1,
-          max_steps: int | None = None, max_minutes: float | None = None, resume: bool = True,
-          progress: bool = True, tags: dict[str, str] | None = None,
-          init_from: str | os.PathLike | None = None, versions: dict[str, str] | None = None) -> TrainingOutcome:
-    """Train one ADiT stage ("vae" or "dit") as an MLflow run with params, dataset inputs and exports."""
-    from chemgen.models.adit.train import train_dit, train_vae
+def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os.PathLike | None = None,
+          minutes: dict[str, float] | None = None, steps: dict[str, int] | None = None,
+          store: str | os.PathLike | None = None, versions: dict[str, str] | None = None,
+          tokens_per_batch: int | None = None, progress: bool = True, tags: dict[str, str] | None = None,
+          device: str | None = None) -> TrainingOutcome:
+    """Train every stage of ``model`` on the config's curated datasets (LATEST, or ``versions[name]``) as one
+    MLflow run: params, dataset inputs, loss and diagnostics curves, the lineage manifest and log as artifacts.
 
-    if stage not in ("vae", "dit"):
-        raise ValueError(f"stage must be 'vae' or 'dit', got {stage!r}")
-    config = load_config(config) if isinstance(config, (str, Path)) else config
-    train_config = config.vae_train if stage == "vae" else config.dit_train
-    if stage == "dit" and vae_path is None:
-        raise ValueError("the DiT stage needs a trained VAE: pass vae_path (a vae.pt from `chemgen train adit-vae`)")
+    ``init`` continues a lineage (e.g. the shipped one); a rerun into the same ``out_dir`` resumes an
+    interrupted run (`chemgen.generation.training`). The trained model is ``<out_dir>/lineage``.
+    """
+    from chemgen.generation.training import finish_run, train_stages
+
+    config = load_config(config, model) if isinstance(config, (str, Path)) else config
+    train_config = _first_train_config(config)
     out_dir = Path(out_dir)
     train_pack, val_pack, manifests = training_packs(train_config, store, versions)
-    kwargs = dict(accelerator=accelerator, devices=devices, resume=resume, progress=progress,
-                  max_steps=max_steps, max_minutes=max_minutes, init_from=init_from)
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        # A DDP worker that Lightning launched by re-running this command: the rank-0 process tracks.
-        result = (train_vae(config, train_pack, val_pack, out_dir, **kwargs) if stage == "vae"
-                  else train_dit(config, vae_path, train_pack, val_pack, out_dir, **kwargs))
-        return TrainingOutcome(stage, out_dir, "", result.steps, result.seconds, result.systems_per_second, result.metrics)
-    with tracking.run(f"adit-{stage}-{config.name}", tags={"model": "adit", "stage": stage, **(tags or {})},
+    data = [f"{m['name']}@{m['version']}" for m in manifests]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokens = tokens_per_batch or (65_536 if device.startswith("cuda") else 16 * train_config.batch_size)
+    start = time.perf_counter()
+    with tracking.run(f"{model}-{config.name}", tags={"model": model, **(tags or {})},
                       nested=tracking.active_run_id() is not None) as run:
-        tracking.log_params({**config.flat_params(), "stage": stage, "train_systems": len(train_pack),
-                             "threads": torch.get_num_threads()})
+        tracking.log_params({**config.flat_params(), "model": model, "train_systems": len(train_pack),
+                             "threads": torch.get_num_threads(), "init": str(init or ""),
+                             "tokens_per_batch": tokens, **{f"minutes.{k}": v for k, v in (minutes or {}).items()},
+                             **{f"steps.{k}": v for k, v in (steps or {}).items()}})
         for manifest in manifests:
             tracking.log_dataset_manifest(manifest)
-        kwargs["logger"] = tracking.lightning_logger()
-        if stage == "vae":
-            result = train_vae(config, train_pack, val_pack, out_dir, **kwargs)
-        else:
-            result = train_dit(config, vae_path, train_pack, val_pack, out_dir, **kwargs)
-        # The final values too: short runs may end before Lightning's first logging step.
-        tracking.log_metrics({**result.metrics, "train_seconds": result.seconds,
-                              "train_systems_per_second": result.systems_per_second}, step=result.steps)
+        _, report = train_stages(model, config, train_pack, val_pack, out_dir, init=init, minutes=minutes, steps=steps,
+                                 tokens_per_batch=tokens, device=device, data_versions=data,
+                                 log=lambda line: None if progress else print(line),
+                                 progress_bar=progress, logger=tracking.lightning_logger())
+        seconds = time.perf_counter() - start
+        manifest = finish_run(out_dir / "lineage", report, seconds / 60)
+        final = {}
+        for key, value in report.items():
+            if isinstance(value, dict):  # stage results and diagnostics: vae/systems_per_second, vae_diagnostics/...
+                final.update({f"{key}/{k}": float(v) for k, v in value.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracking.log_metrics({**final, "train_seconds": seconds})
         import mlflow
 
-        mlflow.log_artifact(str(result.export_path), artifact_path="export")
-        return TrainingOutcome(stage, out_dir, run.info.run_id, result.steps, result.seconds,
-                               result.systems_per_second, result.metrics)
+        for name in ("manifest.json", "lineage.jsonl"):
+            mlflow.log_artifact(str(out_dir / "lineage" / name), artifact_path="lineage")
+        return TrainingOutcome(out_dir / "lineage", run.info.run_id, dict(manifest["steps"]), seconds, report)
+
+
+def _first_train_config(config: Any) -> TrainConfig:
+    """The training data settings of a model's config (ADiT: the VAE stage's, which the DiT stage shares)."""
+    for value in vars(config).values():
+        if isinstance(value, TrainConfig):
+            return value
+    raise ValueError(f"config {config.name!r} has no training section")
 
 
 # ---------------------------------------------------------------------------- registry
-def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics: dict[str, float] | None = None,
+def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dict[str, float] | None = None,
              alias: str = tracking.CHALLENGER, tags: dict[str, str] | None = None) -> Any:
-    """Log a model directory as a pyfunc and register a version with ``alias``.
+    """Log a trained model (a lineage folder) as a pyfunc and register a version with ``alias``
+    (default name: the model's, e.g. ``chemgen-adit``).
 
     If anything fails after the version exists, the version is deleted again: the registry
     never keeps a half-registered model.
@@ -132,11 +146,12 @@ def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics:
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    from chemgen.models.adit.pyfunc import OUTPUT_COLUMNS
-    from chemgen.models.adit.train import load_adit
+    from chemgen.generation.pyfunc import OUTPUT_COLUMNS
 
     model_dir = Path(model_dir)
-    load_adit(model_dir)  # fail before anything is registered if the directory is incomplete
+    model = load_model(model_dir)  # fail before anything is registered if the folder is incomplete
+    spec = model_spec(lineage.read_manifest(model_dir)["model"])
+    name = name or spec.registered_name
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "dataset", required=False), ColSpec("string", "kind", required=False),
                        ColSpec("long", "n"), ColSpec("long", "seed", required=False),
@@ -145,13 +160,14 @@ def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics:
         outputs=Schema([ColSpec("long" if c in ("request", "sample", "num_atoms") else "string", c) for c in OUTPUT_COLUMNS]))
     import chemgen
 
+    del model
     with tracking.run(f"register-{name}", nested=tracking.active_run_id() is not None, tags=tags):
         if metrics:
             tracking.log_metrics(metrics)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE), artifacts={"model_dir": str(model_dir)},
             signature=signature, pip_requirements=[f"chemgen=={chemgen.__version__}", "torch==2.13.0"],
-            metadata={"architecture": "ADiT", "paper": "Joshi et al., All-atom Diffusion Transformers, ICML 2025"})
+            metadata={"model": spec.name, **spec.metadata})
     version = mlflow.register_model(info.model_uri, name)
     try:
         tracking.set_alias(name, alias, version.version)
@@ -164,24 +180,49 @@ def register(model_dir: str | os.PathLike, name: str = REGISTERED_NAME, metrics:
     return version
 
 
-def load_model(model: str | os.PathLike, device: str = "cpu"):
-    """An ADiT from a model directory or a registry URI such as ``models:/chemgen-adit@champion``."""
-    from chemgen.models.adit.train import load_adit
-
+def load_model(model: str | os.PathLike, device: str = "cpu") -> Any:
+    """A trained generator (EMA weights, eval mode) from a lineage folder or a registry URI such as
+    ``models:/chemgen-adit@champion``."""
     if str(model).startswith("models:/") or str(model).startswith("runs:/"):
         import mlflow
 
         tracking.configure()
         pyfunc = mlflow.pyfunc.load_model(str(model))
         return pyfunc.unwrap_python_model().model.to(device)
-    return load_adit(model, device)
+    return load_lineage_model(model, device)
+
+
+def registered_lineage(uri: str) -> Path | None:
+    """The local copy of a registered version's checkpoint (its lineage folder), e.g. to continue training it;
+    None for versions registered before models were lineages."""
+    import mlflow
+
+    tracking.configure()
+    folder = getattr(mlflow.pyfunc.load_model(uri).unwrap_python_model(), "model_dir", None)
+    return Path(folder) if folder is not None and lineage.is_lineage(folder) else None
+
+
+def load_lineage_model(folder: str | os.PathLike, device: str = "cpu") -> Any:
+    """The generator a lineage folder holds: its manifest names the model and its config."""
+    from chemgen.config import from_dict
+
+    folder = Path(folder)
+    if not lineage.is_lineage(folder):
+        raise FileNotFoundError(f"{folder}: not a trained model (a lineage folder with manifest.json and weight "
+                                "shards, as `chemgen train MODEL` writes)")
+    checkpoint = lineage.load(folder)
+    name = checkpoint.manifest.get("model", "adit")
+    config = from_dict(config_type(name), checkpoint.manifest["config"], where=str(folder / "manifest.json"))
+    model = generator_class(name)(config)
+    model.load_checkpoint_groups(checkpoint.groups)
+    return model.to(device).eval()
 
 
 # ---------------------------------------------------------------------------- sampling
 def generate_records(model: Any, dataset: str, n: int, seed: int = 0, batch_size: int = 500,
                      **sampling: Any) -> tuple[list[Any], float]:
     """n records (or `Failure`s) of a dataset in batches seeded seed, seed + 1, ..., and the seconds it took."""
-    from chemgen.models.adit.decode import to_systems
+    from chemgen.generation.records import to_systems
 
     systems: list[Any] = []
     start = time.perf_counter()
@@ -202,8 +243,8 @@ def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike
     from chemgen import io as structure_io
     from chemgen.bonds import perceive_bonds
     from chemgen.dense import resolve_dataset
-    from chemgen.models.adit.decode import Failure, split_failures
-    from chemgen.models.adit.pyfunc import structure_rows
+    from chemgen.generation.pyfunc import structure_rows
+    from chemgen.generation.records import Failure, split_failures
     from chemgen.scoring import report
 
     out_dir = Path(out_dir)

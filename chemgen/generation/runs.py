@@ -1,8 +1,9 @@
-"""Back from a GPU run: score what `chemgen.generation.remote` brought back, and promote its checkpoint
-into the shipped lineage (``models/weights/<config>/``) only when the gate prefers it.
+"""Back from a training run (a GPU lease's or this machine's): score what `chemgen.generation.remote` wrote,
+and promote its checkpoint into the shipped lineage (``models/weights/<config>/``) only when the gate prefers it.
 
-A run folder holds ``lineage/`` (the new checkpoint and the lineage log), ``samples_molecule.pt``,
-``samples_crystal.pt``, ``reconstructions.pt`` and ``report.json``. Scores are computed here, on the
+A run folder holds ``lineage/`` (the new checkpoint and the lineage log), ``samples_<dataset>.pt`` for each
+dataset the model samples (``samples_molecule.pt`` / ``samples_crystal.pt`` in runs before datasets named
+them), the model's own diagnostics files (ADiT: ``reconstructions.pt``) and ``report.json``. Scores are computed here, on the
 CPU machine with the chemistry stack, against the dataset versions the run trained on. The shipped
 lineage's manifest keeps the scores and the evaluation context of its checkpoint, so the next run is
 compared on equal terms (`chemgen.gates.decide`: same context, one-sided 95 % bounds).
@@ -19,20 +20,19 @@ from typing import Any
 
 import torch
 
-from chemgen.dense import DEFAULT_DATASET
+from chemgen.dense import DATASET_KIND, DEFAULT_DATASET
 from chemgen.gates import Evaluation, GateDecision, decide, gate_metrics_for
 from chemgen.generation import lineage
-from chemgen.models.adit.diagnostics import score_reconstructions
+from chemgen.generation.protocol import _import, model_spec
 
-SHIPPED_ROOT = Path(__file__).resolve().parents[3] / "models" / "weights"
-SHIPPED_CONFIG = "adit-gpu-quick"   # the lineage `chemgen sample adit` uses when no model is named
+SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "models" / "weights"
 
 
-def shipped_model() -> Path:
-    """The shipped champion checkpoint (a lineage folder committed to the project)."""
-    folder = shipped_lineage(SHIPPED_CONFIG)
+def shipped_model(model: str = "adit") -> Path:
+    """The model's shipped champion checkpoint (a lineage folder committed to the project)."""
+    folder = shipped_lineage(model_spec(model).shipped_config)
     if not lineage.is_lineage(folder):
-        raise FileNotFoundError(f"{folder}: no shipped checkpoint in this checkout; name a model with --model")
+        raise FileNotFoundError(f"{folder}: no shipped checkpoint of {model} in this checkout; name a model with --model")
     return folder
 
 
@@ -51,13 +51,15 @@ def load_samples(path: str | os.PathLike, limit: int | None = None) -> SimpleNam
     return SimpleNamespace(**{k: payload[k][:limit] for k in keys})
 
 
-def score_samples(path: str | os.PathLike, kind: str, versions: dict[str, str], store: str | os.PathLike | None = None,
-                  out_dir: str | os.PathLike | None = None, limit: int | None = None) -> dict[str, float]:
-    """Score a samples file with the reference protocols against the given dataset versions."""
-    from chemgen.models.adit.decode import split_failures, to_systems
+def score_samples(path: str | os.PathLike, dataset: str, versions: dict[str, str],
+                  store: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+                  limit: int | None = None) -> dict[str, float]:
+    """Score a samples file of ``dataset`` (or kind) with the reference protocols against the given versions."""
+    from chemgen.dense import resolve_dataset
+    from chemgen.generation.records import split_failures, to_systems
     from chemgen.scoring import report
 
-    dataset = DEFAULT_DATASET[kind]  # what a run's samples_<kind>.pt were drawn for
+    dataset, kind = resolve_dataset(dataset)
     systems = to_systems(load_samples(path, limit), dataset)
     metrics, table, scores = report.score_generated(*split_failures(systems), dataset, store, versions.get(dataset))
     if out_dir is not None:
@@ -73,16 +75,20 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     (the gate never compares different sample counts; both runs seed their first batch alike)."""
     run_dir = Path(run_dir)
     manifest = lineage.read_manifest(run_dir / "lineage")
+    spec = model_spec(manifest.get("model", "adit"))
     versions = dict(ref.split("@", 1) for ref in manifest.get("data", []))
     scores: dict[str, float] = {}
     samples = {}
-    for kind in ("molecule", "crystal"):
-        path = run_dir / f"samples_{kind}.pt"
+    for dataset in spec.sample_datasets:
+        kind = DATASET_KIND[dataset]
+        path = run_dir / f"samples_{dataset}.pt"
+        if not path.is_file() and dataset == DEFAULT_DATASET[kind]:
+            path = run_dir / f"samples_{kind}.pt"   # runs from before samples were named by dataset
         samples[kind] = int(load_samples(path, limit).mask.shape[0])
-        metrics = score_samples(path, kind, versions, store, out_dir=run_dir / "scores", limit=limit)
+        metrics = score_samples(path, dataset, versions, store, out_dir=run_dir / "scores", limit=limit)
         scores.update({f"{kind}/{k}": float(v) for k, v in metrics.items()})
-    if (run_dir / "reconstructions.pt").is_file():
-        scores.update({f"reconstruction/{k}": v for k, v in score_reconstructions(run_dir / "reconstructions.pt").items()})
+    for scorer in spec.run_scorers:   # the model's own diagnostics files (ADiT: VAE reconstructions)
+        scores.update(_import(scorer)(run_dir))
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
     context = {"samples": str(min(samples.values())), "seed": "1000", "data": ",".join(sorted(manifest.get("data", []))),
                "sampling_steps": str(manifest["config"]["flow"]["num_steps"]),
@@ -90,8 +96,8 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     return {"scores": scores, "samples": min(samples.values()), "context": context, "report": report}
 
 
-def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any], target: str | os.PathLike | None = None,
-                registered_name: str = "chemgen-adit") -> tuple[GateDecision, Path]:
+def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any],
+                target: str | os.PathLike | None = None) -> tuple[GateDecision, Path]:
     """Replace the shipped checkpoint with the run's if the gate prefers it; returns the decision and the target."""
     run_dir = Path(run_dir)
     source = run_dir / "lineage"
@@ -103,11 +109,11 @@ def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any], target: str 
         shipped = lineage.read_manifest(target)
         evaluation = shipped.get("evaluation", {})
         champion = Evaluation(dict(shipped.get("scores", {})), evaluation.get("samples"), evaluation.get("context", {}))
-    decision = decide(gate_metrics_for(registered_name), challenger, champion)
+    decision = decide(gate_metrics_for(model_spec(manifest.get("model", "adit")).registered_name), challenger, champion)
     if decision.promote:
         checkpoint = lineage.load(source)
         meta = {k: v for k, v in manifest.items() if k not in ("format", "dtype", "parameters", "saved_utc", "shards",
-                                                                "content_hash")}
+                                                                "content_hash", "completed_stages", "run_report")}
         meta.update(scores=scored["scores"], evaluation={"samples": scored["samples"], "context": scored["context"]},
                     gate=decision.reason)
         lineage.save(target, checkpoint.groups, meta)
@@ -125,7 +131,7 @@ def log_run(run_dir: str | os.PathLike, scored: dict[str, Any], decision: GateDe
     run_dir = Path(run_dir)
     report = scored.get("report", {})
     manifest = lineage.read_manifest(run_dir / "lineage")
-    with tracking.run(f"gpu-run-{manifest['config']['name']}", tags={"chemgen.kind": "lineage-run",
+    with tracking.run(f"lineage-run-{manifest['config']['name']}", tags={"chemgen.kind": "lineage-run",
                                                                     "gate.decision": decision.reason[:5000]}) as active:
         tracking.log_params({"model": manifest.get("model"), "config": manifest["config"]["name"],
                              "device": report.get("device"), "init": report.get("init"),

@@ -27,8 +27,8 @@ def sampling_sweep(model: Any, dataset: str, n: int, cfg_scales: Sequence[float]
     import pandas as pd
 
     from chemgen.dense import resolve_dataset
-    from chemgen.models.adit.decode import split_failures
-    from chemgen.models.adit.workflow import generate_records
+    from chemgen.generation.jobs import generate_records
+    from chemgen.generation.records import split_failures
     from chemgen.scoring import report
 
     dataset, kind = resolve_dataset(dataset)

@@ -1,7 +1,8 @@
-"""ADiT as an MLflow pyfunc: a DataFrame of requests in, a DataFrame of structures out.
+"""Any chemgen generator as an MLflow pyfunc: a DataFrame of requests in, a DataFrame of structures out.
 
 Logged as "models from code" (this file), so loading a registered model runs this module
-rather than unpickling an object. Requests have columns ``n`` and ``dataset`` (a dataset the
+rather than unpickling an object; its artifact is the model's lineage folder (safetensors weights
+and a manifest naming the model). Requests have columns ``n`` and ``dataset`` (a dataset the
 model was trained on: qm9, mp20, perov5, ...) or ``kind`` (molecule = qm9, crystal = mp20), and
 optionally ``seed``, ``num_steps``, ``cfg_scale``, ``solver``. Each generated structure is one
 output row: ``request``, ``sample``, ``dataset``, ``kind``, ``formula``, ``num_atoms``,
@@ -39,7 +40,7 @@ def structure_row(index: int, system: Any, kind: str) -> dict[str, Any]:
     from ase.io import write as ase_write
     from rdkit import Chem
 
-    from chemgen.models.adit.decode import Failure
+    from chemgen.generation.records import Failure
     from chemgen.scoring.molecules import score_edm
 
     row: dict[str, Any] = {"sample": index, "kind": kind, "formula": "", "num_atoms": 0, "smiles": "",
@@ -64,14 +65,15 @@ def structure_row(index: int, system: Any, kind: str) -> dict[str, Any]:
     return row
 
 
-class ADiTPyfunc(mlflow.pyfunc.PythonModel):
+class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
-        from chemgen.models.adit.train import load_adit
+        from chemgen.generation.jobs import load_lineage_model
 
-        self.model = load_adit(context.artifacts["model_dir"])
+        self.model_dir = context.artifacts["model_dir"]   # a lineage folder: training can continue from it
+        self.model = load_lineage_model(self.model_dir)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from chemgen.models.adit.decode import to_systems
+        from chemgen.generation.records import to_systems
 
         requests = validate_requests(model_input)
         frames = []
@@ -120,4 +122,4 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-mlflow.models.set_model(ADiTPyfunc())
+mlflow.models.set_model(GeneratorPyfunc())
