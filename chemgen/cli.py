@@ -503,7 +503,8 @@ def sample_sweep(
     seed: int = 0,
     store: StoreDir = None,
 ) -> None:
-    """Sweep sampling settings (CFG scale x steps x solver) on one model and score every cell."""
+    """Sweep sampling settings (CFG scale x steps x solver) on one model and score every cell; sweep.csv is
+    rewritten after every cell and a rerun into the same --out resumes."""
     from chemgen.dense import resolve_dataset
     from chemgen.generation import runs
     from chemgen.generation.jobs import load_model
@@ -517,9 +518,10 @@ def sample_sweep(
         bad = [s for s in solver or [] if s not in ("euler", "heun")]
         if bad:
             raise ValueError(f"--solver must be euler or heun, got {bad}")
+        out.mkdir(parents=True, exist_ok=True)
         table = sampling_sweep(load_model(model or runs.shipped_model(generator)), dataset, n,
                                cfg or [1.0, 1.5, 2.0, 3.0, 4.0], steps or [25, 50, 100], solver or ["euler", "heun"],
-                               seed=seed, store=store)
+                               seed=seed, store=store, checkpoint=out / "sweep.csv")
     except USER_ERRORS as err:
         _fail(err)
     out.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,11 @@ class DiTConfig:
     datasets: tuple[str, ...] = ("mp20", "qm9", "mpts52", "perov5", "carbon24")
     num_spacegroups: int = 230
     spacegroup_conditioning: bool = False
+    # REPA (Yu et al. 2025): align the DiT's hidden states after block `repa_depth` (1-based), through a small
+    # MLP, with the frozen VAE encoder's states of the clean system (negative cosine similarity, this weight);
+    # 0 turns it off (no projector in the checkpoint)
+    repa_weight: float = 0.0
+    repa_depth: int = 2
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Padded batches and dataset labels: torch only, so a GPU machine without the chemistry stack imports them.
 
 `DenseBatch` is what every model's loss takes: B systems padded to N atoms with a mask.
-`chemgen.batching` builds them from records (via torch_geometric); `chemgen.data.tensors.TensorPack`
+`chemgen.data.tensors.TensorPack` (built from records: the one batching layer)
 and `chemgen.generation.resident` build them from tensor packs.
 """
 

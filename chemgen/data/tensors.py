@@ -35,7 +35,7 @@ class TensorPack:
     num_atoms: torch.Tensor       # (S,) long
     cell: torch.Tensor            # (S, 3, 3) float32, zeros for molecules
     pbc: torch.Tensor             # (S,) bool
-    dataset_idx: torch.Tensor     # (S,) long, chemgen.batching.DATASET_INDEX
+    dataset_idx: torch.Tensor     # (S,) long, chemgen.dense.DATASET_INDEX
     spacegroup: torch.Tensor | None = None  # (S,) long, international number of crystals (0: none or unknown)
 
     def __post_init__(self) -> None:

@@ -22,9 +22,15 @@ SECONDARY = {"molecule": ("edm/atom_stability", "edm/validity", "edm/valid_and_u
 
 def sampling_sweep(model: Any, dataset: str, n: int, cfg_scales: Sequence[float], steps: Sequence[int],
                    solvers: Sequence[str], seed: int = 0, store: str | os.PathLike | None = None,
-                   version: str | None = None, batch_size: int = 500) -> Any:
-    """One row per (solver, steps, cfg_scale): seconds, samples/s, the primary and secondary metrics."""
+                   version: str | None = None, batch_size: int = 500,
+                   checkpoint: str | os.PathLike | None = None) -> Any:
+    """One row per (solver, steps, cfg_scale): seconds, samples/s, the primary and secondary metrics.
+
+    ``checkpoint`` (a CSV) is rewritten after every cell, and cells it already holds for the same dataset
+    and sample count are not run again: an interrupted sweep resumes where it stopped."""
     import pandas as pd
+
+    from chemgen.io import atomic_write
 
     from chemgen.dense import resolve_dataset
     from chemgen.generation.jobs import generate_records
@@ -32,14 +38,25 @@ def sampling_sweep(model: Any, dataset: str, n: int, cfg_scales: Sequence[float]
     from chemgen.scoring import report
 
     dataset, kind = resolve_dataset(dataset)
+    done: dict[tuple[str, int, float], dict[str, Any]] = {}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        for row in pd.read_csv(checkpoint).to_dict("records"):
+            if row.get("dataset") == dataset and row.get("n") == n and row.get("seed") == seed:
+                done[(row["solver"], int(row["steps"]), float(row["cfg_scale"]))] = row
     rows = []
     for solver, num_steps, cfg in itertools.product(solvers, steps, cfg_scales):
+        if (solver, int(num_steps), float(cfg)) in done:
+            rows.append(done[(solver, int(num_steps), float(cfg))])
+            continue
         systems, seconds = generate_records(model, dataset, n, seed, batch_size, num_steps=num_steps, solver=solver,
                                             cfg_scale=cfg)
         metrics, _, _ = report.score_generated(*split_failures(systems), dataset, store, version)
-        rows.append({"solver": solver, "steps": num_steps, "cfg_scale": cfg, "seconds": seconds,
-                     "samples_per_second": n / seconds,
+        rows.append({"dataset": dataset, "n": n, "seed": seed, "solver": solver, "steps": num_steps, "cfg_scale": cfg,
+                     "seconds": seconds, "samples_per_second": n / seconds,
                      **{m: metrics.get(m, float("nan")) for m in (PRIMARY[kind], *SECONDARY[kind])}})
+        if checkpoint is not None:
+            with atomic_write(checkpoint) as handle:
+                pd.DataFrame(rows).to_csv(handle, index=False)
     return pd.DataFrame(rows)
 
 

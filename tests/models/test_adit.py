@@ -310,3 +310,24 @@ def test_shipped_configs_load_and_unknown_keys_are_rejected(tmp_path):
     bad.write_text("flow:\n  num_steps: many\n")
     with pytest.raises(ValueError, match="expected int"):
         load_config(bad)
+
+
+def test_repa_aligns_middle_dit_states_with_the_frozen_encoder_and_is_optional_in_checkpoints(pack):
+    """REPA's term: -cos(projected DiT states after block repa_depth, the frozen encoder's states), added with its
+    weight; it trains the projector; lineages load with it turned on or off."""
+    plain = small_config()
+    config = dataclasses.replace(plain, dit=dataclasses.replace(plain.dit, repa_weight=0.5, repa_depth=1))
+    torch.manual_seed(0)
+    model = ADiT(config)
+    model.train()
+    model.freeze_vae()
+    batch = pack.dense(torch.arange(16))
+    out = model.dit_loss(batch)
+    assert -1.0 <= float(out["repa_alignment"]) <= 1.0
+    out["loss"].backward()
+    assert model.dit.repa_projector[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vae.parameters())  # the encoder is the frozen target
+    without = ADiT(plain)
+    without.load_checkpoint_groups(model.checkpoint_groups())           # a REPA lineage, REPA off: projector dropped
+    assert "repa_alignment" not in without.dit_loss(batch)
+    model.load_checkpoint_groups(ADiT(plain).checkpoint_groups())      # a plain lineage, REPA on: a fresh projector

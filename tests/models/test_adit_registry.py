@@ -76,6 +76,11 @@ def test_cli_sweeps_sampling_settings_and_scores_every_cell(registered, tmp_path
     table = pd.read_csv(tmp_path / "sw" / "sweep.csv")
     assert len(table) == 4 and set(table.solver) == {"euler", "heun"} and set(table.cfg_scale) == {1.0, 2.0}
     assert table["cdvae/valid"].between(0, 1).all() and (tmp_path / "sw" / "sweep.png").stat().st_size > 0
+    again = runner.invoke(app, ["sample", "sweep", "--model", "models:/chemgen-adit-test@challenger", "--kind", "mp20",
+                                "--n", "4", "--cfg", "1", "--cfg", "2", "--steps", "3", "--solver", "euler",
+                                "--solver", "heun", "--out", str(tmp_path / "sw")])
+    assert again.exit_code == 0, again.output   # every cell was in sweep.csv: resumed, nothing sampled again
+    assert pd.read_csv(tmp_path / "sw" / "sweep.csv")["seconds"].tolist() == table["seconds"].tolist()
     bad = runner.invoke(app, ["sample", "sweep", "--model", "models:/chemgen-adit-test@challenger", "--kind", "mp20",
                               "--solver", "rk4"])
     assert bad.exit_code == 1 and "euler or heun" in bad.output

@@ -11,6 +11,10 @@ own previous estimate x_sc of the clean latent:
 It predicts the clean latent x_1 (not the velocity). Label 0 is the null class used by
 classifier-free guidance.
 
+With ``repa_weight > 0`` the DiT also has REPA's projector (Yu et al., "Representation Alignment for
+Generation", ICLR 2025): an MLP from its hidden states after block ``repa_depth`` to the width of a
+frozen encoder's states, trained to align with them (``forward(..., features=True)`` returns them).
+
 The DiT works on latents divided by ``latent_scale``, the standard deviation of the VAE's
 latents over training atoms (the scale factor of latent diffusion, Rombach et al. 2022): a VAE
 trained with heavy position weights spreads its latents far wider than the N(0, I) noise the flow
@@ -28,7 +32,7 @@ from chemgen.nn import DiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder, in
 
 
 class DiT(nn.Module):
-    def __init__(self, config: DiTConfig, d_x: int):
+    def __init__(self, config: DiTConfig, d_x: int, d_align: int | None = None):
         super().__init__()
         self.config = config
         self.d_x = d_x
@@ -40,6 +44,8 @@ class DiT(nn.Module):
                                     if config.spacegroup_conditioning else None)
         self.blocks = nn.ModuleList([DiTBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.num_layers)])
         self.final_layer = FinalLayer(d, d_x)
+        self.repa_projector = (nn.Sequential(nn.Linear(d, 2 * d), nn.SiLU(), nn.Linear(2 * d, d_align))
+                               if config.repa_weight > 0 and d_align else None)
         self.register_buffer("latent_scale", torch.ones(()))
         self._initialize_weights()
 
@@ -48,6 +54,13 @@ class DiT(nn.Module):
         if self.spacegroup_embedder is not None:  # a lineage that turns space-group conditioning on: a new table
             state_dict.setdefault(prefix + "spacegroup_embedder.table.weight",
                                   self.spacegroup_embedder.table.weight.detach().clone())
+        repa = prefix + "repa_projector."
+        if self.repa_projector is None:  # the projector only trains: a DiT without REPA ignores one
+            for key in [k for k in state_dict if k.startswith(repa)]:
+                del state_dict[key]
+        else:  # a lineage that turns REPA on: a fresh projector
+            for name, value in self.repa_projector.state_dict().items():
+                state_dict.setdefault(repa + name, value.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _initialize_weights(self) -> None:
@@ -64,8 +77,10 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, dataset_idx: torch.Tensor, mask: torch.Tensor,
-                x_sc: torch.Tensor | None = None, spacegroup: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t (B, N, c), t (B,), dataset_idx (B,) with 0 = null, mask (B, N) -> x_1_hat (B, N, c)."""
+                x_sc: torch.Tensor | None = None, spacegroup: torch.Tensor | None = None,
+                features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x_t (B, N, c), t (B,), dataset_idx (B,) with 0 = null, mask (B, N) -> x_1_hat (B, N, c); with
+        ``features`` also REPA's projection of the hidden states after block ``repa_depth`` (B, N, d_align)."""
         if x_sc is None:
             x_sc = torch.zeros_like(x_t)
         h = self.x_embedder(torch.cat([x_t, x_sc], dim=-1))                                  # (B, N, d)
@@ -73,9 +88,13 @@ class DiT(nn.Module):
         c = self.t_embedder(t) + self.dataset_embedder(dataset_idx)                          # (B, d)
         if self.spacegroup_embedder is not None:
             c = c + self.spacegroup_embedder(spacegroup if spacegroup is not None else torch.zeros_like(dataset_idx))
-        for block in self.blocks:
+        aligned = None
+        for depth, block in enumerate(self.blocks, start=1):
             h = block(h, c, ~mask)                                                            # (B, N, d)
-        return self.final_layer(h, c) * mask[..., None]                                      # (B, N, c)
+            if features and depth == self.config.repa_depth:
+                aligned = self.repa_projector(h)                                              # (B, N, d_align)
+        x_1_hat = self.final_layer(h, c) * mask[..., None]                                   # (B, N, c)
+        return (x_1_hat, aligned) if features else x_1_hat
 
     def forward_with_cfg(self, x_t: torch.Tensor, t: torch.Tensor, dataset_idx: torch.Tensor, mask: torch.Tensor,
                          cfg_scale: float, x_sc: torch.Tensor | None = None,

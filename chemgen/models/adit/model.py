@@ -55,7 +55,7 @@ class ADiT(nn.Module):
                              f"but chemgen labels them {DATASET_INDEX}: the model would read the wrong datasets")
         self.config = config
         self.vae = AllAtomVAE(config.vae)
-        self.dit = DiT(config.dit, d_x=config.vae.latent_dim)
+        self.dit = DiT(config.dit, d_x=config.vae.latent_dim, d_align=config.vae.d_model)
         self.flow = LinearFlowMatching(config.flow.min_t)
         # (datasets + 1, MAX_ATOMS + 1) counts of training systems by size, to draw N at sampling time
         self.register_buffer("num_atoms_histogram", torch.zeros(config.dit.num_datasets + 1, MAX_ATOMS + 1))
@@ -150,7 +150,8 @@ class ADiT(nn.Module):
         with torch.no_grad():
             # ADiT trains the DiT on augmented (rotated / translated) systems too
             clean = self.vae.augment(batch) if self.training else batch
-            posterior = self.vae.encode(clean.atomic_numbers, clean.pos, clean.frac_coords, clean.mask)
+            posterior, states = self.vae.encode_with_states(clean.atomic_numbers, clean.pos, clean.frac_coords,
+                                                            clean.mask)
             x_1 = posterior.sample() * batch.mask[..., None] / self.dit.latent_scale           # (B, N, c)
         t = self.flow.sample_t(len(x_1), x_1.device)
         x_t = self.flow.interpolate(x_1, t, batch.mask)
@@ -162,9 +163,18 @@ class ADiT(nn.Module):
             with torch.no_grad():
                 keep = torch.rand(len(x_1), 1, 1, device=x_1.device) < self.config.flow.self_condition_prob
                 x_sc = self.dit(x_t, t, batch.dataset_idx, batch.mask, None, spacegroup) * keep
-        x_1_hat = self.dit(x_t, t, batch.dataset_idx, batch.mask, x_sc, spacegroup)
+        repa = self.dit.repa_projector is not None and self.training
+        out = self.dit(x_t, t, batch.dataset_idx, batch.mask, x_sc, spacegroup, features=repa)
+        x_1_hat, aligned = out if repa else (out, None)
         per_system = self.flow.loss(x_1, x_1_hat, t, batch.mask)
-        return {"loss": per_system.mean(), "latent_std": latent_std(x_1, batch.mask)}
+        losses = {"loss": per_system.mean(), "latent_std": latent_std(x_1, batch.mask)}
+        if aligned is not None:
+            # REPA: -cos(projected DiT states, frozen encoder states) over real atoms
+            similarity = torch.nn.functional.cosine_similarity(aligned.float(), states.float(), dim=-1)   # (B, N)
+            alignment = -(similarity * batch.mask).sum() / batch.mask.sum().clamp_min(1)
+            losses["repa_alignment"] = alignment.detach()
+            losses["loss"] = losses["loss"] + self.config.dit.repa_weight * alignment
+        return losses
 
     @torch.no_grad()
     def fit_latent_scale(self, data: DenseBatch | TensorPack, systems: int = 4096) -> float:

@@ -121,11 +121,16 @@ class AllAtomVAE(nn.Module):
     # ------------------------------------------------------------------ encode / decode
     def encode(self, atomic_numbers: torch.Tensor, pos: torch.Tensor, frac_coords: torch.Tensor,
                mask: torch.Tensor) -> DiagonalGaussian:
+        return self.encode_with_states(atomic_numbers, pos, frac_coords, mask)[0]
+
+    def encode_with_states(self, atomic_numbers: torch.Tensor, pos: torch.Tensor, frac_coords: torch.Tensor,
+                           mask: torch.Tensor) -> tuple[DiagonalGaussian, torch.Tensor]:
+        """The posterior and the encoder's last hidden states (B, N, d): what REPA aligns the DiT with."""
         d = self.config.d_model
         h = (self.atom_type_embedder(atomic_numbers) + self.pos_embedder(pos)
              + self.frac_coords_embedder(frac_coords) + index_embedding(token_index(mask), d))  # (B, N, d)
         h = self.encoder(h, src_key_padding_mask=~mask)                                          # (B, N, d)
-        return DiagonalGaussian(self.quant_conv(h) * mask[..., None])                            # (B, N, 2c)
+        return DiagonalGaussian(self.quant_conv(h) * mask[..., None]), h                         # (B, N, 2c)
 
     def decode(self, z: torch.Tensor, mask: torch.Tensor) -> VAEOutput:
         h = self.post_quant_conv(z) + index_embedding(token_index(mask), self.config.d_model)    # (B, N, d)
