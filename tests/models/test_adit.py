@@ -331,3 +331,20 @@ def test_repa_aligns_middle_dit_states_with_the_frozen_encoder_and_is_optional_i
     without.load_checkpoint_groups(model.checkpoint_groups())           # a REPA lineage, REPA off: projector dropped
     assert "repa_alignment" not in without.dit_loss(batch)
     model.load_checkpoint_groups(ADiT(plain).checkpoint_groups())      # a plain lineage, REPA on: a fresh projector
+
+
+def test_model_folders_of_versions_registered_before_lineages_still_load(tmp_path):
+    """Registered versions from before the generation layer hold vae.pt + dit.pt and import load_adit from
+    chemgen.models.adit.train in their logged pyfunc code: that path keeps working."""
+    from chemgen.models.adit.train import load_adit
+
+    torch.manual_seed(0)
+    model = ADiT(small_config())
+    groups = model.checkpoint_groups()
+    torch.save({"format": 1, "config": model.config.to_dict(), "state": {"vae": groups["vae"]}}, tmp_path / "vae.pt")
+    torch.save({"format": 1, "config": model.config.to_dict(),
+                "state": {k: v for k, v in groups.items() if k != "vae"}}, tmp_path / "dit.pt")
+    loaded = load_adit(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_adit(tmp_path / "elsewhere")
