@@ -53,13 +53,14 @@ def initial_model(model_name: str, config: Any, init: Path | None) -> tuple[Any,
 def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPack, out: str | Path, *,
                  init: str | Path | None = None, minutes: Mapping[str, float] | None = None,
                  steps: Mapping[str, int] | None = None, lr: Mapping[str, float] | None = None,
-                 tokens_per_batch: int = 65_536, compile: bool = False, stop_at: float | None = None,
+                 tokens_per_batch: int = 65_536, compile: bool | set[str] = False, stop_at: float | None = None,
                  device: str | torch.device | None = None, data_versions: list[str] | None = None,
                  log: Callable[[str], None] = print, progress_bar: bool = False, logger: Any = None,
                  machine: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Train every stage of the model (``minutes`` and/or ``steps`` per stage; 0 skips its training, not its
     diagnostics), continuing ``init`` or, if ``out`` holds an interrupted run, that run. ``stop_at`` (a
     ``time.perf_counter()`` instant) is the end of training, stages shrinking so that each ends decayed.
+    ``compile`` is True, False or the names of the stages to ``torch.compile``.
 
     Returns the trained model (eval mode, on ``device``) and the run's report; ``<out>/lineage`` holds it.
     """
@@ -101,7 +102,8 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
             result = fit(stage.loss, stage.parameters, data,
                          schedule=WSDSchedule(lr.get(name, DEFAULT_LR), WARMUP_STEPS, DECAY_FRACTION),
                          minutes=budget_minutes or None, max_steps=budget_steps or None,
-                         weight_decay=stage.weight_decay, grad_clip=stage.grad_clip, ema=ema, compile=compile,
+                         weight_decay=stage.weight_decay, grad_clip=stage.grad_clip, ema=ema,
+                         compile=compile if isinstance(compile, bool) else name in compile,
                          log=log, stop_at=stage_stop, model=model, checkpoint_dir=out / "checkpoints" / name,
                          progress_bar=progress_bar, logger=logger, diagnose=monitor, diagnose_every=every,
                          metric_prefix=f"{name}/")
