@@ -121,7 +121,18 @@ def test_sigterm_finishes_the_running_shard_then_exits(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "chemgen.cli", "data", "prepare", "qm9-spectra", "--limit", "5", "--out", str(folder)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(5)
+    import psutil
+
+    def spawned() -> int:  # the Manager's server, then the worker the shard was submitted to
+        try:
+            return sum("spawn_main" in " ".join(c.cmdline()) for c in psutil.Process(process.pid).children())
+        except psutil.Error:
+            return 0
+
+    # signal once the shard runs (a fixed sleep fails on a loaded machine: the shard had not started)
+    deadline = time.monotonic() + 120
+    while spawned() < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
     process.send_signal(signal.SIGTERM)  # to the parent only, as `make spectra-stop` sends it
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
