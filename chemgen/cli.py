@@ -342,7 +342,9 @@ def _train_model(model: str):
         fresh: Annotated[bool, typer.Option(help="Start from random weights instead of a lineage.")] = False,
         out: Annotated[Optional[Path], typer.Option(
             help="Run folder (default: .chemgen/runs/<config>-<time>); rerun into it to resume.")] = None,
-        samples: Annotated[int, typer.Option(help="Samples of each dataset to score the run on (0: none).")] = 1000,
+        samples: Annotated[Optional[int], typer.Option(
+            help="Samples of each dataset saved in the run folder for scoring (default: 1,000 with --promote, the "
+                 "shipped lineage's context; else none).")] = None,
         promote: Annotated[bool, typer.Option(
             help="Score the run and promote it into the lineage (--into) if the gate prefers it.")] = False,
         into: Annotated[Optional[Path], typer.Option(help="Lineage to promote into (default: --init's).")] = None,
@@ -374,6 +376,7 @@ def _train_model(model: str):
             start = start if start is not None and lineage.is_lineage(start) else None
             if init is not None and start is None:
                 raise FileNotFoundError(f"{init}: not a lineage folder (manifest.json + weight shards)")
+            samples = samples if samples is not None else (1000 if promote else 0)
             out = out or chemgen_home() / "runs" / f"{cfg.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
             outcome = jobs.train(model, cfg, out, init=start, minutes=minute_budget, steps=step_budget, store=store,
                                  versions=_versions(data), tokens_per_batch=tokens_per_batch)
