@@ -348,3 +348,17 @@ def test_model_folders_of_versions_registered_before_lineages_still_load(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     with pytest.raises(FileNotFoundError, match="no such model file"):
         load_adit(tmp_path / "elsewhere")
+
+
+def test_continued_training_keeps_the_lineages_size_histograms(qm9_systems, mp20_systems):
+    """Fine-tuning on a slice must not change the sizes a model draws: rows a lineage has are kept, new ones filled."""
+    torch.manual_seed(0)
+    model = ADiT(small_config())
+    model.training_stage("dit", TensorPack.from_systems(qm9_systems[:20]))
+    before = model.num_atoms_histogram.clone()
+    model.training_stage("dit", TensorPack.from_systems([*qm9_systems[20:24], *mp20_systems[:6]]))
+    from chemgen.dense import DATASET_INDEX
+
+    qm9, mp20 = DATASET_INDEX["qm9"], DATASET_INDEX["mp20"]
+    assert torch.equal(model.num_atoms_histogram[qm9], before[qm9]) and model.num_atoms_histogram[qm9].sum() == 20
+    assert model.num_atoms_histogram[mp20].sum() == 6   # a dataset the lineage had not seen: filled from the data

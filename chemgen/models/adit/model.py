@@ -72,7 +72,7 @@ class ADiT(nn.Module):
             return TrainingStage("vae", lambda batch: self.vae.loss(batch, train=True), list(self.vae.parameters()),
                                  cfg.weight_decay, cfg.grad_clip)
         if name == "dit":
-            self.set_histograms(train)
+            self.set_histograms(train, keep_existing=True)
             info = {}
             if "vae" in trained or float(self.dit.latent_scale) == 1.0:  # a new VAE: new latent statistics
                 info["latent_scale"] = self.fit_latent_scale(train)
@@ -122,11 +122,19 @@ class ADiT(nn.Module):
         finally:
             (self.vae if name == "vae" else self.dit).train(training)
 
-    def set_histograms(self, train: TensorPack) -> None:
-        """The training sets' sizes, and sizes by space group, that generation draws from."""
+    def set_histograms(self, train: TensorPack, keep_existing: bool = False) -> None:
+        """The training sets' sizes, and sizes by space group, that generation draws from. ``keep_existing`` keeps
+        the rows of datasets a continued lineage already has: fine-tuning on a slice (the demo's first 2,000 QM9
+        rows are its smallest molecules) must not change what sizes the model generates."""
         datasets = range(self.config.dit.num_datasets + 1)
-        self.num_atoms_histogram.copy_(torch.stack([train.num_atoms_histogram(i, MAX_ATOMS) for i in datasets]).float())
-        self.spacegroup_histogram.copy_(torch.stack([train.spacegroup_histogram(i, MAX_ATOMS) for i in datasets]).float())
+        sizes = torch.stack([train.num_atoms_histogram(i, MAX_ATOMS) for i in datasets]).float()
+        groups = torch.stack([train.spacegroup_histogram(i, MAX_ATOMS) for i in datasets]).float()
+        if keep_existing:
+            known = self.num_atoms_histogram.sum(-1) > 0                                        # (datasets + 1,)
+            sizes = torch.where(known[:, None], self.num_atoms_histogram.cpu(), sizes)
+            groups = torch.where(known[:, None, None], self.spacegroup_histogram.cpu(), groups)
+        self.num_atoms_histogram.copy_(sizes)
+        self.spacegroup_histogram.copy_(groups)
 
     def checkpoint_groups(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"vae": self.vae.state_dict(), "dit": self.dit.state_dict(),
