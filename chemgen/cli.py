@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -315,20 +315,6 @@ def _versions(data: Optional[list[str]]) -> dict[str, str]:
     return {name: version for name, version in map(parse_dataset_ref, data or []) if version}
 
 
-def _budget(text: Optional[str], stages: tuple[str, ...], what: str, cast: type) -> dict[str, Any]:
-    """``"vae=10,dit=30"`` -> {"vae": 10, "dit": 30} for the stages named (a missing stage is not trained)."""
-    values: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        name, _, value = item.partition("=")
-        if name not in stages:
-            raise ValueError(f"--{what}: {item!r}: the stages are {', '.join(stages)}")
-        try:
-            values[name] = cast(value)
-        except ValueError:
-            raise ValueError(f"--{what}: {item!r}: {value!r} is not a number") from None
-    return values
-
-
 def _train_model(model: str):
     def train_model(
         config: Config = None,
@@ -361,15 +347,15 @@ def _train_model(model: str):
         from chemgen.generation import jobs, lineage
         from chemgen.generation.protocol import generator_class, model_spec
         from chemgen.generation.runs import shipped_lineage
-        from chemgen.generation.training import save_samples
+        from chemgen.generation.training import save_samples, stage_values
         from chemgen.paths import chemgen_home
 
         spec = model_spec(model)
         try:
             cfg = load_config(config or spec.shipped_config, model)
             stages = tuple(generator_class(model).stage_names)
-            minute_budget = _budget(minutes, stages, "minutes", float)
-            step_budget = _budget(steps, stages, "steps", int)
+            minute_budget = stage_values(minutes, stages, "minutes", float)
+            step_budget = stage_values(steps, stages, "steps", int)
             if not minute_budget and not step_budget:
                 raise ValueError(f"give --minutes or --steps for at least one of the stages {', '.join(stages)}")
             start = init if init is not None or fresh else shipped_lineage(cfg.name)

@@ -219,9 +219,11 @@ def nightly_retrain(profile: str = "demo", model_name: str | None = None, data_d
         if champion is not None:
             champion_metrics = {}
             for dataset in plan.datasets:
-                champion_metrics.update(sample_and_score(champion["uri"], dataset, plan.samples,
-                                                         plan.sample_steps, str(run_dir / f"champion-{dataset}"),
-                                                         versions, tags, "champion"))
+                # the downloaded lineage when there is one (no second registry load), else the pinned URI
+                champion_metrics.update(sample_and_score(champion.get("model_dir") or champion["uri"], dataset,
+                                                         plan.samples, plan.sample_steps,
+                                                         str(run_dir / f"champion-{dataset}"), versions, tags,
+                                                         "champion"))
         tracking.log_metrics(metrics)
         if champion_metrics:
             tracking.log_metrics({f"champion/{k}": v for k, v in champion_metrics.items()})

@@ -193,13 +193,14 @@ def load_model(model: str | os.PathLike, device: str = "cpu") -> Any:
 
 
 def registered_lineage(uri: str) -> Path | None:
-    """The local copy of a registered version's checkpoint (its lineage folder), e.g. to continue training it;
-    None for versions registered before models were lineages."""
+    """A local copy of a registered version's checkpoint (its lineage folder, the pyfunc's ``model_dir``
+    artifact), downloaded without building the model; None for versions registered before lineages."""
     import mlflow
 
     tracking.configure()
-    folder = getattr(mlflow.pyfunc.load_model(uri).unwrap_python_model(), "model_dir", None)
-    return Path(folder) if folder is not None and lineage.is_lineage(folder) else None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return next((m.parent for m in sorted(local.glob("artifacts/*/manifest.json")) if lineage.is_lineage(m.parent)),
+                None)
 
 
 def load_lineage_model(folder: str | os.PathLike, device: str = "cpu") -> Any:

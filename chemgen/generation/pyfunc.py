@@ -69,8 +69,7 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from chemgen.generation.jobs import load_lineage_model
 
-        self.model_dir = context.artifacts["model_dir"]   # a lineage folder: training can continue from it
-        self.model = load_lineage_model(self.model_dir)
+        self.model = load_lineage_model(context.artifacts["model_dir"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from chemgen.generation.records import to_systems

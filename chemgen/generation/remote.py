@@ -30,21 +30,16 @@ from pathlib import Path
 import torch
 
 from chemgen.data.tensors import TensorPack
-from chemgen.generation.protocol import model_spec
-from chemgen.generation.training import DEFAULT_LR, finish_run, save_samples, train_stages
+from chemgen.generation.protocol import generator_class, model_spec
+from chemgen.generation.training import DEFAULT_LR, finish_run, save_samples, stage_values, train_stages
 
 
 def per_stage(text: str, stages: tuple[str, ...], default: float | None, what: str) -> dict[str, float]:
-    """``"vae=2.5,dit=4"`` -> {"vae": 2.5, "dit": 4.0}; stages not named get ``default``."""
-    values = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, value = item.partition("=")
-        if name not in stages or not value:
-            raise SystemExit(f"--{what}: {item!r} is not STAGE=NUMBER with STAGE in {', '.join(stages)}")
-        try:
-            values[name] = float(value)
-        except ValueError:
-            raise SystemExit(f"--{what}: {item!r}: {value!r} is not a number") from None
+    """``"vae=2.5,dit=4"`` -> {"vae": 2.5, "dit": 4.0}; stages not named get ``default`` (None: all required)."""
+    try:
+        values = stage_values(text, stages, what)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     missing = [s for s in stages if s not in values]
     if missing and default is None:
         raise SystemExit(f"--{what}: give every stage ({', '.join(stages)}), missing {', '.join(missing)}")
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(int(time.time()))          # each run of a lineage draws new batches
     spec = model_spec(args.model)
     config = load_config(args.config, args.model)
-    stages = _stage_names(args.model)
+    stages = tuple(generator_class(args.model).stage_names)
     minutes = per_stage(args.minutes, stages, None, "minutes")
     rates = per_stage(args.lr, stages, DEFAULT_LR, "lr")
     compiled = set(stages) if args.compile == "all" else {s for s in args.compile.split(",") if s}
@@ -109,12 +104,6 @@ def main(argv: list[str] | None = None) -> Path:
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("steps_before", "wall_minutes", "lineage")}), flush=True)
     return args.out
-
-
-def _stage_names(model: str) -> tuple[str, ...]:
-    from chemgen.generation.protocol import generator_class
-
-    return tuple(generator_class(model).stage_names)
 
 
 if __name__ == "__main__":

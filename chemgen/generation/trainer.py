@@ -21,6 +21,7 @@ padded tokens) against the chip's dense bf16 peak.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -168,6 +169,7 @@ class StageModule(L.LightningModule):
         self.diagnose, self.diagnose_every = diagnose, diagnose_every
         self.prefix = prefix  # metric names: "<prefix>train/loss", "<prefix>diag/..."
         self.elapsed_before = 0.0  # seconds trained before a resume
+        self.steps_before = 0      # steps trained before a resume
         self.systems = 0
         self.losses: list[tuple[int, float]] = []
         self.started = time.perf_counter()
@@ -232,6 +234,7 @@ class StageModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("chemgen", {})
+        self.steps_before = int(checkpoint.get("global_step", 0))
         self.elapsed_before, self.systems = float(saved.get("elapsed", 0.0)), int(saved.get("systems", 0))
         if self.ema is not None and saved.get("ema") is not None:
             self.ema.load_state(saved["ema"])
@@ -267,7 +270,7 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
     ``stop_at`` (a ``time.perf_counter()`` instant) is a hard deadline that shortens the time budget,
     compilation included, so that a lease-bound run ends, decayed, in time to save its results.
     ``model`` is the module the parameters belong to (checkpointed whole); ``checkpoint_dir`` keeps
-    ``last.ckpt`` every ``checkpoint_minutes`` and at the end, and a rerun with the same folder resumes
+    ``last.ckpt`` every ``checkpoint_minutes``, and a rerun with the same folder resumes
     from it. ``diagnose`` (every ``diagnose_every`` steps) returns diagnostics logged as ``diag/...``; the logger sees every
     name after ``metric_prefix`` (a stage's name: ``vae/train/loss``).
     """
@@ -333,21 +336,15 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
                         callbacks=callbacks, enable_checkpointing=checkpoint_dir is not None,
                         enable_progress_bar=progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, default_root_dir=checkpoint_dir, log_every_n_steps=log_every)
-    import inspect
-
     safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
     trainer.fit(module, _Draws(data), ckpt_path=resume, **safe)  # checkpoints hold tensors only: never unpickle
     if cuda:
         torch.cuda.synchronize(device)
-    steps_before = 0 if resume is None else _steps_in(resume)
     result = FitResult(trainer.global_step, module.elapsed(), module.systems, compile_seconds, compiled,
                        module.losses)
     if flops_per_token is not None and result.seconds > 0:
         result.flops_per_step = flops_per_token * data.mean_batch_tokens
-        result.mfu = result.flops_per_step * (trainer.global_step - steps_before) / (
+        result.mfu = result.flops_per_step * (trainer.global_step - module.steps_before) / (
             result.seconds - module.elapsed_before) / peak
     return result
 
-
-def _steps_in(checkpoint: str) -> int:
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True).get("global_step", 0))

@@ -34,6 +34,20 @@ DECAY_FRACTION = 0.2
 MONITOR_SYSTEMS = 128     # held-out systems of each kind the in-stage monitor measures
 
 
+def stage_values(text: str | None, stages: tuple[str, ...], what: str, cast: type = float) -> dict[str, Any]:
+    """``"vae=2.5,dit=4"`` -> {"vae": 2.5, "dit": 4.0}, for the stages named (a bad item raises ValueError)."""
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        if name not in stages or not value:
+            raise ValueError(f"--{what}: {item!r} is not STAGE=NUMBER; the stages are {', '.join(stages)}")
+        try:
+            values[name] = cast(value)
+        except ValueError:
+            raise ValueError(f"--{what}: {item!r}: {value!r} is not a number") from None
+    return values
+
+
 def initial_model(model_name: str, config: Any, init: Path | None) -> tuple[Any, dict[str, int], dict[str, Any]]:
     """A fresh model, or the lineage's checkpoint; with its step counts and its manifest ({} when fresh)."""
     model = generator_class(model_name)(config)
@@ -55,8 +69,8 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
                  steps: Mapping[str, int] | None = None, lr: Mapping[str, float] | None = None,
                  tokens_per_batch: int = 65_536, compile: bool | set[str] = False, stop_at: float | None = None,
                  device: str | torch.device | None = None, data_versions: list[str] | None = None,
-                 log: Callable[[str], None] = print, progress_bar: bool = False, logger: Any = None,
-                 machine: str | None = None) -> tuple[Any, dict[str, Any]]:
+                 log: Callable[[str], None] = print, progress_bar: bool = False,
+                 logger: Any = None) -> tuple[Any, dict[str, Any]]:
     """Train every stage of the model (``minutes`` and/or ``steps`` per stage; 0 skips its training, not its
     diagnostics), continuing ``init`` or, if ``out`` holds an interrupted run, that run. ``stop_at`` (a
     ``time.perf_counter()`` instant) is the end of training, stages shrinking so that each ends decayed.
@@ -84,7 +98,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
     report: dict[str, Any] = dict(manifest.get("run_report", {})) if resumed else {}  # finished stages' results
     report |= {
         "model": model_name, "config": config.name, "torch": torch.__version__,
-        "device": machine or (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "train_systems": len(train), "init": str(init) if init else None, "steps_before": dict(done_steps),
         "resumed_after": list(completed), "mean_batch_systems": round(data.mean_batch_size, 1),
         "buckets": [{"atoms": b.size, "systems": len(b.batch.mask), "batch": b.batch_size} for b in data.buckets]}
