@@ -1,9 +1,9 @@
 """The main job behind ``chemgen run`` / ``make run``: the nightly retraining flow, then a summary.
 
-The ``demo`` profile (default) curates small slices of QM9 and MP-20, trains the tiny ADiT
-config, samples, scores, registers and gates, in a few minutes on 2 cores, against the
-embedded defaults (ephemeral Prefect, MLflow on SQLite under ``.chemgen``). ``nightly``
-uses every row and the cpu config.
+The ``demo`` profile (default) curates small slices of QM9 and MP-20, registers the shipped ADiT
+checkpoint as the first champion, fine-tunes a challenger from it, samples and scores both, registers
+and gates, against the embedded defaults (ephemeral Prefect, MLflow on SQLite under ``.chemgen``).
+``nightly`` uses every row and trains the champion on for two CPU hours.
 """
 
 from __future__ import annotations
