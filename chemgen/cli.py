@@ -478,6 +478,23 @@ def train_import(run: Annotated[Path, typer.Argument(help="Run folder (a GPU lea
     console.print(f"{verdict} ({target}): {decision.reason}; MLflow run {run_id}")
 
 
+@train_app.command("rescore")
+def train_rescore(run: Annotated[Path, typer.Argument(help="The run folder that produced the shipped checkpoint.")],
+                  into: Annotated[Optional[Path], typer.Option(
+                      help="Shipped lineage (default: models/weights/<config>).")] = None,
+                  store: StoreDir = None) -> None:
+    """Re-score the shipped checkpoint's samples under today's scoring (after a scoring change), so the
+    gate can compare new runs with it; only the manifest's scores change."""
+    from chemgen.generation.runs import rescore_shipped
+    from chemgen.scoring.report import print_metrics
+
+    try:
+        scored = rescore_shipped(run, store, into)
+    except USER_ERRORS as err:
+        _fail(err)
+    print_metrics(scored["scores"], console, title=f"shipped checkpoint re-scored from {run}")
+
+
 @sample_app.command("sweep")
 def sample_sweep(
     kind: Annotated[str, typer.Option(help="A dataset (qm9, mp20, ...) or molecule | crystal.")],
@@ -536,10 +553,16 @@ _register_model_commands()
 def score(
     path: Annotated[Path, typer.Argument(help="SDF, XYZ/extXYZ, a CIF file or folder, or a CSV (cif or xyz column).")],
     kind: Annotated[str, typer.Option(help="molecule | crystal")],
-    protocol: Annotated[Optional[list[str]], typer.Option(help="Molecules: edm and/or rdkit (default both).")] = None,
-    preset: Annotated[str, typer.Option(help="Crystals: StructureMatcher preset, cdvae or mattergen.")] = "cdvae",
-    validity: Annotated[str, typer.Option(help="Crystals: cdvae, or adit (adds the (50, 130) degree lattice-angle rule).")] = "cdvae",
-    reference: Annotated[Optional[Path], typer.Option(help="Novelty reference structures (default: the curated store).")] = None,
+    protocol: Annotated[Optional[list[str]], typer.Option(
+        help="Molecules, repeatable: edm (EDM's released code), rdkit (rdDetermineBonds, RDKit's valence rules), "
+             "edm_mmff (MMFF94-relaxed, then EDM; ~10 ms a molecule). Default: edm and rdkit.")] = None,
+    preset: Annotated[str, typer.Option(
+        help="Crystals: uniqueness/novelty rules, adit (ADiT's: 0.3/0.5/10, per unique group) or pymatgen "
+             "(pymatgen's default tolerances, as FlowMM; per sample).")] = "adit",
+    validity: Annotated[str, typer.Option(
+        help="Crystals: cdvae (smact 2.2.1), or adit (smact 2.6, the (50, 130) degree lattice-angle rule).")] = "cdvae",
+    reference: Annotated[Optional[Path], typer.Option(
+        help="Novelty reference structures (default: MP-20's training split; molecules: QM9's).")] = None,
     stability: Annotated[bool, typer.Option(help="Crystals: CHGNet relaxation and E_hull (slow: ~1 s per structure).")] = False,
     out: Annotated[Path, typer.Option(help="Folder for scores.json, per_sample.csv and plots.")] = Path("scores"),
     store: StoreDir = None,
@@ -549,11 +572,12 @@ def score(
 
     try:
         systems, reasons = report.read_structures(path, kind)
-        protocols = tuple(protocol or ("edm", "rdkit"))
         if kind == "molecule":
-            if reference is not None:
-                from chemgen.scoring.molecules import reference_smiles
+            from chemgen.scoring.molecules import DEFAULT_PROTOCOLS, check_protocols, reference_smiles
 
+            protocols = tuple(protocol or DEFAULT_PROTOCOLS)
+            check_protocols(protocols)  # before any reference SMILES are built
+            if reference is not None:
                 ref_systems = [s for s in report.read_structures(reference, "molecule")[0] if s is not None]
                 references = reference_smiles(ref_systems, protocols)
             else:
@@ -563,7 +587,7 @@ def score(
             if reference is not None:
                 references = [s for s in report.read_structures(reference, "crystal")[0] if s is not None]
             else:
-                references = _optional_reference(lambda: report.mp20_references(store))
+                references = _optional_reference(report.training_references)
             metrics, table, scores = report.score_systems(systems, kind, reasons, preset=preset, references=references,
                                                           stability=stability, validity=validity)
         paths = report.save_report(metrics, table, scores, kind, out, context={"input": str(path)})

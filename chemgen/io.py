@@ -9,6 +9,7 @@ an interrupted write never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 import warnings
@@ -168,12 +169,95 @@ def write_extxyz(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
     ase_write(handle, [s.to_ase() for s in systems], format="extxyz")
 
 
+# ---------------------------------------------------------------------------- CSV of structures
+# One structure per row: a ``cif`` column (crystals, the CDVAE/MP-20 format) or an ``xyz`` column
+# (extended XYZ text of one molecule). Other columns are kept as properties when read back.
+CSV_STRUCTURE_COLUMNS = ("cif", "xyz")
+
+
+def read_csv_records(path: Path) -> list[AtomicSystem | StructureFileError]:
+    """Every row of a structure CSV, or the error that names the row; one bad row spoils nothing else."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as err:
+        raise StructureFileError(path, f"not a readable CSV ({err})") from err
+    column = next((c for c in CSV_STRUCTURE_COLUMNS if c in frame.columns), None)
+    if column is None:
+        raise StructureFileError(path, f"a structure CSV needs a 'cif' or an 'xyz' column (found {list(frame.columns)})")
+    if frame.empty:
+        raise StructureFileError(path, "no rows")
+    records: list[AtomicSystem | StructureFileError] = []
+    for index, text in enumerate(frame[column]):
+        source = f"{path} row {index + 1}"
+        try:
+            if not isinstance(text, str) or not text.strip():
+                raise StructureFileError(source, f"empty {column} field")
+            if column == "cif":
+                system = systems_from_cif_text(text, source=source)[0]
+            else:
+                system = _system_from_xyz_text(text, source)
+            records.append(system)
+        except StructureFileError as err:
+            records.append(err)
+        except InvalidSystemError as err:
+            records.append(StructureFileError(source, str(err)))
+    return records
+
+
+def _system_from_xyz_text(text: str, source: str) -> AtomicSystem:
+    import io
+
+    from ase.io import read as ase_read
+
+    try:
+        atoms = ase_read(io.StringIO(text), format="extxyz")
+    except (ValueError, IndexError, KeyError, AttributeError, StopIteration, OSError) as err:
+        raise StructureFileError(source, f"malformed extended XYZ ({err})") from err
+    return AtomicSystem.from_ase(atoms)
+
+
+def read_csv(path: Path) -> list[AtomicSystem]:
+    return _all_or_first_error(read_csv_records(path))
+
+
+def write_csv(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
+    """Crystals as CIF text, molecules as extended XYZ text, one per row, with id and formula."""
+    import csv
+    import io
+
+    systems = list(systems)
+    kinds = {s.pbc for s in systems}
+    if len(kinds) > 1:
+        raise InvalidSystemError("a structure CSV holds crystals or molecules, not both")
+    column = "cif" if kinds == {True} else "xyz"
+    writer = csv.writer(handle)
+    writer.writerow(["material_id", "formula", column])
+    for system in systems:
+        text = io.StringIO()
+        (write_cif if column == "cif" else write_extxyz)(text, [system])
+        writer.writerow([system.material_id or "", system.formula, text.getvalue()])
+
+
+def _all_or_first_error(records: list[AtomicSystem | StructureFileError]) -> list[AtomicSystem]:
+    for record in records:
+        if isinstance(record, StructureFileError):
+            raise record
+    return records  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class FileFormat:
+    """A format: how to read all of a file, how to write it and, where the format has independent
+    records (CSV rows), how to read each record on its own so that a bad one spoils nothing else."""
+
     name: str
     extensions: tuple[str, ...]
     reader: Callable[[Path], list[AtomicSystem]]
     writer: Callable[[IO[str], Iterable[AtomicSystem]], None]
+    record_reader: Callable[[Path], list[AtomicSystem | StructureFileError]] | None = None
 
 
 FORMATS: dict[str, FileFormat] = {
@@ -183,22 +267,23 @@ FORMATS: dict[str, FileFormat] = {
         FileFormat("cif", (".cif",), read_cif, write_cif),
         # Plain XYZ is read as extended XYZ: ASE's extxyz reader accepts both.
         FileFormat("extxyz", (".extxyz", ".xyz"), read_extxyz, write_extxyz),
+        FileFormat("csv", (".csv", ".csv.gz"), read_csv, write_csv, read_csv_records),
     )
 }
 
 
 def detect_format(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
     suffix = Path(path).suffix.lower()
     for fmt in FORMATS.values():
-        if suffix in fmt.extensions:
+        if any(name.endswith(ext) for ext in fmt.extensions):
             return fmt.name
     known = ", ".join(ext for f in FORMATS.values() for ext in f.extensions)
     raise StructureFileError(path, f"unknown file extension {suffix!r} (known: {known})")
 
 
-def read(path: str | os.PathLike, fmt: str | None = None,
-         max_bytes: int = MAX_FILE_BYTES) -> list[AtomicSystem]:
-    """Read every structure in a file."""
+def _checked_input(path: str | os.PathLike, fmt: str | None, max_bytes: int) -> tuple[Path, str]:
+    """The path and format of a readable input, or an error that names the file and the problem."""
     path = Path(path)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
@@ -210,14 +295,40 @@ def read(path: str | os.PathLike, fmt: str | None = None,
         raise StructureFileError(path, "file is empty")
     if size > max_bytes:
         raise StructureFileError(path, f"file is {size / 1e9:.1f} GB, over the {max_bytes / 1e9:.1f} GB limit")
+    return path, fmt
+
+
+def _reading(path: Path, read_with: Callable[[Path], list]) -> list:
     try:
-        return FORMATS[fmt].reader(path)
+        return read_with(path)
     except StructureFileError:
         raise
     except UnicodeDecodeError as err:
         raise StructureFileError(path, f"not a text file ({err})") from err
     except InvalidSystemError as err:
         raise StructureFileError(path, str(err)) from err
+
+
+def read(path: str | os.PathLike, fmt: str | None = None,
+         max_bytes: int = MAX_FILE_BYTES) -> list[AtomicSystem]:
+    """Read every structure in a file; the first bad record fails the file."""
+    path, fmt = _checked_input(path, fmt, max_bytes)
+    return _reading(path, FORMATS[fmt].reader)
+
+
+def read_records(path: str | os.PathLike, fmt: str | None = None,
+                 max_bytes: int = MAX_FILE_BYTES) -> list[AtomicSystem | StructureFileError]:
+    """Every record of a file, each a structure or the error that names it (for scoring, where one
+    bad sample must not hide the others). A file that cannot be read at all still raises; formats
+    without independent records give one error for the whole file."""
+    path, fmt = _checked_input(path, fmt, max_bytes)
+    record_reader = FORMATS[fmt].record_reader
+    if record_reader is not None:
+        return _reading(path, record_reader)
+    try:
+        return list(_reading(path, FORMATS[fmt].reader))
+    except StructureFileError as err:
+        return [err]
 
 
 def write(path: str | os.PathLike, systems: Iterable[AtomicSystem], fmt: str | None = None) -> Path:
@@ -230,8 +341,12 @@ def write(path: str | os.PathLike, systems: Iterable[AtomicSystem], fmt: str | N
     if not systems:
         raise StructureFileError(path, "nothing to write (no structures)")
     try:
-        with atomic_write(path) as handle:
-            FORMATS[fmt].writer(handle, systems)
+        if path.name.lower().endswith(".gz"):
+            with atomic_write(path, "wb") as raw, gzip.open(raw, "wt") as handle:
+                FORMATS[fmt].writer(handle, systems)
+        else:
+            with atomic_write(path) as handle:
+                FORMATS[fmt].writer(handle, systems)
     except InvalidSystemError as err:
         raise StructureFileError(path, str(err)) from err
     return path

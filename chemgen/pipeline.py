@@ -18,7 +18,8 @@ from chemgen import tracking
 
 SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "molecule/edm/molecule_stability",
                    "molecule/edm/uniqueness", "molecule/edm/novelty", "crystal/cdvae/struct_valid",
-                   "crystal/cdvae/comp_valid", "crystal/cdvae/valid", "crystal/cdvae/unique_novel_rate")
+                   "crystal/cdvae/comp_valid", "crystal/cdvae/valid", "crystal/adit/unique_rate",
+                   "crystal/adit/novel_rate", "crystal/adit/undetermined_rate")
 
 
 def run_main(profile: str = "demo", data_dir: Path | None = None, console: Console | None = None,

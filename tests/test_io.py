@@ -5,7 +5,7 @@ from chemgen import io
 from chemgen.io import StructureFileError
 
 
-@pytest.mark.parametrize("suffix", [".cif", ".extxyz"])
+@pytest.mark.parametrize("suffix", [".cif", ".extxyz", ".csv", ".csv.gz"])
 def test_crystal_files_round_trip(tmp_path, mp20_systems, suffix):
     path = io.write(tmp_path / f"crystals{suffix}", mp20_systems)
     back = io.read(path)
@@ -16,7 +16,7 @@ def test_crystal_files_round_trip(tmp_path, mp20_systems, suffix):
         np.testing.assert_allclose(b.lattice_parameters, a.lattice_parameters, atol=1e-6)
 
 
-@pytest.mark.parametrize("suffix", [".sdf", ".xyz", ".extxyz"])
+@pytest.mark.parametrize("suffix", [".sdf", ".xyz", ".extxyz", ".csv"])
 def test_molecule_files_round_trip(tmp_path, qm9_systems, suffix):
     path = io.write(tmp_path / f"molecules{suffix}", qm9_systems)
     back = io.read(path)
@@ -48,6 +48,27 @@ def test_malformed_files_name_the_file_and_the_problem(tmp_path, name, content, 
     with pytest.raises(StructureFileError, match=problem) as info:
         io.read(path)
     assert str(path) in str(info.value)
+
+
+def test_a_structure_csv_reads_row_by_row(tmp_path, mp20_systems, qm9_systems):
+    import pandas as pd
+
+    path = io.write(tmp_path / "crystals.csv", mp20_systems[:4])
+    table = pd.read_csv(path)
+    assert list(table.columns) == ["material_id", "formula", "cif"]
+    table.loc[1, "cif"] = "data_broken\n_cell_length_a 3\n"
+    table.loc[2, "cif"] = None
+    table.to_csv(path, index=False)
+    records = io.read_records(path)
+    assert [isinstance(r, StructureFileError) for r in records] == [False, True, True, False]
+    assert "row 2" in str(records[1]) and "row 3: empty cif field" in str(records[2])
+    with pytest.raises(StructureFileError, match="row 2"):  # a converter must not drop rows silently
+        io.read(path)
+    with pytest.raises(StructureFileError, match="holds crystals or molecules, not both"):
+        io.write(tmp_path / "mixed.csv", [mp20_systems[0], qm9_systems[0]])
+    (tmp_path / "nocol.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(StructureFileError, match="'cif' or an 'xyz' column"):
+        io.read_records(tmp_path / "nocol.csv")
 
 
 def test_missing_and_oversized_files(tmp_path):

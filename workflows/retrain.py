@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 
 from chemgen import gates, tracking
 from chemgen.paths import chemgen_home
+from chemgen.scoring import SCORING_VERSION
 
 RETRIES = 1
 
@@ -230,7 +231,8 @@ def nightly_retrain(profile: str = "demo", model_name: str | None = None, data_d
         # Versions are compared only within one evaluation context (gates.py): both were scored just now.
         context = {"profile": profile, "config": plan.config, "samples": str(plan.samples),
                    "sample_steps": str(plan.sample_steps), "seed": "0",
-                   "datasets": ",".join(f"{d['name']}@{d['version']}" for d in datasets)}
+                   "datasets": ",".join(f"{d['name']}@{d['version']}" for d in datasets),
+                   "scoring": SCORING_VERSION}
         registration = register_and_gate(trained["model_dir"], model_name, metrics, champion_metrics, plan.samples,
                                          context, tags, fail_at)
         tracking.log_metrics({"flow_seconds": time.perf_counter() - start})

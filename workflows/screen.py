@@ -33,10 +33,10 @@ def generate(model: str, n: int, seed: int, num_steps: int | None) -> list[Any]:
 def screen_without_energies(systems: list[Any], preset: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
     from chemgen.generation.records import Failure
     from chemgen.scoring.crystals import score_crystals
-    from chemgen.scoring.report import mp20_references
+    from chemgen.scoring.report import training_references
 
     items = [None if isinstance(s, Failure) else s for s in systems]
-    scores = score_crystals(items, references=mp20_references(), preset=preset)
+    scores = score_crystals(items, references=training_references(), preset=preset)
     return scores.as_dict(), [{**vars(r), "valid": r.valid} for r in scores.records]
 
 
@@ -75,14 +75,15 @@ def rank_and_report(systems: list[Any], records: list[dict[str, Any]], relaxed: 
         r = by_index.get(record["index"], {})
         e_hull = r.get("e_above_hull", float("nan"))
         rows.append({"index": record["index"], "formula": record["formula"], "num_atoms": record["num_atoms"],
-                     "valid": record["valid"], "unique": record["unique"], "novel": record["novel"],
+                     "valid": record["valid"], "unique": record["unique"],
+                     "novelty": record["novelty"], "novel": record["novelty"] == "novel",
                      "e_form_per_atom": r.get("e_form_per_atom"), "e_above_hull": e_hull,
                      "stable": bool(math.isfinite(e_hull) and e_hull <= 0.0),
                      "metastable": bool(math.isfinite(e_hull) and e_hull <= 0.1),
                      "relax_steps": r.get("relax_steps"), "error": r.get("error") or record.get("reason")})
     table = pd.DataFrame(rows)
-    table["sun"] = table.valid & table.unique.fillna(False) & table.novel.fillna(False) & table.stable
-    table["msun"] = table.valid & table.unique.fillna(False) & table.novel.fillna(False) & table.metastable
+    table["sun"] = table.valid & table.unique.fillna(False) & table.novel & table.stable
+    table["msun"] = table.valid & table.unique.fillna(False) & table.novel & table.metastable
     ranked = table.sort_values(["msun", "e_above_hull"], ascending=[False, True], na_position="last")
     rates = stability_rates(table.e_above_hull.fillna(float("nan")).tolist(), n_total=len(systems))
     metrics = {**metrics, **rates, "chgnet_mp20+screen/sun_rate": float(table.sun.sum() / len(systems)),
@@ -125,7 +126,7 @@ def _plots(table: Any, out: Path) -> list[str]:
 
 def _markdown(ranked: Any, metrics: dict[str, float], n: int, plots: list[str]) -> str:
     lines = [f"# Crystal screening report ({n} generated)", "",
-             "Protocols: CDVAE validity, StructureMatcher uniqueness/novelty against curated MP-20, CHGNet relaxation, "
+             "Protocols: CDVAE validity, ADiT's uniqueness/novelty against MP-20's training split, CHGNet relaxation, "
              "E_hull on the MP-20 hull (stable <= 0, metastable <= 0.1 eV/atom).", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     lines += ["", "## Top candidates", "", "| rank | formula | E_hull (eV/atom) | S.U.N. | M.S.U.N. |", "|---|---|---|---|---|"]
@@ -137,7 +138,7 @@ def _markdown(ranked: Any, metrics: dict[str, float], n: int, plots: list[str]) 
 
 @flow(name="crystal-screening", log_prints=True)
 def crystal_screening(n: int = 20, model: str = "models:/chemgen-adit@champion", seed: int = 0,
-                      num_steps: int | None = None, preset: str = "cdvae", relax_steps: int = 200, fmax: float = 0.1,
+                      num_steps: int | None = None, preset: str = "adit", relax_steps: int = 200, fmax: float = 0.1,
                       references_path: str | None = None, out_dir: str | None = None) -> dict[str, Any]:
     """Screen ``n`` generated crystals; see the module docstring."""
     start = time.perf_counter()

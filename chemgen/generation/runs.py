@@ -24,6 +24,7 @@ from chemgen.dense import DATASET_KIND, DEFAULT_DATASET
 from chemgen.gates import Evaluation, GateDecision, decide, gate_metrics_for
 from chemgen.generation import lineage
 from chemgen.generation.protocol import _import, model_spec
+from chemgen.scoring import SCORING_VERSION
 
 SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "models" / "weights"
 
@@ -92,7 +93,7 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
     context = {"samples": str(min(samples.values())), "seed": "1000", "data": ",".join(sorted(manifest.get("data", []))),
                "sampling_steps": str(manifest["config"]["flow"]["num_steps"]),
-               "cfg_scale": str(manifest["config"]["flow"]["cfg_scale"])}
+               "cfg_scale": str(manifest["config"]["flow"]["cfg_scale"]), "scoring": SCORING_VERSION}
     return {"scores": scores, "samples": min(samples.values()), "context": context, "report": report}
 
 
@@ -119,6 +120,32 @@ def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any],
         lineage.save(target, checkpoint.groups, meta)
         shutil.copyfile(source / "lineage.jsonl", target / "lineage.jsonl")  # the run's log extends the shipped one
     return decision, target
+
+
+def rescore_shipped(run_dir: str | os.PathLike, store: str | os.PathLike | None = None,
+                    target: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Re-score the shipped checkpoint under today's scoring, from the samples of the run that produced it.
+
+    When scoring changes (`chemgen.scoring.SCORING_VERSION`), the shipped checkpoint's recorded scores
+    belong to another context and the gate would refuse every challenger. The run folder that was
+    promoted still holds the checkpoint's samples: they are scored again (the same count as before)
+    and only the manifest's scores and evaluation are replaced, atomically; the weights are untouched.
+    """
+    from chemgen.io import atomic_write
+
+    run_dir = Path(run_dir)
+    produced = lineage.read_manifest(run_dir / "lineage")
+    target = Path(target) if target is not None else shipped_lineage(produced["config"]["name"])
+    shipped = lineage.read_manifest(target)
+    if produced["steps"] != shipped["steps"] or produced.get("data") != shipped.get("data"):
+        raise lineage.LineageError(f"{run_dir} did not produce {target}: steps {produced['steps']} vs "
+                                   f"{shipped['steps']}, data {produced.get('data')} vs {shipped.get('data')}")
+    scored = score_run(run_dir, store, limit=shipped.get("evaluation", {}).get("samples"))
+    shipped.update(scores=scored["scores"], evaluation={"samples": scored["samples"], "context": scored["context"]})
+    with atomic_write(target / "manifest.json") as handle:
+        json.dump(shipped, handle, indent=1)
+        handle.write("\n")
+    return scored
 
 
 def log_run(run_dir: str | os.PathLike, scored: dict[str, Any], decision: GateDecision, target: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 PRIMARY = {"molecule": "edm/molecule_stability", "crystal": "cdvae/valid"}
 SECONDARY = {"molecule": ("edm/atom_stability", "edm/validity", "edm/valid_and_unique"),
-             "crystal": ("cdvae/struct_valid", "cdvae/comp_valid", "cdvae/unique_rate")}
+             "crystal": ("cdvae/struct_valid", "cdvae/comp_valid", "adit/unique_rate")}
 
 
 def sampling_sweep(model: Any, dataset: str, n: int, cfg_scales: Sequence[float], steps: Sequence[int],

@@ -1,19 +1,26 @@
 """Scores for generated crystals, each named after the protocol it follows.
 
-Protocols (../shared/reference/ANCHORS.md, A3/A4):
+Protocols (../shared/reference/ANCHORS.md, A3/A4 and B7):
 
-* ``cdvae/*`` — CDVAE ``scripts/eval_utils.py`` and ``compute_metrics.py``: structural validity
+* ``cdvae/*`` — CDVAE ``scripts/compute_metrics.py`` / ``eval_utils.py``: structural validity
   (every interatomic distance >= 0.5 A under periodic boundaries, volume >= 0.1 A^3), SMACT
-  compositional validity, coverage (COV-R / COV-P) and Wasserstein distances of density and of the
-  number of elements.
-* ``adit/*`` — ADiT ``src/eval/crystal.py``: as CDVAE, plus lattice angles outside (50, 130) degrees
-  make a crystal invalid and more than 1e7 oxidation-state combinations make a composition invalid.
-* ``<matcher preset>/*`` — uniqueness and novelty with pymatgen's `StructureMatcher` at the
-  tolerances of a named preset (`MATCHER_PRESETS`): ``cdvae`` (CDVAE/ADiT: ltol 0.3, stol 0.5,
-  angle_tol 10) or ``mattergen`` (MatterGen/FlowMM, pymatgen defaults: 0.2, 0.3, 5).
+  compositional validity as smact 2.2.1 computed it (SMACT14 oxidation states), coverage
+  (COV-R / COV-P) and Wasserstein distances of density and of the number of elements.
+* ``adit/*`` validity — ADiT ``src/eval/crystal.py``: smact 2.6; a crystal with a lattice angle
+  outside (50, 130) degrees or a volume below 0.1 A^3 is not constructed, so its composition is
+  invalid too; more than 1e7 oxidation-state combinations make a composition invalid.
+* ``<preset>/*`` — uniqueness and novelty (`MATCHER_PRESETS`): ``adit`` is ADiT's
+  (``src/eval/crystal_generation.py``: ltol 0.3, stol 0.5, angle_tol 10; novelty per unique group,
+  on unreduced cells, over unique groups); ``pymatgen`` uses pymatgen's default tolerances (0.2,
+  0.3, 5), as FlowMM does, per valid sample on reduced cells. Novelty is checked against the
+  training split only, as the published models do; a sample whose formula matches a training row
+  without coordinates is "undetermined" and reported apart, never as novel.
 * ``chgnet_mp20/*`` — stability from a CHGNet relaxation against the MP-20 hull
   (`chemgen.scoring.hull`): stable E_hull <= 0 (FlowMM/ADiT), metastable <= 0.1 eV/atom
   (MatterGen's "stable"); S.U.N. / M.S.U.N. combine them with uniqueness and novelty.
+
+Validity never depends on whether coverage is computed: CrystalNN fingerprint failures are
+counted apart (CDVAE and ADiT, which always fingerprint, would also call those crystals invalid).
 
 One bad structure never stops a batch: it is scored invalid and the reason is kept per sample.
 """
@@ -25,7 +32,7 @@ import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -56,12 +63,20 @@ N_WDIST_SAMPLES = 1000  # CDVAE compares 1000 random valid samples with the grou
 
 @dataclass(frozen=True)
 class MatcherPreset:
-    """`StructureMatcher` tolerances; other arguments stay at pymatgen's defaults
-    (primitive_cell=True, scale=True, attempt_supercell=False)."""
+    """How uniqueness and novelty are judged: `StructureMatcher` tolerances (other arguments stay at
+    pymatgen's defaults: primitive_cell=True, scale=True, attempt_supercell=False) and whose rules.
+
+    ``per_group``: ADiT's rules. Novelty is judged only for the first member of each unique group,
+    matched against the references *without* reducing either structure (``fit(...,
+    skip_structure_reduction=True)`` on the cells as they are), and the novel rate is novel groups /
+    unique groups. Otherwise every valid sample is judged on Niggli-reduced primitive cells (what
+    ``fit`` itself does) and rates are fractions of valid samples.
+    """
 
     ltol: float
     stol: float
     angle_tol: float
+    per_group: bool = False
 
     def matcher(self) -> Any:
         from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -70,9 +85,14 @@ class MatcherPreset:
 
 
 MATCHER_PRESETS: dict[str, MatcherPreset] = {
-    "cdvae": MatcherPreset(ltol=0.3, stol=0.5, angle_tol=10.0),
-    "mattergen": MatcherPreset(ltol=0.2, stol=0.3, angle_tol=5.0),
+    # ADiT src/eval/crystal_generation.py: StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    "adit": MatcherPreset(ltol=0.3, stol=0.5, angle_tol=10.0, per_group=True),
+    # pymatgen's default tolerances, which FlowMM's novelty.py uses (StructureMatcher()); not
+    # MatterGen's matcher, which is disorder-aware (DefaultDisorderedStructureMatcher)
+    "pymatgen": MatcherPreset(ltol=0.2, stol=0.3, angle_tol=5.0),
 }
+# CDVAE matches a reconstruction to its target with these tolerances (and never scored novelty).
+CDVAE_RECONSTRUCTION = MatcherPreset(ltol=0.3, stol=0.5, angle_tol=10.0)
 
 
 # ============================================================================ validity
@@ -100,23 +120,16 @@ def to_structure(system: AtomicSystem | Structure) -> Structure:
 
 
 def structure_validity(structure: Structure, cutoff: float = DISTANCE_CUTOFF,
-                       min_volume: float = MIN_VOLUME,
-                       angle_range: tuple[float, float] | None = None) -> tuple[bool, str | None]:
+                       min_volume: float = MIN_VOLUME) -> tuple[bool, str | None]:
     """CDVAE structural validity: shortest periodic distance >= ``cutoff`` and volume >= ``min_volume``.
 
     As in CDVAE, distances are between distinct sites (minimum image), so a site's distance to its own
-    periodic image is not checked. ``angle_range`` (ADiT) additionally rejects any lattice angle
-    outside the open interval.
+    periodic image is not checked.
 
     Returns
     -------
     (valid, reason) with ``reason`` None when valid.
     """
-    if angle_range is not None:
-        low, high = angle_range
-        angles = np.asarray(structure.lattice.angles)
-        if not np.all((angles > low) & (angles < high)):
-            return False, f"lattice angle outside ({low:g}, {high:g})"
     volume = structure.volume
     if not volume >= min_volume:  # also catches NaN
         return False, f"volume {volume:.3g} < {min_volume}"
@@ -138,30 +151,89 @@ def reduced_composition(atomic_numbers: Iterable[int]) -> tuple[tuple[str, ...],
     return tuple(SYMBOLS[z] for z in numbers), tuple(int(c) for c in counts)
 
 
+# ---------------------------------------------------------------------------- SMACT, as each paper ran it
+def _pauling_test_smact221(oxidation_states: Sequence[int], electronegativities: Sequence[float | None]) -> bool:
+    """smact 2.2.1's ``eneg_states_test`` wrapped in CDVAE's ``try/except TypeError: True``.
+
+    Pairs are visited in order. A cation-anion pair with a missing electronegativity raised
+    TypeError in 2.2.1 (``None >= x``), which CDVAE catches as "no data, assume it is okay": the
+    whole test passes. A same-sign pair with a missing value reached 2.2.1's ``is None`` branch and
+    failed.
+    """
+    for (ox1, eneg1), (ox2, eneg2) in itertools.combinations(zip(oxidation_states, electronegativities), 2):
+        if (ox1 > 0 and ox2 < 0) or (ox1 < 0 and ox2 > 0):
+            if eneg1 is None or eneg2 is None:
+                return True
+            cation, anion = (eneg1, eneg2) if ox1 > 0 else (eneg2, eneg1)
+            if cation >= anion:
+                return False
+        elif eneg1 is None or eneg2 is None:
+            return False
+    return True
+
+
+def _pauling_test_smact26(oxidation_states: Sequence[int], electronegativities: Sequence[float | None]) -> bool:
+    """smact 2.6's ``eneg_states_test``: any pair with a missing electronegativity fails (ADiT's
+    ``except TypeError`` never fires)."""
+    for (ox1, eneg1), (ox2, eneg2) in itertools.combinations(zip(oxidation_states, electronegativities), 2):
+        if eneg1 is None or eneg2 is None:
+            return False
+        if (ox1 > 0 and ox2 < 0 and eneg1 >= eneg2) or (ox1 < 0 and ox2 > 0 and eneg1 <= eneg2):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class SmactRelease:
+    """The SMACT data and electronegativity rule of one pinned release.
+
+    Both releases default to the SMACT14 oxidation-state list (``Element.oxidation_states`` then);
+    smact 4, installed here, ships it as ``oxidation_states_smact14`` (identical to 2.6's file) and
+    defaults to ICSD24 instead, which changes 462 of the 9,046 MP-20 test verdicts. The overrides
+    restore what differed in the older release's data files.
+    """
+
+    name: str
+    pauling_test: Callable[[Sequence[int], Sequence[float | None]], bool]
+    oxidation_state_overrides: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    electronegativity_overrides: Mapping[str, float] = field(default_factory=dict)
+
+
+SMACT_RELEASES: dict[str, SmactRelease] = {
+    # CDVAE pinned smact 2.2.1 (Sept. 2020): Ir's list still had -2 (changed to -3 later that month)
+    # and Zr's Pauling electronegativity read 0.33 (a typo fixed to 1.33 in 2023)
+    "2.2.1": SmactRelease("2.2.1", _pauling_test_smact221,
+                          {"Ir": (-2, -1, 1, 2, 3, 4, 5, 6, 7, 8)}, {"Zr": 0.33}),
+    "2.6": SmactRelease("2.6", _pauling_test_smact26),  # ADiT
+}
+VALIDITY_SMACT = {"cdvae": "2.2.1", "adit": "2.6"}
+
+
 @lru_cache(maxsize=100_000)
-def smact_validity(symbols: tuple[str, ...], counts: tuple[int, ...], use_pauling_test: bool = True,
-                   include_alloys: bool = True, max_combinations: float | None = None) -> bool:
+def smact_validity(symbols: tuple[str, ...], counts: tuple[int, ...], release: str = "2.2.1",
+                   use_pauling_test: bool = True, include_alloys: bool = True,
+                   max_combinations: float | None = None) -> bool:
     """CDVAE's SMACT test: is some assignment of oxidation states charge neutral and Pauling-consistent?
 
     Parameters
     ----------
     symbols, counts : element symbols and their gcd-reduced counts (`reduced_composition`)
+    release : a key of `SMACT_RELEASES`: CDVAE ran 2.2.1, ADiT 2.6
     use_pauling_test : require cations to be less electronegative than anions
     include_alloys : compositions made only of `smact.metals` are valid
     max_combinations : ADiT returns False when the product over elements of the number of oxidation
         states exceeds this (1e7); CDVAE has no limit (None)
     """
     import smact
-    from smact.screening import pauling_test
 
     if len(set(symbols)) == 1:
         return True
     if include_alloys and all(s in smact.metals for s in symbols):
         return True
+    release_ = SMACT_RELEASES[release]
     space = smact.element_dictionary(symbols)
-    elements = [space[s] for s in symbols]
-    electronegativities = [e.pauling_eneg for e in elements]
-    ox_states = [e.oxidation_states or [] for e in elements]
+    electronegativities = [release_.electronegativity_overrides.get(s, space[s].pauling_eneg) for s in symbols]
+    ox_states = [release_.oxidation_state_overrides.get(s, space[s].oxidation_states_smact14) or [] for s in symbols]
     if max_combinations is not None and math.prod(len(o) for o in ox_states) > max_combinations:
         return False
     threshold = max(counts)
@@ -169,12 +241,7 @@ def smact_validity(symbols: tuple[str, ...], counts: tuple[int, ...], use_paulin
     for ox in itertools.product(*ox_states):
         if not smact.neutral_ratios(ox, stoichs=stoichs, threshold=threshold):
             continue
-        if not use_pauling_test:
-            return True
-        try:
-            if pauling_test(ox, electronegativities):
-                return True
-        except TypeError:  # an element without electronegativity data: CDVAE counts it as passing
+        if not use_pauling_test or release_.pauling_test(ox, electronegativities):
             return True
     return False
 
@@ -192,7 +259,7 @@ class CrystalRecord:
     density: float | None = None
     n_elements: int | None = None
     unique: bool | None = None
-    novel: bool | None = None
+    novelty: str | None = None  # NOVEL, KNOWN or UNDETERMINED; None where not judged
     e_form_per_atom: float | None = None
     e_above_hull: float | None = None
     stability_error: str | None = None
@@ -200,12 +267,26 @@ class CrystalRecord:
 
     @property
     def valid(self) -> bool:
-        # CDVAE/ADiT also count a crystal whose coverage fingerprint fails as invalid
-        return self.struct_valid and self.comp_valid and not self.fingerprint_failed
+        # Never depends on whether coverage was computed: a fingerprint failure is reported apart
+        # (CDVAE/ADiT, which always fingerprint, would also count such a crystal invalid).
+        return self.struct_valid and self.comp_valid
+
+
+def _adit_constructs(structure: Structure) -> str | None:
+    """Why ADiT would not construct this crystal (None if it would): its lattice-angle rule (from
+    FlowMM's ``array_dict_to_crystal``) and volume floor. ADiT then marks the composition invalid too."""
+    low, high = ADIT_ANGLE_RANGE
+    angles = np.asarray(structure.lattice.angles)
+    if not np.all((angles > low) & (angles < high)):
+        return f"lattice angle outside ({low:g}, {high:g})"
+    if not structure.volume >= MIN_VOLUME:
+        return f"volume {structure.volume:.3g} < {MIN_VOLUME}"
+    return None
 
 
 def assess_validity(index: int, system: Any, validity: Validity = "cdvae") -> tuple[CrystalRecord, Structure | None]:
-    """Structural and compositional validity of one sample; never raises for a bad sample."""
+    """Structural and compositional validity of one sample under CDVAE's or ADiT's rules; never
+    raises for a bad sample."""
     record = CrystalRecord(index)
     if system is None:
         record.reason = "no structure (generation failed)"
@@ -222,20 +303,21 @@ def assess_validity(index: int, system: Any, validity: Validity = "cdvae") -> tu
         return record, None
     record.formula = structure.composition.reduced_formula
     record.n_elements = len(set(numbers))
+    with np.errstate(all="ignore"):
+        not_constructed = _adit_constructs(structure) if validity == "adit" else None
+        if not_constructed:
+            record.reason = f"{not_constructed} (ADiT: neither structure nor composition valid)"
+            return record, None
+        record.struct_valid, struct_reason = structure_validity(structure)
+    reasons = [struct_reason] if struct_reason else []
     symbols, counts = reduced_composition(numbers)
     cap = ADIT_MAX_OX_COMBINATIONS if validity == "adit" else None
-    reasons = []
     try:
-        record.comp_valid = smact_validity(symbols, counts, max_combinations=cap)
+        record.comp_valid = smact_validity(symbols, counts, VALIDITY_SMACT[validity], max_combinations=cap)
         if not record.comp_valid:
             reasons.append("not charge balanced (SMACT)")
     except (KeyError, NameError) as exc:  # SMACT has no data for an element
         reasons.append(f"no SMACT data: {exc}")
-    angle_range = ADIT_ANGLE_RANGE if validity == "adit" else None
-    with np.errstate(all="ignore"):
-        record.struct_valid, struct_reason = structure_validity(structure, angle_range=angle_range)
-    if struct_reason:
-        reasons.insert(0, struct_reason)
     record.reason = "; ".join(reasons) or None
     if record.struct_valid:
         record.density = float(structure.density)
@@ -252,28 +334,45 @@ def reduce_structure(structure: Structure) -> Structure:
 
 
 class _Reduced:
-    """A structure with its reduced form computed on first use (and failures remembered)."""
+    """A structure (or its CIF text, parsed on first use) and its reduced form, computed on first
+    use; failures are remembered."""
 
     def __init__(self, structure: Structure | None = None, cif: str | None = None) -> None:
         self._structure, self._cif = structure, cif
         self._reduced: Structure | None = None
         self.error: str | None = None
 
-    def get(self) -> Structure | None:
-        if self._reduced is None and self.error is None:
+    def raw(self) -> Structure | None:
+        """The cell as given (ADiT matches these)."""
+        if self._structure is None and self.error is None:
             from pymatgen.core import Structure
 
             try:
-                structure = (self._structure if self._structure is not None
-                             else Structure.from_str(self._cif, fmt="cif", primitive=False))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # pymatgen warns on rounded CIF coordinates
+                    self._structure = Structure.from_str(self._cif, fmt="cif", primitive=False)
+            except (ValueError, KeyError, IndexError) as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+        return self._structure
+
+    def get(self) -> Structure | None:
+        """The Niggli-reduced primitive cell."""
+        if self._reduced is None and self.error is None:
+            structure = self.raw()
+            if structure is None:
+                return None
+            try:
                 self._reduced = reduce_structure(structure)
             except (ValueError, np.linalg.LinAlgError, KeyError) as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
         return self._reduced
 
+    def form(self, reduced: bool) -> Structure | None:
+        return self.get() if reduced else self.raw()
+
 
 def _fits(matcher: Any, a: Structure, b: Structure) -> bool:
-    """``matcher.fit`` on reduced structures; the site-count check is exact because with
+    """``matcher.fit`` without reducing again; the site-count check is exact because with
     attempt_supercell=False pymatgen only matches equal numbers of sites."""
     if len(a) != len(b):
         return False
@@ -285,35 +384,42 @@ def _fits(matcher: Any, a: Structure, b: Structure) -> bool:
 
 
 class ReferenceSet:
-    """Known structures for novelty, bucketed by reduced formula and reduced lazily.
+    """Known structures for novelty, bucketed by reduced formula and parsed and reduced lazily.
 
     Only structures that share a reduced formula can match, so a sample is compared with a handful
     of references, and a reference is parsed and reduced only when some sample shares its formula.
+
+    ``undetermined_formulas`` are reduced formulas of reference rows whose coordinates are not on
+    hand (MP-20's training rows beyond ``train_first1000`` here): a sample that matches no known
+    structure but shares such a formula can be neither called novel nor known.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "") -> None:
         self._buckets: dict[str, list[_Reduced]] = {}
+        self.undetermined_formulas: set[str] = set()
+        self.source = source
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
 
     def add(self, formula: str, item: _Reduced) -> None:
-        from pymatgen.core import Composition
+        self._buckets.setdefault(_reduced_formula(formula), []).append(item)
 
-        self._buckets.setdefault(Composition(formula).reduced_formula, []).append(item)
+    def add_undetermined(self, formulas: Iterable[str]) -> None:
+        self.undetermined_formulas.update(_reduced_formula(f) for f in formulas)
 
     @classmethod
-    def from_structures(cls, structures: Iterable[AtomicSystem | Structure]) -> ReferenceSet:
-        refs = cls()
+    def from_structures(cls, structures: Iterable[AtomicSystem | Structure], source: str = "") -> ReferenceSet:
+        refs = cls(source)
         for s in structures:
             structure = to_structure(s)
             refs.add(structure.composition.reduced_formula, _Reduced(structure))
         return refs
 
     @classmethod
-    def from_cifs(cls, formulas: Iterable[str], cifs: Iterable[str]) -> ReferenceSet:
+    def from_cifs(cls, formulas: Iterable[str], cifs: Iterable[str], source: str = "") -> ReferenceSet:
         """From a CDVAE-format table's ``pretty_formula`` and ``cif`` columns (parsed on demand)."""
-        refs = cls()
+        refs = cls(source)
         for formula, cif in zip(formulas, cifs, strict=True):
             refs.add(formula, _Reduced(cif=cif))
         return refs
@@ -322,7 +428,16 @@ class ReferenceSet:
         return self._buckets.get(reduced_formula, [])
 
 
-def unique_mask(structures: Sequence[Structure], formulas: Sequence[str], preset: str = "cdvae",
+@lru_cache(maxsize=100_000)
+def _reduced_formula(formula: str) -> str:
+    from pymatgen.core import Composition
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no Pauling electronegativity for He": ordering only
+        return Composition(formula).reduced_formula
+
+
+def unique_mask(structures: Sequence[Structure], formulas: Sequence[str], preset: str = "adit",
                 reduced: Sequence[_Reduced] | None = None) -> np.ndarray:
     """True for the first structure of each group of matching structures.
 
@@ -344,22 +459,40 @@ def unique_mask(structures: Sequence[Structure], formulas: Sequence[str], preset
     return first
 
 
-def novel_mask(structures: Sequence[Structure], formulas: Sequence[str], references: ReferenceSet,
-               preset: str = "cdvae", reduced: Sequence[_Reduced] | None = None) -> np.ndarray:
-    """True where no reference structure fits the sample."""
-    matcher = MATCHER_PRESETS[preset].matcher()
+NOVEL, KNOWN, UNDETERMINED = "novel", "known", "undetermined"
+
+
+def novelty_verdicts(structures: Sequence[Structure], formulas: Sequence[str], references: ReferenceSet,
+                     preset: str = "adit", reduced: Sequence[_Reduced] | None = None) -> list[str]:
+    """`NOVEL`, `KNOWN` or `UNDETERMINED` per structure.
+
+    Known: some reference structure fits it (on reduced cells, or on the cells as they are under
+    ADiT's rules). Undetermined: nothing fits, but a reference without coordinates has its formula.
+    """
+    rules = MATCHER_PRESETS[preset]
+    matcher = rules.matcher()
+    on_reduced = not rules.per_group
     reduced = reduced or [_Reduced(s) for s in structures]
-    novel = np.ones(len(structures), dtype=bool)
+    verdicts = []
     for i, formula in enumerate(formulas):
-        candidate = reduced[i].get()
-        if candidate is None:
-            continue
-        for ref in references.bucket(formula):
-            ref_structure = ref.get()
-            if ref_structure is not None and _fits(matcher, candidate, ref_structure):
-                novel[i] = False
-                break
-    return novel
+        candidate = reduced[i].form(on_reduced)
+        known = candidate is not None and any(
+            ref_structure is not None and _fits(matcher, candidate, ref_structure)
+            for ref_structure in (ref.form(on_reduced) for ref in references.bucket(formula)))
+        if known:
+            verdicts.append(KNOWN)
+        elif formula in references.undetermined_formulas:
+            verdicts.append(UNDETERMINED)
+        else:
+            verdicts.append(NOVEL)
+    return verdicts
+
+
+def novel_mask(structures: Sequence[Structure], formulas: Sequence[str], references: ReferenceSet,
+               preset: str = "adit", reduced: Sequence[_Reduced] | None = None) -> np.ndarray:
+    """True where the structure is novel (undetermined ones are not)."""
+    return np.array([v == NOVEL for v in novelty_verdicts(structures, formulas, references, preset, reduced)],
+                    dtype=bool)
 
 
 # ============================================================================ distributions, coverage
@@ -535,7 +668,7 @@ def _as_reference_set(references: ReferenceSet | Iterable[Any] | None) -> Refere
 def score_crystals(
     systems: Sequence[AtomicSystem | Structure | None],
     references: ReferenceSet | Iterable[AtomicSystem | Structure] | None = None,
-    preset: str = "cdvae",
+    preset: str = "adit",
     validity: Validity = "cdvae",
     ground_truth: Sequence[AtomicSystem | Structure] | None = None,
     compute_coverage: bool = False,
@@ -552,10 +685,12 @@ def score_crystals(
     Parameters
     ----------
     systems : generated samples; ``None`` marks a sample the model failed to produce (invalid)
-    references : known structures for novelty (e.g. MP-20 train, or all available splits); a
-        `ReferenceSet` reuses its reduced structures across calls
-    preset : `StructureMatcher` tolerances for uniqueness/novelty ("cdvae" or "mattergen")
-    validity : "cdvae" or "adit" (adds the lattice-angle rule and the 1e7 oxidation-combination cap)
+    references : known structures for novelty: the training split, as the published models check
+        (`chemgen.scoring.report.training_references`); a `ReferenceSet` reuses its parsed and
+        reduced structures across calls and carries the formulas of rows without coordinates
+    preset : uniqueness/novelty rules (`MATCHER_PRESETS`): "adit" or "pymatgen"
+    validity : "cdvae" (smact 2.2.1) or "adit" (smact 2.6, the lattice-angle rule, the 1e7
+        oxidation-combination cap, and an unconstructed crystal's composition counted invalid)
     ground_truth : reference distribution for Wasserstein distances and coverage (CDVAE: test set)
     compute_coverage : COV-R/COV-P (needs matminer and ``ground_truth``)
     stability : relax valid samples with CHGNet and score E_hull on the MP-20 hull (about 0.5 s each;
@@ -587,6 +722,7 @@ def score_crystals(
             notes["coverage"] = "skipped: no ground_truth given"
         else:
             fps = _sample_fingerprints(records, structures)
+            metrics["cdvae/n_fingerprint_failed"] = float(sum(r.fingerprint_failed for r in records))
 
     metrics[f"{validity}/struct_valid"] = float(np.mean([r.struct_valid for r in records]))
     metrics[f"{validity}/comp_valid"] = float(np.mean([r.comp_valid for r in records]))
@@ -614,7 +750,7 @@ def score_crystals(
 
 def _sample_fingerprints(records: list[CrystalRecord],
                          structures: list[Structure | None]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Fingerprints of every constructed sample; CDVAE/ADiT count a failure as invalid."""
+    """Fingerprints of every constructed sample; a failure is flagged on its record."""
     fps = {}
     for r, s in zip(records, structures, strict=True):
         if s is None:
@@ -622,7 +758,9 @@ def _sample_fingerprints(records: list[CrystalRecord],
         try:
             fps[r.index] = fingerprints(s)
         except (ValueError, IndexError, RuntimeError) as exc:
-            r.fingerprint_failed, r.reason = True, f"CrystalNN fingerprint failed: {exc}"
+            # reported apart; validity stays what it is (CDVAE/ADiT would also call this invalid)
+            r.fingerprint_failed = True
+            r.reason = "; ".join(filter(None, [r.reason, f"CrystalNN fingerprint failed: {exc}"]))
     return fps
 
 
@@ -643,7 +781,12 @@ def _coverage_against(fps: dict[int, tuple[np.ndarray, np.ndarray]], gt: list[St
 
 def _uniqueness_novelty(valid: list[CrystalRecord], structures: list[Structure | None],
                         references: ReferenceSet | None, preset: str, notes: dict[str, str]) -> dict[str, float]:
-    """Uniqueness (and novelty when references are given) among valid samples; sets the record flags."""
+    """Uniqueness (and novelty when references are given) among valid samples; sets the record flags.
+
+    ADiT's rules (``per_group``) judge novelty only for the first member of each unique group and
+    divide by the number of groups; otherwise every valid sample is judged and rates are over valid.
+    "Undetermined" samples (see `ReferenceSet`) count as neither novel nor known.
+    """
     reduced = [_Reduced(structures[r.index]) for r in valid]  # reduced once, shared by both scores
     formulas = [r.formula for r in valid]
     valid_structures = [structures[r.index] for r in valid]
@@ -652,11 +795,18 @@ def _uniqueness_novelty(valid: list[CrystalRecord], structures: list[Structure |
         r.unique = bool(u)
     out = {f"{preset}/unique_rate": float(first.mean())}  # ADiT: #groups / #valid
     if references is not None:
-        novel = novel_mask(valid_structures, formulas, references, preset, reduced)
-        for r, v in zip(valid, novel, strict=True):
-            r.novel = bool(v)
-        out[f"{preset}/novel_rate"] = float(novel.mean())  # novel among valid
-        out[f"{preset}/unique_novel_rate"] = float((first & novel).mean())  # ADiT's "novelty"
+        judged = np.flatnonzero(first) if MATCHER_PRESETS[preset].per_group else np.arange(len(valid))
+        verdicts = novelty_verdicts([valid_structures[i] for i in judged], [formulas[i] for i in judged],
+                                    references, preset, [reduced[i] for i in judged])
+        for i, verdict in zip(judged, verdicts, strict=True):
+            valid[i].novelty = verdict
+        verdicts_ = np.array(verdicts)
+        denominator = max(len(judged), 1)  # ADiT: unique groups; otherwise valid samples
+        out[f"{preset}/novel_rate"] = float(np.sum(verdicts_ == NOVEL) / denominator)
+        out[f"{preset}/undetermined_rate"] = float(np.sum(verdicts_ == UNDETERMINED) / denominator)
+        out[f"{preset}/unique_novel_rate"] = float(sum(r.unique and r.novelty == NOVEL for r in valid) / len(valid))
+        if references.source:
+            notes["novelty_reference"] = references.source
     failed = sum(x.error is not None for x in reduced)
     if failed:
         notes["matching"] = f"{failed} valid structures could not be reduced and were never matched"
@@ -690,7 +840,7 @@ def _stability_metrics(records: list[CrystalRecord], structures: list[Structure 
            "chgnet_mp20/n_relaxed": float(finite.sum()),
            "chgnet_mp20/mean_e_above_hull": float(e_hull[finite].mean()) if finite.any() else float("nan")}
     if have_novelty:
-        un = np.array([bool(r.unique) and bool(r.novel) for r in records])
+        un = np.array([bool(r.unique) and r.novelty == NOVEL for r in records])
         out[f"chgnet_mp20+{preset}/sun_rate"] = float((stable & un).sum() / n)
         out[f"chgnet_mp20+{preset}/msun_rate"] = float((metastable & un).sum() / n)
     return out

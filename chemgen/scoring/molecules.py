@@ -1,4 +1,4 @@
-"""Molecule scores as EDM computes them, beside a second bond protocol.
+"""Molecule scores as EDM computes them, beside RDKit's bonds and a relaxed-molecule protocol.
 
 Protocols (every score key starts with its protocol, e.g. ``"edm/atom_stability"``):
 
@@ -15,10 +15,24 @@ Protocols (every score key starts with its protocol, e.g. ``"edm/atom_stability"
     SMILES, where training SMILES are whole-molecule SMILES rebuilt the same way from training
     coordinates (EDM's ``compute_qm9_smiles``).
 ``rdkit``
-    The same definitions with bonds from RDKit's ``rdDetermineBonds`` for a neutral molecule
-    (`chemgen.bonds.rdkit_determine_bonds`). No implicit hydrogens are added; an atom is stable
-    when its valence is allowed *and* its formal charge is zero. A molecule for which RDKit
-    finds no neutral bond assignment is invalid and all its atoms are unstable.
+    Bonds from RDKit's ``rdDetermineBonds`` for a neutral molecule
+    (`chemgen.bonds.rdkit_determine_bonds`, formal charges allowed as long as they sum to zero),
+    judged by RDKit's own valence rules rather than EDM's table: no implicit hydrogens are
+    added, and an atom is stable when sanitization accepts its valence for its formal charge
+    and leaves it no unpaired electron. So divalent and hexavalent S, N+ with four bonds or O-
+    with one are stable here (EDM's table allows S only with valence 4 and no charges). A
+    molecule for which RDKit finds no neutral bond assignment is invalid and all its atoms are
+    unstable. Validity, uniqueness and novelty are defined as under ``edm``.
+``edm_mmff``
+    The ``edm`` protocol on relaxed coordinates: each molecule is first relaxed with MMFF94
+    (UFF where MMFF94 has no parameters) on the bonds EDM's tables perceive, widened where noise
+    broke them (`chemgen.scoring.relax_molecules`, whose docstring explains the choice), then
+    scored exactly as ``edm`` scores. Relaxation only moves atoms. A molecule that cannot be
+    relaxed is scored on its raw coordinates, and ``edm_mmff/relaxed`` is the fraction that
+    was relaxed; per molecule, ``relaxations`` say how or why not. This is what a user who
+    wants usable molecules runs; ``edm`` is what the literature compares, and the two are never
+    mixed. Novelty is checked against the ``edm`` training SMILES: training molecules are DFT
+    minima and are read as they are, not relaxed.
 
 Besides EDM's novelty, ``<protocol>/novelty_over_valid`` divides the same novel count by the
 number of valid molecules, the denominator ADiT uses (``novel_rate``); ADiT's own validity
@@ -36,7 +50,7 @@ has no bonds) but valid if it sanitizes (a lone C becomes methane via implicit h
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -50,7 +64,14 @@ from chemgen.bonds import BondPerceptionError, edm_bond_orders, rdkit_determine_
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
 
-MOLECULE_PROTOCOLS: tuple[str, ...] = ("edm", "rdkit")
+    from chemgen.scoring.relax_molecules import Relaxation
+
+MOLECULE_PROTOCOLS: tuple[str, ...] = ("edm", "rdkit", "edm_mmff")
+RELAXED_PROTOCOLS: tuple[str, ...] = ("edm_mmff",)
+# What scoring runs unless told otherwise: the raw protocols (relaxing costs ~10 ms a molecule).
+DEFAULT_PROTOCOLS: tuple[str, ...] = ("edm", "rdkit")
+# Each protocol's novelty reference: a relaxed protocol reads training molecules as its raw one does.
+REFERENCE_PROTOCOL: MappingProxyType[str, str] = MappingProxyType({"edm": "edm", "rdkit": "rdkit", "edm_mmff": "edm"})
 
 # EDM's ``allowed_bonds``: the valences (sums of bond orders) that make an atom stable.
 ALLOWED_VALENCES: MappingProxyType[str, tuple[int, ...]] = MappingProxyType({
@@ -79,6 +100,8 @@ class MoleculeOutcome:
     atom_stable : (N,) bool
     mol : the sanitized RDKit molecule (whole, all fragments), None when invalid
     failure : why the molecule is invalid, None when valid
+    relaxation : how the molecule was relaxed before scoring (``edm_mmff``); None for the raw
+        protocols and for unreadable input
     """
 
     atomic_numbers: np.ndarray
@@ -86,6 +109,7 @@ class MoleculeOutcome:
     atom_stable: np.ndarray
     mol: Chem.Mol | None
     failure: str | None
+    relaxation: Relaxation | None = None
 
     @property
     def valid(self) -> bool:
@@ -148,20 +172,36 @@ def score_edm(system: AtomicSystem) -> MoleculeOutcome:
     return MoleculeOutcome(numbers, valences, allowed_valence(numbers, valences), mol, failure)
 
 
+def rdkit_stable_atoms(mol: Chem.Mol) -> np.ndarray:
+    """(N,) bool: RDKit's valence rules on a sanitized molecule without implicit hydrogens.
+
+    Sanitization has already refused any valence above what RDKit allows for an atom's element
+    and formal charge; what it accepts but leaves short (S with three bonds, C with three) it
+    marks with unpaired electrons, so a stable atom is one with none.
+    """
+    return np.array([atom.GetNumRadicalElectrons() == 0 for atom in mol.GetAtoms()], dtype=bool)
+
+
 def score_rdkit(system: AtomicSystem) -> MoleculeOutcome:
-    """One molecule under the ``rdkit`` protocol (rdDetermineBonds, neutral)."""
+    """One molecule under the ``rdkit`` protocol (rdDetermineBonds, neutral; RDKit's valences)."""
     numbers = system.atomic_numbers
     try:
         mol = rdkit_determine_bonds(system, charge=0)
     except BondPerceptionError as err:
         return _failed(numbers, str(err))
-    atoms = list(mol.GetAtoms())
-    valences = np.array([atom.GetTotalValence() for atom in atoms], dtype=np.int64)
-    neutral = np.array([atom.GetFormalCharge() == 0 for atom in atoms], dtype=bool)
-    return MoleculeOutcome(numbers, valences, allowed_valence(numbers, valences) & neutral, mol, None)
+    valences = np.array([atom.GetTotalValence() for atom in mol.GetAtoms()], dtype=np.int64)
+    return MoleculeOutcome(numbers, valences, rdkit_stable_atoms(mol), mol, None)
 
 
-_SCORERS = {"edm": score_edm, "rdkit": score_rdkit}
+def score_edm_mmff(system: AtomicSystem) -> MoleculeOutcome:
+    """One molecule under the ``edm_mmff`` protocol: relaxed, then scored as ``edm`` scores."""
+    from chemgen.scoring.relax_molecules import relax_molecule  # imports this module: import here
+
+    relaxed, relaxation = relax_molecule(system)
+    return replace(score_edm(relaxed), relaxation=relaxation)
+
+
+_SCORERS = {"edm": score_edm, "rdkit": score_rdkit, "edm_mmff": score_edm_mmff}
 
 
 def _as_molecule(item: Any) -> AtomicSystem:
@@ -192,7 +232,7 @@ def score_one(item: AtomicSystem | tuple[Any, Any], protocol: str) -> MoleculeOu
     Never raises for a bad molecule: non-finite coordinates, bad atomic numbers, a crystal or
     anything else unreadable give an invalid outcome whose ``failure`` says why.
     """
-    _check_protocols((protocol,))
+    check_protocols((protocol,))
     try:
         system = _as_molecule(item)
     except (InvalidSystemError, ValueError, TypeError) as err:  # InvalidSystemError says which array is bad
@@ -217,7 +257,7 @@ class ProtocolScores:
 
     Attributes
     ----------
-    protocol : ``"edm"`` or ``"rdkit"``
+    protocol : ``"edm"``, ``"rdkit"`` or ``"edm_mmff"``
     num_atoms, num_stable_atoms : (M,) int
     valid : (M,) bool
     smiles : (M,) largest-fragment canonical SMILES, None for invalid molecules
@@ -225,6 +265,8 @@ class ProtocolScores:
     atom_numbers, atom_valences, atom_stable, atom_molecule : (A,) every atom of the batch,
         concatenated; valence -1 where bonds could not be perceived
     reference : the training SMILES novelty is measured against, None if not given
+    relaxations : (M,) how each molecule was relaxed (None where the input was unreadable);
+        None for protocols that do not relax
     """
 
     protocol: str
@@ -238,18 +280,20 @@ class ProtocolScores:
     atom_stable: np.ndarray
     atom_molecule: np.ndarray
     reference: frozenset[str] | None = None
+    relaxations: tuple[Relaxation | None, ...] | None = None
 
     @classmethod
     def from_outcomes(cls, protocol: str, outcomes: Iterable[MoleculeOutcome],
                       reference: Collection[str] | None = None) -> ProtocolScores:
         """Collect outcomes one by one, so that no RDKit molecule outlives its SMILES."""
-        num_atoms, valid, smiles, failures = [], [], [], []
+        num_atoms, valid, smiles, failures, relaxations = [], [], [], [], []
         atom_numbers, atom_valences, atom_stable = [], [], []
         for o in outcomes:
             num_atoms.append(o.atomic_numbers.size)
             valid.append(o.valid)
             smiles.append(o.smiles())
             failures.append(o.failure)
+            relaxations.append(o.relaxation)
             atom_numbers.append(o.atomic_numbers)
             atom_valences.append(o.valences)
             atom_stable.append(o.atom_stable)
@@ -268,6 +312,7 @@ class ProtocolScores:
             atom_stable=stable,
             atom_molecule=molecule,
             reference=frozenset(reference) if reference is not None else None,
+            relaxations=tuple(relaxations) if protocol in RELAXED_PROTOCOLS else None,
         )
 
     @property
@@ -278,6 +323,12 @@ class ProtocolScores:
     def molecule_stable(self) -> np.ndarray:
         """(M,) bool: every atom stable (a molecule with no readable atoms is not)."""
         return (self.num_stable_atoms == self.num_atoms) & (self.num_atoms > 0)
+
+    @property
+    def relaxed(self) -> np.ndarray:
+        """(M,) bool: relaxed before scoring (all False for protocols that do not relax)."""
+        return np.array([r is not None and r.relaxed for r in self.relaxations or [None] * self.num_molecules],
+                        dtype=bool)
 
     @property
     def valid_smiles(self) -> list[str]:
@@ -308,6 +359,8 @@ class ProtocolScores:
             num_novel = len(novel_smiles(valid_smiles, self.reference))
             scores["novelty"] = num_novel / num_unique if num_unique else 0.0  # EDM
             scores["novelty_over_valid"] = num_novel / num_valid if num_valid else 0.0  # ADiT's denominator
+        if self.relaxations is not None:
+            scores["relaxed"] = float(self.relaxed.mean())
         return {f"{self.protocol}/{key}": value for key, value in scores.items()}
 
 
@@ -342,10 +395,15 @@ class MoleculeScores:
             if p.novel is not None:
                 columns[f"{name}/novel"] = p.novel
             columns[f"{name}/failure"] = list(p.failures)
+            if p.relaxations is not None:
+                columns[f"{name}/relaxation"] = [r.describe() if r is not None else "not relaxed: unreadable input"
+                                                 for r in p.relaxations]
+                columns[f"{name}/displacement"] = [r.displacement if r is not None else np.nan for r in p.relaxations]
         return pd.DataFrame(columns)
 
 
-def _check_protocols(protocols: Sequence[str]) -> None:
+def check_protocols(protocols: Sequence[str]) -> None:
+    """Raise ValueError unless ``protocols`` is a non-empty sequence of known protocol names."""
     unknown = [p for p in protocols if p not in MOLECULE_PROTOCOLS]
     if unknown or not protocols:
         raise ValueError(f"protocols must be a non-empty subset of {MOLECULE_PROTOCOLS}, got {tuple(protocols)}")
@@ -353,7 +411,7 @@ def _check_protocols(protocols: Sequence[str]) -> None:
 
 def score_molecules(systems: Sequence[AtomicSystem | tuple[Any, Any]],
                     reference_smiles: Mapping[str, Collection[str]] | None = None,
-                    protocols: Sequence[str] = MOLECULE_PROTOCOLS) -> MoleculeScores:
+                    protocols: Sequence[str] = DEFAULT_PROTOCOLS) -> MoleculeScores:
     """Score a batch of generated molecules under each protocol.
 
     Parameters
@@ -361,14 +419,15 @@ def score_molecules(systems: Sequence[AtomicSystem | tuple[Any, Any]],
     systems : records, or raw ``(atomic_numbers, pos)`` pairs straight from a sampler (pairs
         with NaN coordinates or bad atomic numbers are scored invalid, not raised)
     reference_smiles : training SMILES per protocol, from `reference_smiles`; novelty is
-        reported only for protocols present here
-    protocols : any of ``("edm", "rdkit")``
+        reported only for protocols present here (``edm_mmff`` also takes the ``edm`` set)
+    protocols : any of ``("edm", "rdkit", "edm_mmff")``; ``edm_mmff`` relaxes every molecule
+        first (about 10 ms each)
 
     Returns
     -------
     `MoleculeScores`; ``.as_dict()`` gives e.g. ``"edm/atom_stability"``, ``"edm/novelty"``.
     """
-    _check_protocols(protocols)
+    check_protocols(protocols)
     if isinstance(reference_smiles, (set, frozenset, list, tuple)):
         raise TypeError("reference_smiles maps each protocol to its SMILES: use reference_smiles(train_systems)")
     if len(systems) == 0:
@@ -377,25 +436,35 @@ def score_molecules(systems: Sequence[AtomicSystem | tuple[Any, Any]],
     with rdBase.BlockLogs():  # RDKit logs every sanitization failure; the reasons are kept instead
         for protocol in protocols:
             outcomes = (score_one(item, protocol) for item in systems)
-            reference = reference_smiles.get(protocol) if reference_smiles is not None else None
+            reference = _reference_for(protocol, reference_smiles)
             by_protocol[protocol] = ProtocolScores.from_outcomes(protocol, outcomes, reference)
     return MoleculeScores(by_protocol)
 
 
+def _reference_for(protocol: str, references: Mapping[str, Collection[str]] | None) -> Collection[str] | None:
+    """A protocol's own reference set, else the one its training molecules are read with."""
+    if references is None:
+        return None
+    found = references.get(protocol)
+    return found if found is not None else references.get(REFERENCE_PROTOCOL[protocol])
+
+
 def reference_smiles(systems: Iterable[AtomicSystem],
-                     protocols: Sequence[str] = MOLECULE_PROTOCOLS) -> dict[str, frozenset[str]]:
+                     protocols: Sequence[str] = DEFAULT_PROTOCOLS) -> dict[str, frozenset[str]]:
     """Training SMILES per protocol, rebuilt from coordinates as EDM's ``compute_qm9_smiles``:
     whole-molecule canonical SMILES (not the largest fragment) of each molecule that is valid
-    under the protocol; invalid training molecules are left out."""
-    _check_protocols(protocols)
-    found: dict[str, set[str]] = {p: set() for p in protocols}
+    under the protocol; invalid training molecules are left out. ``edm_mmff`` gets the ``edm``
+    set (`REFERENCE_PROTOCOL`): training geometries are DFT minima, read without relaxing."""
+    check_protocols(protocols)
+    readers = sorted({REFERENCE_PROTOCOL[p] for p in protocols})
+    found: dict[str, set[str]] = {r: set() for r in readers}
     with rdBase.BlockLogs():
         for system in systems:
-            for protocol in protocols:
-                smiles = score_one(system, protocol).smiles(largest_fragment=False)
+            for reader in readers:
+                smiles = score_one(system, reader).smiles(largest_fragment=False)
                 if smiles is not None:
-                    found[protocol].add(smiles)
-    return {p: frozenset(s) for p, s in found.items()}
+                    found[reader].add(smiles)
+    return {p: frozenset(found[REFERENCE_PROTOCOL[p]]) for p in protocols}
 
 
 # ============================================================================ plots
@@ -426,23 +495,29 @@ def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[An
 
 
 def _plot_valences(p: ProtocolScores, path: Path) -> Path:
+    """Stable and unstable atoms side by side per valence: under ``rdkit`` the same valence can be
+    either (N with four bonds is stable only as N+), so colour by the protocol's verdict."""
     perceived = p.atom_valences >= 0
     elements = sorted(set(p.atom_numbers[perceived].tolist())) or [1]
     fig, axes = _figure(ncols=len(elements), width=3.2)
     for ax, z in zip(axes, elements):
-        valences = p.atom_valences[perceived & (p.atom_numbers == z)]
-        values, counts = np.unique(valences, return_counts=True)
-        allowed = _ALLOWED[z, np.clip(values, 0, _MAX_VALENCE_COLUMN)]
-        ax.bar(values, counts, width=0.8, color=np.where(allowed, "tab:green", "tab:red"))
+        of_element = perceived & (p.atom_numbers == z)
+        values = np.unique(p.atom_valences[of_element])
+        for offset, verdict, colour in ((-0.2, True, "tab:green"), (0.2, False, "tab:red")):
+            chosen = p.atom_valences[of_element & (p.atom_stable == verdict)]
+            ax.bar(values + offset, [np.count_nonzero(chosen == v) for v in values], width=0.4, color=colour)
         ax.set_yscale("log")
         top = max(int(values.max(initial=0)), *ALLOWED_VALENCES.get(SYMBOLS[z], (0,)))
         ax.set_xlim(-0.5, top + 0.5)
         ax.set_xticks(range(top + 1))
-        allowed_text = " or ".join(map(str, ALLOWED_VALENCES.get(SYMBOLS[z], ()))) or "none"
-        ax.set_title(f"{SYMBOLS[z]} (allowed: {allowed_text})")
+        if p.protocol in ("edm", "edm_mmff"):
+            allowed_text = " or ".join(map(str, ALLOWED_VALENCES.get(SYMBOLS[z], ()))) or "none"
+            ax.set_title(f"{SYMBOLS[z]} (allowed: {allowed_text})")
+        else:
+            ax.set_title(SYMBOLS[z])
         ax.set_xlabel("valence (sum of bond orders)")
     axes[0].set_ylabel("atoms")
-    fig.suptitle(f"{p.protocol}: valence by element (green = allowed)")
+    fig.suptitle(f"{p.protocol}: valence by element (green = stable, red = unstable atoms)")
     fig.savefig(path, dpi=100)
     return path
 

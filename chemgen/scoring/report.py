@@ -1,19 +1,18 @@
 """Scoring files and sample sets end to end: read, score, print, save JSON/CSV/PNG, log to MLflow.
 
-Inputs: SDF, XYZ/extended XYZ, a CIF file or a folder of CIFs, or a CSV with a ``cif``
-column (crystals, CDVAE format) or an ``xyz`` column (extended XYZ text per molecule).
-One structure that cannot be read is scored invalid with its reason; it never stops the batch.
-References for novelty default to the curated store: QM9 train SMILES rebuilt from
-coordinates (cached per dataset version) and every curated MP-20 structure (the in-house
-protocol: train_first1000 + val + test).
+Inputs: any format of `chemgen.io`'s registry (SDF, XYZ/extended XYZ, CIF, a CSV with a
+``cif`` or ``xyz`` column), a file or a folder of them. One structure that cannot be read is
+scored invalid with its reason; it never stops the batch. References for novelty: QM9's
+training SMILES rebuilt from coordinates (cached per curated version) and, for crystals, the
+training split only, as the published models check (`training_references`).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,64 +27,34 @@ KINDS = ("molecule", "crystal")
 
 # ---------------------------------------------------------------------------- reading
 def read_structures(path: str | os.PathLike, kind: str) -> tuple[list[AtomicSystem | None], list[str | None]]:
-    """Structures and, per item, why it could not be read (None when it could)."""
+    """Structures and, per item, why it could not be read (None when it could).
+
+    Files are read through `chemgen.io`'s format registry, record by record where the format allows
+    (CSV rows), so an unreadable record is scored invalid with its reason and never hides the rest.
+    """
     path = Path(path)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".cif", ".xyz", ".extxyz", ".sdf", ".mol"))
+        files = sorted(p for p in path.iterdir() if _is_structure_file(p))
         if not files:
-            raise StructureFileError(path, "folder holds no .cif, .xyz, .extxyz or .sdf files")
-        systems, reasons = [], []
-        for file in files:
-            try:
-                read = structure_io.read(file)
-                systems.extend(read)
-                reasons.extend([None] * len(read))
-            except StructureFileError as err:
-                systems.append(None)
-                reasons.append(str(err))
-        return _check_kind(systems, reasons, kind, path)
-    if path.suffix.lower() in (".csv", ".gz") and path.name.lower().endswith((".csv", ".csv.gz")):
-        return _check_kind(*_read_csv(path, kind), kind, path)
-    systems = structure_io.read(path)
-    return _check_kind(list(systems), [None] * len(systems), kind, path)
+            raise StructureFileError(path, "folder holds no .cif, .xyz, .extxyz, .sdf or .csv files")
+        records = [record for file in files for record in structure_io.read_records(file)]
+    elif structure_io.FORMATS[structure_io.detect_format(path)].record_reader is not None:
+        records = structure_io.read_records(path)
+    else:  # one file that cannot be read is the user's error, not a sample's
+        records = structure_io.read(path)
+    systems = [None if isinstance(r, StructureFileError) else r for r in records]
+    reasons = [str(r) if isinstance(r, StructureFileError) else None for r in records]
+    return _check_kind(systems, reasons, kind, path)
 
 
-def _read_csv(path: Path, kind: str) -> tuple[list[AtomicSystem | None], list[str | None]]:
+def _is_structure_file(path: Path) -> bool:
     try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as err:
-        raise StructureFileError(path, f"not a readable CSV ({err})") from err
-    column = "cif" if kind == "crystal" else "xyz"
-    if column not in frame.columns:
-        raise StructureFileError(path, f"a {kind} CSV needs a '{column}' column (found {list(frame.columns)})")
-    systems: list[AtomicSystem | None] = []
-    reasons: list[str | None] = []
-    for index, text in enumerate(frame[column]):
-        try:
-            if not isinstance(text, str) or not text.strip():
-                raise StructureFileError(f"{path} row {index}", f"empty {column} field")
-            if kind == "crystal":
-                [system] = structure_io.systems_from_cif_text(text, source=f"{path} row {index}")[:1]
-            else:
-                system = _system_from_xyz_text(text, f"{path} row {index}")
-            systems.append(system)
-            reasons.append(None)
-        except (StructureFileError, ValueError) as err:
-            systems.append(None)
-            reasons.append(str(err))
-    return systems, reasons
-
-
-def _system_from_xyz_text(text: str, source: str) -> AtomicSystem:
-    from ase.io import read as ase_read
-
-    try:
-        atoms = ase_read(io.StringIO(text), format="extxyz")
-    except (ValueError, IndexError, KeyError, OSError) as err:
-        raise StructureFileError(source, f"malformed extended XYZ ({err})") from err
-    return AtomicSystem.from_ase(atoms)
+        structure_io.detect_format(path)
+    except StructureFileError:
+        return False
+    return path.is_file()
 
 
 def _check_kind(systems: list, reasons: list, kind: str, path: Path) -> tuple[list, list]:
@@ -105,34 +74,60 @@ def qm9_reference_smiles(protocols: Sequence[str] = ("edm", "rdkit"), store: str
     cached per version."""
     from chemgen.data.store import load, read_manifest
     from chemgen.paths import chemgen_home
-    from chemgen.scoring.molecules import reference_smiles
+    from chemgen.scoring.molecules import REFERENCE_PROTOCOL, reference_smiles
 
     manifest = read_manifest("qm9", version, root=store)
     cache = chemgen_home() / "cache" / f"qm9-{manifest['version']}-train-smiles.json"
     cached: dict[str, list[str]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    missing = [p for p in protocols if p not in cached]
+    # a protocol reads the training set as another does (edm_mmff as edm): one entry per reader
+    missing = sorted({REFERENCE_PROTOCOL[p] for p in protocols} - set(cached))
     if missing:
         computed = reference_smiles(load("qm9", "train", version=manifest["version"], root=store), protocols=missing)
         cached.update({p: sorted(s) for p, s in computed.items()})
         with atomic_write(cache) as handle:
             json.dump(cached, handle)
-    return {p: frozenset(cached[p]) for p in protocols}
+    return {p: frozenset(cached[REFERENCE_PROTOCOL[p]]) for p in protocols}
 
 
-def mp20_references(store: str | os.PathLike | None = None, version: str | None = None) -> list[AtomicSystem]:
-    """Every curated MP-20 structure (novelty reference under the in-house protocol)."""
-    from chemgen.data.store import load
+@lru_cache(maxsize=4)
+def training_references(dataset: str = "mp20", data_dir: str | None = None) -> Any:
+    """The novelty reference the published models use: the dataset's training split only, read from
+    its CSV (`chemgen.data.crystals.source_files`), as a `ReferenceSet` parsed lazily and cached.
 
-    return load("mp20", version=version, root=store)
+    When MP-20's full ``train.csv`` is absent and ``train_first1000`` stands in for it, the formulas of
+    the other training rows (``train_metadata_no_coords``) make their samples "undetermined".
+    None when the dataset has no training split on hand.
+    """
+    from chemgen.data.crystals import dataset_dir, source_files
+    from chemgen.scoring.crystals import ReferenceSet
+
+    train = [f for f in source_files(dataset, data_dir) if f.source_split == "train"]
+    if not train:
+        return None
+    frame = pd.read_csv(train[0].path)
+    if "pretty_formula" in frame.columns:
+        refs = ReferenceSet.from_cifs(frame["pretty_formula"], frame["cif"])
+    else:  # formulas from the structures themselves (parsed now)
+        refs = ReferenceSet.from_structures(structure_io.systems_from_cif_text(c)[0] for c in frame["cif"])
+    refs.source = f"{dataset} training split: {train[0].path.name} ({len(frame):,} structures)"
+    metadata = dataset_dir(dataset, data_dir) / "train_metadata_no_coords.csv.gz"
+    if train[0].partial and metadata.is_file():
+        rows = pd.read_csv(metadata, usecols=["material_id", "pretty_formula"])
+        missing = rows[~rows["material_id"].isin(frame["material_id"])]
+        refs.add_undetermined(missing["pretty_formula"])
+        refs.source += (f" + {len(missing):,} training rows without coordinates "
+                        f"({len(refs.undetermined_formulas):,} formulas: undetermined)")
+    return refs
 
 
 # ---------------------------------------------------------------------------- scoring
 def score_generated(items: Sequence[AtomicSystem | None], reasons: Sequence[str | None] | None, dataset: str,
                     store: str | os.PathLike | None = None,
                     version: str | None = None) -> tuple[dict[str, float], pd.DataFrame, Any]:
-    """Score generated systems of one dataset (or kind) against that dataset's curated references
-    (LATEST, or ``version``): QM9's training SMILES for novelty; for crystals the whole dataset for
-    novelty and 1,000 of its test structures for the distribution distances."""
+    """Score generated systems of one dataset (or kind) against that dataset's references: QM9's
+    training SMILES (curated, LATEST or ``version``) for novelty; for crystals the training split
+    for novelty (`training_references`) and 1,000 curated test structures for the distribution
+    distances."""
     from chemgen.dense import resolve_dataset
 
     dataset, kind = resolve_dataset(dataset)
@@ -140,12 +135,12 @@ def score_generated(items: Sequence[AtomicSystem | None], reasons: Sequence[str 
         return score_systems(items, kind, reasons, references=qm9_reference_smiles(store=store, version=version))
     from chemgen.data.store import load
 
-    return score_systems(items, kind, reasons, references=load(dataset, version=version, root=store),
+    return score_systems(items, kind, reasons, references=training_references(dataset),
                          ground_truth=load(dataset, "test", version=version, limit=1000, root=store))
 
 
 def score_systems(systems: Sequence[AtomicSystem | None], kind: str, reasons: Sequence[str | None] | None = None,
-                  protocols: Sequence[str] = ("edm", "rdkit"), preset: str = "cdvae",
+                  protocols: Sequence[str] = ("edm", "rdkit"), preset: str = "adit",
                   references: Any = None, ground_truth: Sequence[AtomicSystem] | None = None,
                   stability: bool = False, validity: str = "cdvae") -> tuple[dict[str, float], pd.DataFrame, Any]:
     """Metrics, a per-sample table and the raw scores object."""

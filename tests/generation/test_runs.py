@@ -92,3 +92,23 @@ def test_reconstruction_stability_of_a_perfect_reconstruction_is_the_data_stabil
     noisy = score_reconstructions(save_reconstructions(tmp_path / "n.pt", dense, jitter))
     assert noisy["recon_edm_molecule_stability"] < scores["true_edm_molecule_stability"] - 0.3
     assert 0.001 < noisy["recon_crystal_match_rms"] < 0.3  # ~0.05 A jitter still matches, with a finite RMS
+
+
+def test_rescore_updates_only_the_shipped_scores_and_refuses_another_run(tmp_path, monkeypatch):
+    from chemgen.generation import runs
+
+    target = tmp_path / "shipped"
+    run_a = _run(tmp_path, "a", 1)
+    promote_run(run_a, _scored(0.50), target)
+    before = lineage.read_manifest(target)
+    rescored = _scored(0.48, context={**CONTEXT, "scoring": "2"})
+    calls = []
+    monkeypatch.setattr(runs, "score_run", lambda run, store, limit: calls.append(limit) or rescored)
+    runs.rescore_shipped(run_a, target=target)
+    after = lineage.read_manifest(target)
+    assert calls == [1000]  # the count the shipped scores were taken on
+    assert after["scores"]["molecule/edm/validity"] == 0.48 and after["evaluation"]["context"]["scoring"] == "2"
+    assert after["content_hash"] == before["content_hash"] and after["shards"] == before["shards"]
+    assert load_lineage_model(target).config.name == "adit-tiny"   # shards still verify
+    with pytest.raises(lineage.LineageError, match="did not produce"):
+        runs.rescore_shipped(_run(tmp_path, "b", 2), target=target)

@@ -12,9 +12,13 @@ import pytest
 
 from chemgen.atoms import AtomicSystem
 from chemgen.scoring.crystals import (
+    KNOWN,
+    NOVEL,
+    UNDETERMINED,
     ReferenceSet,
     coverage,
     novel_mask,
+    novelty_verdicts,
     plot_crystal_scores,
     score_crystals,
     smact_validity,
@@ -81,11 +85,17 @@ def test_tiny_volume_and_adit_angle_rule() -> None:
 
     tiny = Structure(Lattice.cubic(0.4), ["Cu"], [[0, 0, 0]])  # 0.064 A^3
     assert structure_validity(tiny)[0] is False
-    skewed = Structure(Lattice.from_parameters(4, 4, 4, 40, 90, 90), ["Cu"], [[0, 0, 0]])
+    skewed = Structure(Lattice.from_parameters(4, 4, 4, 40, 90, 90), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     assert structure_validity(skewed)[0] is True
-    assert structure_validity(skewed, angle_range=(50, 130))[0] is False
-    cdvae, adit = (score_crystals([skewed], validity=v).metrics for v in ("cdvae", "adit"))
-    assert cdvae["cdvae/valid"] == 1.0 and adit["adit/valid"] == 0.0
+    cdvae, adit = (score_crystals([skewed], validity=v) for v in ("cdvae", "adit"))
+    assert cdvae.metrics["cdvae/valid"] == 1.0 and cdvae.records[0].comp_valid
+    # ADiT does not construct it (FlowMM's angle rule), so its composition is invalid too
+    assert adit.metrics["adit/valid"] == 0.0 and adit.metrics["adit/comp_valid"] == 0.0
+    assert "lattice angle" in adit.records[0].reason
+    # CDVAE keeps judging the composition of a crystal too small to construct; ADiT does not
+    tiny_nacl = Structure(Lattice.cubic(0.4), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert score_crystals([tiny_nacl]).records[0].comp_valid
+    assert not score_crystals([tiny_nacl], validity="adit").records[0].comp_valid
 
 
 def test_bad_samples_never_stop_the_batch() -> None:
@@ -111,6 +121,48 @@ def test_smact_composition_validity() -> None:
     assert [r.comp_valid for r in score_crystals([nacl, nacl2]).records] == [True, False]
 
 
+def test_a_missing_electronegativity_as_each_smact_release_treated_it() -> None:
+    # Pm has no Pauling electronegativity. smact 2.2.1 raised on the Pm(+3)-Br(-1) comparison and
+    # CDVAE's `except TypeError` let it pass; smact 2.6 (ADiT) returns False for the pair.
+    assert smact_validity(("Br", "Pm"), (3, 1), "2.2.1")
+    assert not smact_validity(("Br", "Pm"), (3, 1), "2.6")
+
+
+def _mp20_test_compositions() -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    from pymatgen.core import Composition
+
+    out = []
+    for formula in pd.read_csv(MP20 / "test.csv.gz", usecols=["pretty_formula"])["pretty_formula"]:
+        composition = Composition(formula)
+        elements = sorted(composition.elements, key=lambda e: e.Z)
+        counts = np.array([int(round(composition[e])) for e in elements])
+        out.append((tuple(e.symbol for e in elements), tuple(int(c) for c in counts // np.gcd.reduce(counts))))
+    return out
+
+
+def test_smact_validity_of_the_mp20_test_split_matches_the_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audited values on all 9,046 MP-20 test compositions (ANCHORS B7).
+
+    CDVAE's smact 2.2.1: 8,244 valid (91.13 %). The audit's 91.15 % (8,245) is 2.2.1's rule with
+    the SMACT14 file as smact >= 2.6 ships it (Ir's -3 instead of -2: one composition differs).
+    ADiT's smact 2.6: 8,236 (91.05 %).
+    """
+    from chemgen.scoring import crystals
+
+    compositions = _mp20_test_compositions()
+    assert len(compositions) == 9046
+
+    def n_valid(release: str) -> int:
+        return sum(smact_validity(symbols, counts, release) for symbols, counts in compositions)
+
+    assert n_valid("2.2.1") == 8244
+    assert n_valid("2.6") == 8236
+    release = crystals.SMACT_RELEASES["2.2.1"]
+    monkeypatch.setitem(crystals.SMACT_RELEASES, "2.2.1 rule, 2.6 data",
+                        crystals.SmactRelease("audit", release.pauling_test))
+    assert round(100 * n_valid("2.2.1 rule, 2.6 data") / 9046, 2) == 91.15
+
+
 # ----------------------------------------------------------------------------- uniqueness, novelty
 def _disguise(structure, seed: int):
     """The same crystal rotated, translated, with its sites permuted."""
@@ -126,7 +178,7 @@ def _disguise(structure, seed: int):
     return Structure(moved.lattice, [moved[i].species for i in order], moved.frac_coords[order])
 
 
-@pytest.mark.parametrize("preset", ["cdvae", "mattergen"])
+@pytest.mark.parametrize("preset", ["adit", "pymatgen"])
 def test_a_structure_matched_against_itself_is_not_novel(test_structures: list, preset: str) -> None:
     originals = test_structures[:10]
     disguised = [_disguise(s, seed=i) for i, s in enumerate(originals)]
@@ -145,11 +197,11 @@ def test_duplicates_reduce_uniqueness_exactly(test_structures: list) -> None:
     copies = [_disguise(s, seed=100 + i) for i, s in enumerate(originals[:5])]
     samples = [AtomicSystem.from_pymatgen(s) for s in originals + copies]
     n_distinct = unique_mask(originals, [s.composition.reduced_formula for s in originals]).sum()
-    scores = score_crystals(samples, preset="cdvae")
+    scores = score_crystals(samples, preset="adit")
     n_valid = scores.metrics["cdvae/n_valid"]
     valid_copies = sum(r.valid for r in scores.records[20:])
     assert valid_copies > 0
-    assert scores.metrics["cdvae/unique_rate"] == pytest.approx((n_valid - valid_copies) / n_valid)
+    assert scores.metrics["adit/unique_rate"] == pytest.approx((n_valid - valid_copies) / n_valid)
     assert n_distinct == 20
     assert not any(r.unique for r in scores.records[20:] if r.valid)
 
@@ -157,12 +209,70 @@ def test_duplicates_reduce_uniqueness_exactly(test_structures: list) -> None:
 def test_novelty_against_a_reference_table(test_rows: pd.DataFrame) -> None:
     refs = ReferenceSet.from_cifs(test_rows["pretty_formula"].iloc[:50], test_rows["cif"].iloc[:50])
     samples = _structures(test_rows["cif"].iloc[40:60])  # first 10 are in the references
-    scores = score_crystals(samples, references=refs, preset="mattergen")
-    novel = [r.novel for r in scores.records if r.valid]
-    known = [r.novel for r in scores.records[:10] if r.valid]
-    assert known and not any(known)
-    assert scores.metrics["mattergen/novel_rate"] == pytest.approx(np.mean(novel))
-    assert scores.metrics["mattergen/novel_rate"] < 1.0
+    scores = score_crystals(samples, references=refs, preset="pymatgen")
+    novel = [r.novelty == NOVEL for r in scores.records if r.valid]
+    known = [r.novelty for r in scores.records[:10] if r.valid]
+    assert known and set(known) == {KNOWN}
+    assert scores.metrics["pymatgen/novel_rate"] == pytest.approx(np.mean(novel))
+    assert scores.metrics["pymatgen/novel_rate"] < 1.0
+
+
+def test_adit_novelty_is_per_unique_group_and_formulas_without_coordinates_are_undetermined(
+        test_structures: list) -> None:
+    known, other, third = test_structures[0], test_structures[1], test_structures[2]
+    refs = ReferenceSet.from_structures([known])
+    refs.add_undetermined([third.composition.formula])
+    # three copies of a training crystal, one new crystal, one whose formula has a row without coordinates
+    samples = [known, _disguise(known, 1), _disguise(known, 2), other, third]
+    adit = score_crystals(samples, references=refs, preset="adit")
+    assert adit.metrics["adit/unique_rate"] == pytest.approx(3 / 5)
+    # ADiT: novel groups / unique groups, and only each group's first member is judged
+    assert adit.metrics["adit/novel_rate"] == pytest.approx(1 / 3)
+    assert adit.metrics["adit/undetermined_rate"] == pytest.approx(1 / 3)
+    assert [r.novelty for r in adit.records] == [KNOWN, None, None, NOVEL, UNDETERMINED]
+    per_sample = score_crystals(samples, references=refs, preset="pymatgen")
+    assert per_sample.metrics["pymatgen/novel_rate"] == pytest.approx(1 / 5)  # over valid samples
+    assert per_sample.metrics["pymatgen/unique_novel_rate"] == pytest.approx(1 / 5)
+
+
+def test_mp20_training_reference_marks_rows_without_coordinates_undetermined() -> None:
+    from chemgen.scoring.report import training_references
+
+    refs = training_references("mp20", str(DATA_DIR))
+    assert len(refs) == 1000 and "train_first1000" in refs.source
+    assert len(refs.undetermined_formulas) > 10_000  # 26,136 rows without coordinates
+    train = pd.read_csv(MP20 / "train_first1000.csv.gz", nrows=3)
+    metadata = pd.read_csv(MP20 / "train_metadata_no_coords.csv.gz", usecols=["material_id", "pretty_formula"])
+    beyond = metadata.iloc[1000:]
+    only_elsewhere = beyond[~beyond["pretty_formula"].isin(pd.read_csv(MP20 / "train_first1000.csv.gz")["pretty_formula"])]
+    formula = only_elsewhere["pretty_formula"].iloc[0]
+    structures = _structures(train["cif"])
+    verdicts = novelty_verdicts(structures, [s.composition.reduced_formula for s in structures], refs, "adit")
+    assert verdicts == [KNOWN] * 3
+    assert refs.bucket(formula) == [] and formula in refs.undetermined_formulas
+    assert training_references("perov5", str(DATA_DIR)) is None  # no training split on hand
+
+
+def test_validity_does_not_depend_on_whether_coverage_is_computed(monkeypatch: pytest.MonkeyPatch,
+                                                                   test_structures: list) -> None:
+    from chemgen.scoring import crystals
+
+    samples = test_structures[:6]
+    failing = samples[2]
+
+    def fingerprints(structure):
+        if structure is failing:
+            raise ValueError("CrystalNN found no neighbours")
+        return np.zeros(61), np.zeros(132)
+
+    monkeypatch.setattr(crystals, "matminer_available", lambda: True)
+    monkeypatch.setattr(crystals, "fingerprints", fingerprints)
+    without = score_crystals(samples)
+    with_cov = score_crystals(samples, ground_truth=samples[3:], compute_coverage=True)
+    assert [r.valid for r in with_cov.records] == [r.valid for r in without.records]
+    assert with_cov.metrics["cdvae/valid"] == without.metrics["cdvae/valid"]
+    assert with_cov.metrics["cdvae/n_fingerprint_failed"] == 1 and with_cov.records[2].fingerprint_failed
+    assert "fingerprint failed" in with_cov.records[2].reason
 
 
 # ----------------------------------------------------------------------------- distributions, coverage
@@ -259,8 +369,8 @@ def test_chgnet_relaxation_gives_e_above_hull_near_the_column(hull: MP20Hull, te
     # The same through the entry point: E_hull per sample, rates over all samples, S.U.N. needs novelty.
     samples = _structures(picks["cif"]) + [None]
     scores = score_crystals(samples, references=ReferenceSet.from_cifs(fit_rows["pretty_formula"], fit_rows["cif"]),
-                            preset="mattergen", stability=True, hull=hull, chgnet_references=refs, relax_steps=100)
+                            preset="pymatgen", stability=True, hull=hull, chgnet_references=refs, relax_steps=100)
     e_hull = np.array([r.e_above_hull for r in scores.records[:3]], float)
     assert scores.metrics["chgnet_mp20/n_relaxed"] == 3 and np.all(np.abs(e_hull - picks["e_above_hull"]) < 0.05)
     assert scores.metrics["chgnet_mp20/metastable_rate"] == pytest.approx(np.sum(e_hull <= 0.1) / 4)
-    assert scores.metrics["chgnet_mp20+mattergen/msun_rate"] <= scores.metrics["chgnet_mp20/metastable_rate"]
+    assert scores.metrics["chgnet_mp20+pymatgen/msun_rate"] <= scores.metrics["chgnet_mp20/metastable_rate"]

@@ -176,16 +176,16 @@ def edm_stability(atomic_numbers: torch.Tensor, pos: torch.Tensor, mask: torch.T
     return {f"edm_{key}": edm[f"edm/{key}"] for key in ("atom_stability", "molecule_stability", "validity")}
 
 
-def crystal_match_rate(data: dict[str, torch.Tensor], which: str = "recon", preset: str = "cdvae") -> dict[str, float]:
+def crystal_match_rate(data: dict[str, torch.Tensor], which: str = "recon") -> dict[str, float]:
     """Share of reconstructed crystals that pymatgen's StructureMatcher (CDVAE's tolerances) matches to
     their true structure, and the mean normalised RMS displacement of the matches: the CSP "match
     rate" of the VAE alone (CPU machine: needs pymatgen)."""
     import numpy as np
     from pymatgen.core import Lattice, Structure
 
-    from chemgen.scoring.crystals import MATCHER_PRESETS
+    from chemgen.scoring.crystals import CDVAE_RECONSTRUCTION
 
-    matcher = MATCHER_PRESETS[preset].matcher()
+    matcher = CDVAE_RECONSTRUCTION.matcher()
     matched, rms = 0, []
     rows = torch.nonzero(data["periodic"]).flatten().tolist()
     for b in rows:
