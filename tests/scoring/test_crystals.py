@@ -369,8 +369,13 @@ def test_chgnet_relaxation_gives_e_above_hull_near_the_column(hull: MP20Hull, te
     # The same through the entry point: E_hull per sample, rates over all samples, S.U.N. needs novelty.
     samples = _structures(picks["cif"]) + [None]
     scores = score_crystals(samples, references=ReferenceSet.from_cifs(fit_rows["pretty_formula"], fit_rows["cif"]),
-                            preset="pymatgen", stability=True, hull=hull, chgnet_references=refs, relax_steps=100)
+                            preset="pymatgen", stability=True, hull=hull, chgnet_references=refs, sigma=0.05,
+                            relax_steps=100)
     e_hull = np.array([r.e_above_hull for r in scores.records[:3]], float)
     assert scores.metrics["chgnet_mp20/n_relaxed"] == 3 and np.all(np.abs(e_hull - picks["e_above_hull"]) < 0.05)
     assert scores.metrics["chgnet_mp20/metastable_rate"] == pytest.approx(np.sum(e_hull <= 0.1) / 4)
+    from scipy.stats import norm
+
+    assert scores.metrics["chgnet_mp20/expected_stable_count"] == pytest.approx(norm.cdf(-e_hull / 0.05).sum())
     assert scores.metrics["chgnet_mp20+pymatgen/msun_rate"] <= scores.metrics["chgnet_mp20/metastable_rate"]
+    assert {r.relax_status for r in scores.records[:3]} <= {"converged", "step_cap"}

@@ -51,13 +51,15 @@ def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, s
 
     curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)  # novelty reference
     result = crystal_screening(n=8, model=str(tiny_model_dir), relax_steps=5, references_path=str(small_references),
-                               out_dir=str(tmp_path / "screen"))
+                               out_dir=str(tmp_path / "screen"), chunk=4, sigma=0.06)
     table = pd.read_csv(tmp_path / "screen" / "candidates.csv")
     assert len(table) == 8 and {"e_above_hull", "sun", "msun", "valid"} <= set(table.columns)
     assert (tmp_path / "screen" / "report.md").read_text().startswith("# Crystal screening report (8 generated)")
     assert (tmp_path / "screen" / "e_above_hull.png").read_bytes()[:4] == b"\x89PNG"
     metrics = result["metrics"]
     assert 0 <= metrics["chgnet_mp20/metastable_rate"] <= metrics["cdvae/valid"] + 1e-12
+    assert 0 <= metrics["chgnet_mp20/expected_stable_count"] <= 8 and metrics["chgnet_mp20/sigma"] == 0.06
+    assert set(table.relax_status.dropna()) <= {"converged", "step_cap", "time_budget", "failed"}
 
 
 def _free_port() -> int:
