@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--samples", type=Path, default=None, help="a structure file instead of ADiT samples")
     parser.add_argument("--gen-dir", type=Path, default=Path("out/bench_relax/gen"))
     parser.add_argument("--per-seed", type=int, default=260, help="ADiT samples generated per seed")
+    parser.add_argument("--parallel-only", action="store_true",
+                        help="only the --workers run (the target: 200 crystals on 2 idle cores)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -158,6 +160,14 @@ def main() -> None:
 
     from chgnet.model import CHGNet
 
+    if args.parallel_only:
+        load = load_text()
+        seconds, outcomes = time_batched(structures, None, 1, args.workers, args.batch_size, args.steps,
+                                         args.time_budget)
+        describe(f"batched, {args.workers} worker processes x 1 thread, all", len(structures), seconds, 1, load,
+                 outcomes)
+        print(f"[{load_text()}] at the end", flush=True)
+        return
     model = CHGNet.load(verbose=False)
     subset = structures[:args.serial]
     load = load_text()
