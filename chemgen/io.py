@@ -26,6 +26,8 @@ from chemgen.atoms import AtomicSystem, InvalidSystemError
 MAX_FILE_BYTES = 2 * 1024**3
 
 
+# ASE's extxyz reader signals malformed input through these (its XYZError is an OSError).
+EXTXYZ_PARSE_ERRORS = (ValueError, IndexError, KeyError, AttributeError, StopIteration, OSError)
 # pymatgen's CIF parser signals malformed input through many exception types.
 CIF_PARSE_ERRORS = (ValueError, KeyError, IndexError, AssertionError, ZeroDivisionError, TypeError, AttributeError)
 
@@ -149,8 +151,7 @@ def read_extxyz(path: Path) -> list[AtomicSystem]:
 
     try:
         frames = ase_read(str(path), index=":", format="extxyz")
-    except (ValueError, IndexError, KeyError, AttributeError, StopIteration, OSError) as err:
-        # ase.io.extxyz.XYZError is an OSError
+    except EXTXYZ_PARSE_ERRORS as err:
         raise StructureFileError(path, f"malformed extended XYZ ({err})") from err
     if not frames:
         raise StructureFileError(path, "no frame found")
@@ -213,7 +214,7 @@ def _system_from_xyz_text(text: str, source: str) -> AtomicSystem:
 
     try:
         atoms = ase_read(io.StringIO(text), format="extxyz")
-    except (ValueError, IndexError, KeyError, AttributeError, StopIteration, OSError) as err:
+    except EXTXYZ_PARSE_ERRORS as err:
         raise StructureFileError(source, f"malformed extended XYZ ({err})") from err
     return AtomicSystem.from_ase(atoms)
 

@@ -535,6 +535,22 @@ class StabilityRecord:
     status: str | None = None
 
 
+def stability_record(composition: Composition, energy_per_atom: float, steps: int, structure: Structure | None,
+                     hull: MP20Hull, references: ElementalReferences, error: str | None = None,
+                     status: str | None = None) -> StabilityRecord:
+    """A relaxed CHGNet energy as a formation energy and E_hull on the MP-20 scale; NaN, with the
+    reason, where either cannot be had. One place for the one-at-a-time and the batched route."""
+    nan = float("nan")
+    if not np.isfinite(energy_per_atom):
+        return StabilityRecord(nan, nan, nan, steps, structure, error=error or "non-finite energy", status=status)
+    e_form = references.formation_energy_per_atom(composition, energy_per_atom)
+    try:
+        e_hull = hull.e_above_hull(composition, e_form)
+    except KeyError as exc:
+        return StabilityRecord(energy_per_atom, e_form, nan, steps, structure, error=str(exc), status=status)
+    return StabilityRecord(energy_per_atom, e_form, e_hull, steps, structure, error=error, status=status)
+
+
 def chgnet_stability(structure: Structure, hull: MP20Hull, references: ElementalReferences,
                      optimizer: Any = None, fmax: float = 0.1, steps: int = 200) -> StabilityRecord:
     """Relax with CHGNet, then E_form and E_hull on the MP-20 scale; failures are recorded, not raised."""
@@ -547,33 +563,7 @@ def chgnet_stability(structure: Structure, hull: MP20Hull, references: Elemental
         relaxed = relax_with_chgnet(structure, fmax=fmax, steps=steps, optimizer=optimizer)
     except (ValueError, RuntimeError, IndexError) as exc:  # graph construction / NaN forces
         return StabilityRecord(nan, nan, nan, 0, error=f"relaxation failed: {type(exc).__name__}: {exc}")
-    if not np.isfinite(relaxed.energy_per_atom):
-        return StabilityRecord(nan, nan, nan, relaxed.steps, relaxed.structure, error="non-finite energy")
-    e_form = references.formation_energy_per_atom(comp, relaxed.energy_per_atom)
-    try:
-        e_hull = hull.e_above_hull(comp, e_form)
-    except KeyError as exc:
-        return StabilityRecord(relaxed.energy_per_atom, e_form, nan, relaxed.steps, relaxed.structure,
-                               error=str(exc))
-    return StabilityRecord(relaxed.energy_per_atom, e_form, e_hull, relaxed.steps, relaxed.structure)
-
-
-def stability_rates(e_above_hull: Sequence[float], n_total: int | None = None,
-                    prefix: str = "chgnet_mp20") -> dict[str, float]:
-    """Stable and metastable fractions; NaN (not relaxed, failed) counts as neither.
-
-    ``<prefix>/stable_rate`` is E_hull <= 0.0 (FlowMM / ADiT / LeMat "stable");
-    ``<prefix>/metastable_rate`` is E_hull <= 0.1 eV/atom (MatterGen's "stable"). The denominator is
-    ``n_total`` (e.g. all generated samples) or the length of ``e_above_hull``. `stability_metrics`
-    returns these two under the same keys plus the probabilistic stable count and S.U.N. rates.
-    """
-    e = np.asarray(e_above_hull, float)
-    n = n_total if n_total is not None else len(e)
-    below = np.where(np.isfinite(e), e, np.inf)
-    if n == 0:
-        return {f"{prefix}/stable_rate": float("nan"), f"{prefix}/metastable_rate": float("nan")}
-    return {f"{prefix}/stable_rate": float(np.sum(below <= STABLE_THRESHOLD) / n),
-            f"{prefix}/metastable_rate": float(np.sum(below <= METASTABLE_THRESHOLD) / n)}
+    return stability_record(comp, relaxed.energy_per_atom, relaxed.steps, relaxed.structure, hull, references)
 
 
 def stable_probability(e_above_hull: Sequence[float], sigma: float | StabilitySigma) -> np.ndarray:

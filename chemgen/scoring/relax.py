@@ -601,18 +601,7 @@ def relax_and_score(structures: Sequence[Structure | None], hull: MP20Hull, refe
 
 def _score(structure: Structure, outcome: RelaxOutcome, hull: MP20Hull,
            references: ElementalReferences) -> StabilityRecord:
-    from chemgen.scoring.hull import StabilityRecord
+    from chemgen.scoring.hull import stability_record
 
-    nan = math.nan
-    if not math.isfinite(outcome.energy_per_atom):
-        return StabilityRecord(nan, nan, nan, outcome.steps, outcome.structure,
-                               error=outcome.error or "no energy", status=outcome.status)
-    comp = structure.composition
-    e_form = references.formation_energy_per_atom(comp, outcome.energy_per_atom)
-    try:
-        e_hull = hull.e_above_hull(comp, e_form)
-    except KeyError as exc:
-        return StabilityRecord(outcome.energy_per_atom, e_form, nan, outcome.steps, outcome.structure,
-                               error=str(exc), status=outcome.status)
-    return StabilityRecord(outcome.energy_per_atom, e_form, e_hull, outcome.steps, outcome.structure,
-                           error=outcome.error, status=outcome.status)
+    return stability_record(structure.composition, outcome.energy_per_atom, outcome.steps, outcome.structure, hull,
+                            references, error=outcome.error, status=outcome.status)

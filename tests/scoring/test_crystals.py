@@ -26,7 +26,7 @@ from chemgen.scoring.crystals import (
     unique_mask,
     wasserstein_metrics,
 )
-from chemgen.scoring.hull import MP20Hull, fit_elemental_references, stability_rates
+from chemgen.scoring.hull import MP20Hull, fit_elemental_references, stability_metrics
 
 DATA_DIR = Path(os.environ.get("CHEMGEN_DATA_DIR", Path(__file__).resolve().parents[2] / "../shared/data"))
 MP20 = DATA_DIR / "mp_20"
@@ -337,8 +337,8 @@ def test_hull_elements_and_rates(hull: MP20Hull, tmp_path: Path) -> None:
     assert len(again.entries) == len(li_mg.entries) > 10
     assert again.hull_energy_per_atom("Li2Mg") == pytest.approx(hull.hull_energy_per_atom("Li2Mg"))
     assert hull.hull_energy_per_atom("Li2Mg") < 0
-    rates = stability_rates([-0.05, 0.0, 0.05, 0.2, np.nan])
-    assert rates == {"chgnet_mp20/stable_rate": 0.4, "chgnet_mp20/metastable_rate": 0.6}
+    rates = stability_metrics([-0.05, 0.0, 0.05, 0.2, np.nan], 5, sigma=0.03)
+    assert rates["chgnet_mp20/stable_rate"] == 0.4 and rates["chgnet_mp20/metastable_rate"] == 0.6
 
 
 def test_chgnet_relaxation_gives_e_above_hull_near_the_column(hull: MP20Hull, test_rows: pd.DataFrame) -> None:
