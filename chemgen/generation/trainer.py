@@ -87,6 +87,10 @@ class EMA:
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.shadow = [p.detach().clone().float() for p in self.params]
 
+    def to(self, device: torch.device) -> None:
+        """Follow the parameters: Lightning moves the model to its device after the EMA is made."""
+        self.shadow = [t.to(device) for t in self.shadow]
+
     @torch.no_grad()
     def update(self) -> None:
         decay = ema_decay_at(self.updates, self.decay)  # a host number: no sync
@@ -160,8 +164,9 @@ class StageModule(L.LightningModule):
     def __init__(self, model: nn.Module, loss_fn: LossFn, params: list[nn.Parameter], schedule: WSDSchedule,
                  budget: float | None, max_steps: int | None, weight_decay: float, ema: EMA | None, log_every: int,
                  log: Callable[[str], None], diagnose: Callable[[], dict[str, float]] | None, diagnose_every: int | None,
-                 prefix: str = ""):
+                 prefix: str = "", grad_clip: float | None = None):
         super().__init__()
+        self.grad_clip = grad_clip
         self.model = model
         self.loss_fn, self.params, self.schedule = loss_fn, params, schedule
         self.budget, self.max_steps, self.weight_decay = budget, max_steps, weight_decay
@@ -192,10 +197,18 @@ class StageModule(L.LightningModule):
         return torch.optim.AdamW(self.params, lr=self.lr, weight_decay=self.weight_decay,
                                  **({"fused": True} if cuda else {"foreach": True}))
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Clipped here, not by Lightning's gradient_clip_val: its AMP plugin refuses to clip for a fused
+        # AdamW. bf16 autocast uses no gradient scaler, so the gradients are already unscaled.
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+
     def transfer_batch_to_device(self, batch: DenseBatch, device: torch.device, dataloader_idx: int) -> DenseBatch:
         return batch.to(device)  # resident batches are there already: no copy
 
     def on_train_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
         self.started = time.perf_counter()
         self.running = torch.zeros((), device=self.device)
 
@@ -315,7 +328,7 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
         budget = max(0.0, min(budget if budget is not None else float("inf"), stop_at - time.perf_counter()))
     holder = model if model is not None else nn.ParameterList(params)
     module = StageModule(holder, step_fn, params, schedule, budget, max_steps, weight_decay, ema, log_every, log,
-                         diagnose, diagnose_every, metric_prefix)
+                         diagnose, diagnose_every, metric_prefix, grad_clip)
     callbacks: list[Any] = []
     resume = None
     if checkpoint_dir is not None:
@@ -332,7 +345,7 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=[device.index or 0] if cuda else 1,
                         precision="bf16-mixed" if use_bf16 else "32-true", max_epochs=1, max_steps=-1,
-                        gradient_clip_val=grad_clip, gradient_clip_algorithm="norm", logger=logger or False,
+                        logger=logger or False,
                         callbacks=callbacks, enable_checkpointing=checkpoint_dir is not None,
                         enable_progress_bar=progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, default_root_dir=checkpoint_dir, log_every_n_steps=log_every)
