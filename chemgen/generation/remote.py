@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> Path:
     from chemgen.config import load_config
 
     run_start = time.perf_counter()
-    torch.set_float32_matmul_precision("high")   # TF32 for the fp32 output heads
     torch.manual_seed(int(time.time()))          # each run of a lineage draws new batches
     spec = model_spec(args.model)
     config = load_config(args.config, args.model)

@@ -295,6 +295,8 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
     use_bf16 = bf16 and cuda
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
+    if model is not None:   # a previous stage's Lightning teardown left it on the CPU
+        model.to(device)
     flops_per_token = None
     peak = peak_flops(device)
     if peak is not None:  # one eager step on the commonest bucket, before any compile
@@ -350,7 +352,13 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
                         enable_progress_bar=progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, default_root_dir=checkpoint_dir, log_every_n_steps=log_every)
     safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
-    trainer.fit(module, _Draws(data), ckpt_path=resume, **safe)  # checkpoints hold tensors only: never unpickle
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")   # TF32 for the fp32 output heads while training only:
+    try:                                         # diagnostics and sampling keep full float32
+        trainer.fit(module, _Draws(data), ckpt_path=resume, **safe)  # checkpoints hold tensors only: never unpickle
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    holder.to(device)   # Lightning's teardown moves the module to the CPU: diagnostics and sampling run on `device`
     if cuda:
         torch.cuda.synchronize(device)
     result = FitResult(trainer.global_step, module.elapsed(), module.systems, compile_seconds, compiled,
