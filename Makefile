@@ -9,7 +9,7 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export CHEMGEN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs
+.PHONY: install run test check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -26,6 +26,46 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+# What `pip install .` gives a container image: build the wheel (offline, from a copy of the sources so that a
+# stale ./build never reaches it), install it without dependencies into a folder of its own and run it from
+# outside the checkout, so that only the installed package can be imported. It must find its configs, refuse
+# to guess a data or weights directory, and read data and weights once CHEMGEN_DATA_DIR / CHEMGEN_WEIGHTS_DIR
+# name them. About 40 s on 2 idle cores.
+WHEEL_CHECK ?= $(or $(TMPDIR),/tmp)/chemgen-wheel-check
+check-wheel: install
+	@set -eu; T="$(WHEEL_CHECK)"; PYBIN="$(abspath $(PY))"; DATA="$(abspath $(CHEMGEN_DATA_DIR))"; \
+	rm -rf "$$T"; mkdir -p "$$T/src" "$$T/run"; \
+	tar --exclude=__pycache__ -cf - pyproject.toml README.md chemgen workflows | tar -xf - -C "$$T/src"; \
+	(cd "$$T/src" && "$$PYBIN" -m pip wheel --quiet --no-deps --no-build-isolation --no-index -w "$$T/dist" .); \
+	"$$PYBIN" -m pip install --quiet --no-deps --no-index --target "$$T/site" "$$T"/dist/chemgen-*.whl; \
+	cd "$$T/run"; \
+	run() { env -u CHEMGEN_DATA_DIR -u CHEMGEN_WEIGHTS_DIR PYTHONPATH="$$T/site" CHEMGEN_HOME="$$T/home" "$$@"; }; \
+	fails_with() { want="$$1"; shift; if out=$$(run "$$@" 2>&1); then echo "check-wheel: '$$*' should have failed"; exit 1; fi; \
+	  case "$$out" in *"$$want"*) ;; *) echo "$$out"; echo "check-wheel: '$$*' failed without saying '$$want'"; exit 1;; esac; }; \
+	run "$$T/site/bin/chemgen" --help > /dev/null; \
+	run "$$PYBIN" -c 'import os, chemgen; assert chemgen.__file__.startswith(os.environ["PYTHONPATH"]), chemgen.__file__'; \
+	run "$$PYBIN" -c 'from chemgen.config import load_config; assert load_config("gpu-quick").name == "adit-gpu-quick"'; \
+	fails_with "not run from a source checkout" "$$PYBIN" -c 'from chemgen.paths import default_data_dir; default_data_dir()'; \
+	fails_with "CHEMGEN_WEIGHTS_DIR" "$$PYBIN" -c 'from chemgen.paths import shipped_weights_dir; shipped_weights_dir()'; \
+	fails_with "not run from a source checkout" "$$T/site/bin/chemgen" data prepare mp20 --limit 5 --store "$$T/store"; \
+	fails_with "CHEMGEN_WEIGHTS_DIR" "$$T/site/bin/chemgen" sample adit --kind qm9 --n 1 --out "$$T/samples" --no-score; \
+	run env CHEMGEN_DATA_DIR="$$DATA" "$$T/site/bin/chemgen" data prepare mp20 --limit 5 --store "$$T/store" > /dev/null; \
+	run env CHEMGEN_WEIGHTS_DIR="$(abspath models/weights)" "$$T/site/bin/chemgen" sample adit --kind qm9 --n 1 --steps 2 \
+	  --out "$$T/samples" --no-score > /dev/null; \
+	test -s "$$T/samples/samples.sdf"; \
+	echo "check-wheel: the installed wheel finds its configs, asks for CHEMGEN_DATA_DIR and CHEMGEN_WEIGHTS_DIR, reads both"
+
+# prefect.yaml is generated from workflows/deploy.py (the one definition of the deployments); a test fails when
+# the committed file differs from what this writes.
+# Mutation fuzzing of every structure reader on real QM9 and MP-20 files (README, "The record"):
+# FUZZ_N inputs per format; fails if anything crashes, hangs or is accepted beyond the record's limits.
+FUZZ_N ?= 10000
+fuzz: install
+	$(PY) -m chemgen.fuzz --per-format $(FUZZ_N) --out runs/fuzz
+
+prefect-yaml: install
+	$(PY) -m workflows.deploy --write-prefect-yaml prefect.yaml
 
 bench: install gpu-packs  # one thread each (a 2-core machine shared with other work); training benches read the packs
 	@for f in bench/bench_*.py; do echo "== $$f"; OMP_NUM_THREADS=1 $(PY) $$f $$(grep -q -- '"--packs"' $$f && echo --packs .packs/full) || exit 1; done

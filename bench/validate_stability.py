@@ -179,10 +179,10 @@ def main() -> None:
     from chemgen.scoring.hull import (
         MP20Hull,
         StabilitySigma,
-        default_cache_dir,
         load_chgnet_references,
         relax_mp20_rows,
         sample_mp20_rows,
+        sigma_cache_path,
         sigma_source,
     )
 
@@ -215,7 +215,7 @@ def main() -> None:
     print(f"wall {summary['run']['total_wall_s']:.0f} s (relaxation {relax_s:.0f} s), load {os.getloadavg()}, "
           f"torch threads {torch.get_num_threads()}, workers {args.workers}; files in {args.out}")
     if args.write_sigma:
-        path = default_cache_dir() / "chgnet_mp20_sigma.json"
+        path = sigma_cache_path(args.data_dir, references, args.rows, args.seed, sigma.method)
         sigma.to_json(path)
         print(f"sigma {sigma.sigma:.4f} eV/atom ({sigma.method}) written to {path}")
 

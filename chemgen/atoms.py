@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chemgen.errors import ChemgenError
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from ase import Atoms
     from pymatgen.core import Molecule, Structure
@@ -40,8 +42,20 @@ MAX_ATOMIC_NUMBER = len(SYMBOLS) - 1
 # Bond orders as stored in `AtomicSystem.bonds[:, 2]`; 4 marks an aromatic bond (1.5).
 AROMATIC = 4
 
+# Physical limits on what a record accepts (README, "What a record accepts"). They are far wider than
+# any dataset chemgen serves (QM9 <= 29 atoms, MP-20 <= 20, MPTS-52 <= 52; Materials Project cells are
+# below 100 A) and narrow enough that distance matrices, neighbour searches and structure matching stay
+# within seconds and memory: their cost grows with the atom count squared, with the cell's extent over
+# the search radius (a 1e4 A cell needs gigabytes) and with the search radius over the cell's thinnest
+# plane spacing (a flat cell has millions of periodic images in reach).
+MAX_ATOMS = 1_000
+MAX_COORDINATE = 1e4          # |x|, |y|, |z| in Angstrom
+MAX_FRACTIONAL = 1e2          # |fractional coordinate|
+MIN_CELL_LENGTH, MAX_CELL_LENGTH = 0.1, 1e3   # Angstrom
+MIN_PLANE_SPACING = 0.1       # Angstrom, the thinnest a cell may be across any pair of its faces
 
-class InvalidSystemError(ValueError):
+
+class InvalidSystemError(ChemgenError, ValueError):
     """An atomic system whose arrays are inconsistent or non-finite."""
 
 
@@ -104,18 +118,27 @@ class AtomicSystem:
             raise InvalidSystemError(f"cell must have shape (3, 3) but has shape {cell.shape}")
         cell = cell.copy()
         cell.flags.writeable = False
+        if n > MAX_ATOMS:
+            raise InvalidSystemError(f"{n} atoms, over the limit of {MAX_ATOMS} atoms per system")
+        for name, array in (("pos", pos), ("cell", cell)):
+            if not np.all(np.isfinite(array)):
+                raise InvalidSystemError(f"{name} contains NaN or infinite values")
         frac = self.frac_coords
         if self.pbc:
-            if abs(np.linalg.det(cell)) < 1e-8:
-                raise InvalidSystemError("a periodic system needs a cell of non-zero volume")
+            _check_cell(cell)
             if frac is None:  # derive fractional from Cartesian coordinates
                 frac = np.linalg.solve(cell.T, pos.T).T
         elif frac is None:
             frac = np.zeros((n, 3))
         frac = _as_array(frac, np.float64, (3,), "frac_coords")
-        for name, array in (("pos", pos), ("cell", cell), ("frac_coords", frac)):
-            if not np.all(np.isfinite(array)):
-                raise InvalidSystemError(f"{name} contains NaN or infinite values")
+        if not np.all(np.isfinite(frac)):
+            raise InvalidSystemError("frac_coords contains NaN or infinite values")
+        if pos.size and np.abs(pos).max() > MAX_COORDINATE:
+            raise InvalidSystemError(f"a coordinate of {np.abs(pos).max():.3g} A is beyond the limit of "
+                                     f"{MAX_COORDINATE:g} A")
+        if frac.size and np.abs(frac).max() > MAX_FRACTIONAL:
+            raise InvalidSystemError(f"a fractional coordinate of {np.abs(frac).max():.3g} is beyond the limit of "
+                                     f"{MAX_FRACTIONAL:g}")
         if pos.shape[0] != n or frac.shape[0] != n:
             raise InvalidSystemError(
                 f"{n} atomic numbers but {pos.shape[0]} positions and {frac.shape[0]} fractional coordinates")
@@ -232,7 +255,10 @@ class AtomicSystem:
 
         atoms = Atoms(numbers=self.atomic_numbers, positions=self.pos,
                       cell=self.cell if self.pbc else None, pbc=self.pbc)
-        info = {"dataset": self.dataset, **{k: v for k, v in self.properties.items() if _is_scalar(v)}}
+        # empty strings are left out: extxyz writes them as ``key=``, which reads back as part of the next key
+        info = {k: v for k, v in self.properties.items() if _is_scalar(v) and v != ""}
+        if self.dataset:
+            info["dataset"] = self.dataset
         if self.smiles:
             info["smiles"] = self.smiles
         if self.material_id:
@@ -253,9 +279,9 @@ class AtomicSystem:
             "properties": {k: v for k, v in info.items() if _is_scalar(v)},
         }
         defaults.update(fields)
-        if pbc.all():
-            return cls.crystal(atoms.numbers, atoms.get_scaled_positions(wrap=False),
-                               np.asarray(atoms.cell), **defaults)
+        if pbc.all():  # fractional coordinates are derived after the cell is checked (a singular one cannot invert)
+            return cls(atomic_numbers=atoms.numbers, pos=atoms.positions, cell=np.asarray(atoms.cell), pbc=True,
+                       **defaults)
         return cls.molecule(atoms.numbers, atoms.positions, **defaults)
 
     # ------------------------------------------------------------------ RDKit
@@ -310,6 +336,24 @@ class AtomicSystem:
             defaults.setdefault("properties", {})["name"] = mol.GetProp("_Name")
         defaults.update(fields)
         return cls.molecule(numbers, pos, **defaults)
+
+
+def _check_cell(cell: np.ndarray) -> None:
+    """A periodic cell within the physical limits: lengths, handedness, thickness."""
+    lengths = np.linalg.norm(cell, axis=1)
+    if lengths.min() < MIN_CELL_LENGTH or lengths.max() > MAX_CELL_LENGTH:
+        shown = ", ".join(f"{x:.4g}" for x in lengths)
+        raise InvalidSystemError(f"cell lengths ({shown}) A lie outside {MIN_CELL_LENGTH:g}..{MAX_CELL_LENGTH:g} A")
+    volume = float(np.linalg.det(cell))
+    if volume <= 0:
+        raise InvalidSystemError("a periodic system needs a right-handed cell of non-zero volume "
+                                 f"(its lattice vectors give a volume of {volume:.4g} A^3)")
+    # spacing between the planes spanned by each pair of lattice vectors: volume / face area
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    spacing = volume / areas.max()
+    if spacing < MIN_PLANE_SPACING:
+        raise InvalidSystemError(f"the cell is {spacing:.3g} A thin across its faces (at least {MIN_PLANE_SPACING:g} A): "
+                                 "its lattice vectors are nearly coplanar")
 
 
 def _is_scalar(value: Any) -> bool:

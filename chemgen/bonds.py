@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from chemgen.atoms import ATOMIC_NUMBERS, MAX_ATOMIC_NUMBER, AtomicSystem
+from chemgen.errors import ChemgenError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from rdkit.Chem import Mol
@@ -76,7 +77,7 @@ TRIPLE_BOND_PM: MappingProxyType[tuple[str, str], int] = MappingProxyType({
 MARGINS_PM: tuple[int, int, int] = (10, 5, 3)
 
 
-class BondPerceptionError(ValueError):
+class BondPerceptionError(ChemgenError, ValueError):
     """Bonds could not be perceived for a molecule; the message says why."""
 
 
@@ -222,7 +223,7 @@ def perceive_bonds(system: AtomicSystem, protocol: BondProtocol = "edm") -> Atom
         if any(charges):
             properties["formal_charges"] = charges
         return system.replace(bonds=AtomicSystem.from_rdkit(mol).bonds, properties=properties)
-    raise ValueError(f"unknown bond protocol {protocol!r}; choose from {BOND_PROTOCOLS}")
+    raise UsageError(f"unknown bond protocol {protocol!r}; choose from {BOND_PROTOCOLS}")
 
 
 __all__ = [

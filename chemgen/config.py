@@ -1,8 +1,9 @@
-"""Typed model configs: nested frozen dataclasses loaded from YAML in models/.
+"""Typed model configs: nested frozen dataclasses loaded from YAML shipped in the package (chemgen/configs/).
 
 Dataclasses (not pydantic) keep the training path importable on GPU machines that have
 only torch and lightning. `load_config` rejects unknown keys and wrong types with a
-message that names the file and the key.
+message that names the file and the key. The named configs (``tiny``, ``cpu``, ...) are package data,
+read through importlib.resources, so an installed wheel finds them as a checkout does.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+from chemgen.errors import ChemgenError
+
+CONFIGS_PACKAGE = "chemgen.configs"  # <model>-<name>.yaml files, shipped in the wheel
 
 
-class ConfigError(ValueError):
+class ConfigError(ChemgenError, ValueError):
     """A config file with a missing, unknown or mistyped key."""
 
 
@@ -160,21 +165,32 @@ def from_dict(cls: type[T], values: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: {err}") from err
 
 
-def resolve_config_path(name_or_path: str | Path, model: str = "adit") -> Path:
-    """``tiny`` -> models/<model>-tiny.yaml (also ``adit-tiny``); a path is used as it is."""
+def config_dir() -> Traversable:
+    """The shipped configs (a folder in a checkout or an installed package alike)."""
+    return resources.files(CONFIGS_PACKAGE)
+
+
+def known_configs(model: str = "adit") -> list[str]:
+    """Names of the shipped configs of ``model`` (``tiny``, ``cpu``, ...)."""
+    return sorted(p.name.removeprefix(f"{model}-").removesuffix(".yaml") for p in config_dir().iterdir()
+                  if p.name.startswith(f"{model}-") and p.name.endswith(".yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path, model: str = "adit") -> Path | Traversable:
+    """``tiny`` -> the shipped ``<model>-tiny.yaml`` (also ``adit-tiny``); a YAML path is used as it is."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return path
     name = str(name_or_path).removeprefix(f"{model}-")
-    candidate = MODELS_DIR / f"{model}-{name}.yaml"
+    candidate = config_dir() / f"{model}-{name}.yaml"
     if not candidate.is_file():
-        known = sorted(p.stem.removeprefix(f"{model}-") for p in MODELS_DIR.glob(f"{model}-*.yaml"))
-        raise ConfigError(f"no {model} config named {name_or_path!r} (known: {', '.join(known)})")
+        known = ", ".join(known_configs(model)) or f"none: package data {CONFIGS_PACKAGE} has no {model}-*.yaml"
+        raise ConfigError(f"no {model} config named {name_or_path!r} (known: {known})")
     return candidate
 
 
 def load_config(name_or_path: str | Path, model: str = "adit") -> Any:
-    """A model's config (``models/<model>-<name>.yaml`` or a YAML path) as its config dataclass."""
+    """A model's config (a shipped name such as ``tiny``, or a YAML path) as its config dataclass."""
     from chemgen.generation.protocol import config_type
 
     path = resolve_config_path(name_or_path, model)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from chemgen.errors import UsageError
+
 # Dataset labels as integers for conditioning; 0 is reserved for "no label" (CFG's null class).
 DATASET_INDEX: dict[str, int] = {"mp20": 1, "qm9": 2, "mpts52": 3, "perov5": 4, "carbon24": 5}
 
@@ -25,7 +27,7 @@ def resolve_dataset(name: str) -> tuple[str, str]:
     """A dataset name, or a kind standing for its default dataset -> (dataset, kind)."""
     dataset = DEFAULT_DATASET.get(name, name)
     if dataset not in DATASET_KIND:
-        raise ValueError(f"unknown dataset or kind {name!r} (datasets: {', '.join(DATASET_KIND)}; "
+        raise UsageError(f"unknown dataset or kind {name!r} (datasets: {', '.join(DATASET_KIND)}; "
                          f"kinds: {', '.join(DEFAULT_DATASET)})")
     return dataset, DATASET_KIND[dataset]
 
@@ -35,7 +37,7 @@ def dataset_label(name: str) -> int:
     try:
         return DATASET_INDEX[name]
     except KeyError:
-        raise ValueError(f"unknown dataset label {name!r} (known: {', '.join(DATASET_INDEX)}); "
+        raise UsageError(f"unknown dataset label {name!r} (known: {', '.join(DATASET_INDEX)}); "
                          "label 0 is classifier-free guidance's null class") from None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -19,20 +20,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from chemgen.atoms import AtomicSystem, InvalidSystemError
+import numpy as np
+
+from chemgen.atoms import MAX_ATOMS, MAX_CELL_LENGTH, AtomicSystem, InvalidSystemError
+from chemgen.errors import ChemgenError
 
 # A file above this size is refused unless a caller raises the limit: generated sets are small,
 # and a mistaken multi-GB input should fail fast rather than exhaust memory.
 MAX_FILE_BYTES = 2 * 1024**3
 
 
-# ASE's extxyz reader signals malformed input through these (its XYZError is an OSError).
-EXTXYZ_PARSE_ERRORS = (ValueError, IndexError, KeyError, AttributeError, StopIteration, OSError)
-# pymatgen's CIF parser signals malformed input through many exception types.
-CIF_PARSE_ERRORS = (ValueError, KeyError, IndexError, AssertionError, ZeroDivisionError, TypeError, AttributeError)
+# The parsers signal malformed input through many exception types: ASE's extxyz reader (its XYZError is
+# an OSError; a generator that runs dry raises RuntimeError), pymatgen's CIF parser (an exponent like 1e400
+# overflows, a singular lattice fails to invert). A record that raises one of these is a bad record; any
+# other exception is a bug in chemgen and keeps its traceback.
+_NUMERIC_ERRORS = (OverflowError, FloatingPointError, np.linalg.LinAlgError)
+EXTXYZ_PARSE_ERRORS = (ValueError, IndexError, KeyError, AttributeError, StopIteration, OSError, RuntimeError,
+                       *_NUMERIC_ERRORS)
+CIF_PARSE_ERRORS = (ValueError, KeyError, IndexError, AssertionError, ZeroDivisionError, TypeError, AttributeError,
+                    RuntimeError, *_NUMERIC_ERRORS)
 
 
-class StructureFileError(ValueError):
+class StructureFileError(ChemgenError, ValueError):
     """A structure file that cannot be read or written; the message names the file."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
@@ -63,23 +72,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 
 
 # ---------------------------------------------------------------------------- SDF (RDKit)
-def read_sdf(path: Path) -> list[AtomicSystem]:
-    from rdkit import Chem
+Record = AtomicSystem | StructureFileError   # one record of a file: a structure or why it is not one
 
-    from rdkit import rdBase
 
-    systems = []
+def read_sdf_records(path: Path) -> list[Record]:
+    from rdkit import Chem, rdBase
+
+    records: list[Record] = []
     # sanitize=False keeps generated (possibly invalid) molecules; removeHs=False keeps 3D hydrogens.
     with rdBase.BlockLogs():  # RDKit's own messages would repeat what the errors below say, with the file name
         supplier = Chem.ForwardSDMolSupplier(str(path), sanitize=False, removeHs=False)
         for index, mol in enumerate(supplier):
+            source = f"{path} record {index + 1}"
             if mol is None:
-                raise StructureFileError(path, f"record {index + 1} is not a valid MOL block")
+                records.append(StructureFileError(source, "not a valid MOL block"))
+                continue
             try:
-                systems.append(AtomicSystem.from_rdkit(mol))
+                records.append(AtomicSystem.from_rdkit(mol))
             except InvalidSystemError as err:
-                raise StructureFileError(path, f"record {index + 1}: {err}") from err
-    return systems
+                records.append(StructureFileError(source, str(err)))
+    if not records:
+        raise StructureFileError(path, "no MOL block found")
+    return records
 
 
 def write_sdf(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
@@ -100,35 +114,94 @@ def write_sdf(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
 
 
 # ---------------------------------------------------------------------------- CIF (pymatgen)
-def read_cif(path: Path) -> list[AtomicSystem]:
-    text = path.read_text()
-    return systems_from_cif_text(text, source=path)
+_CELL_LENGTHS = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
+_CELL_ANGLES = ("_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+
+
+def read_cif_records(path: Path) -> list[Record]:
+    return cif_records(path.read_text(), source=path)
+
+
+def cif_records(text: str, source: str | os.PathLike = "<string>") -> list[Record]:
+    """Each data block of a CIF as a crystal, or the error that names the block."""
+    if not text.strip():
+        raise StructureFileError(source, "empty CIF")
+    blocks = split_cif_blocks(text)
+    if not blocks:
+        raise StructureFileError(source, "no data_ block found in CIF")
+    records: list[Record] = []
+    for index, block in enumerate(blocks):
+        name = block.split("\n", 1)[0].strip()[5:] or str(index + 1)
+        label = source if len(blocks) == 1 else f"{source} data block {index + 1} ({name[:40]})"
+        try:
+            records.append(_crystal_from_cif_block(block, label))
+        except StructureFileError as err:
+            records.append(err)
+    return records
 
 
 def systems_from_cif_text(text: str, source: str | os.PathLike = "<string>") -> list[AtomicSystem]:
-    """Every data block of a CIF as a crystal; warnings from pymatgen's parser become errors."""
+    """Every data block of a CIF as a crystal; the first bad block fails the text."""
+    return _all_or_first_error(cif_records(text, source))
+
+
+def split_cif_blocks(text: str) -> list[str]:
+    """The data blocks of a CIF, each from its ``data_`` line (a ``data_`` inside a ;-delimited text field
+    does not start a block). Comments before the first block are dropped."""
+    blocks: list[list[str]] = []
+    in_text_field = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(";"):
+            in_text_field = not in_text_field
+        if not in_text_field and line[:5].lower() == "data_":
+            blocks.append([])
+        if blocks:
+            blocks[-1].append(line)
+    return ["".join(block) for block in blocks]
+
+
+def _crystal_from_cif_block(block: str, source: str | os.PathLike) -> AtomicSystem:
+    """One data block through pymatgen's parser, after its cell is checked: pymatgen would build a
+    structure from any lengths and angles, and a 1e9 A cell exhausts memory in its neighbour search."""
     from pymatgen.io.cif import CifParser
 
-    if not text.strip():
-        raise StructureFileError(source, "empty CIF")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            parser = CifParser.from_str(text)
+            parser = CifParser.from_str(block)
+            _check_cif_cell(parser, source)
             structures = parser.parse_structures(primitive=False, on_error="raise")
+        except StructureFileError:
+            raise
         except CIF_PARSE_ERRORS as err:
-            problems = "; ".join(str(w.message) for w in caught) or str(err)
+            messages = list(dict.fromkeys(str(w.message) for w in caught))[:3]   # pymatgen repeats itself
+            problems = "; ".join(messages) or f"{type(err).__name__}: {err}"
             raise StructureFileError(source, f"malformed CIF ({problems})") from err
     if not structures:
         raise StructureFileError(source, "no structure found in CIF")
-    names = list(parser.as_dict().keys())
-    systems = []
-    for name, structure in zip(names, structures):
-        try:
-            systems.append(AtomicSystem.from_pymatgen(structure, material_id=name))
-        except InvalidSystemError as err:
-            raise StructureFileError(source, f"data block {name}: {err}") from err
-    return systems
+    name = next(iter(parser.as_dict()), None)
+    try:
+        return AtomicSystem.from_pymatgen(structures[0], material_id=name)
+    except InvalidSystemError as err:
+        raise StructureFileError(source, str(err)) from err
+
+
+def _check_cif_cell(parser, source: str | os.PathLike) -> None:  # noqa: ANN001 - pymatgen's CifParser
+    from pymatgen.io.cif import str2float
+
+    for data in parser.as_dict().values():
+        for key, low, high in [(k, 0.0, MAX_CELL_LENGTH) for k in _CELL_LENGTHS] + [(k, 0.0, 180.0) for k in _CELL_ANGLES]:
+            if key not in data:
+                continue
+            try:
+                value = str2float(data[key])
+            except (ValueError, TypeError, OverflowError) as err:
+                raise StructureFileError(source, f"{key} {str(data[key])[:40]!r} is not a number") from err
+            if not np.isfinite(value):
+                raise StructureFileError(source, f"{key} is {value}, not a finite number")
+            if not (low < value <= high) or (key in _CELL_ANGLES and value == high):
+                raise StructureFileError(source, f"{key} {value:.6g} lies outside the physical range "
+                                                 f"({low:g}, {high:g}{')' if key in _CELL_ANGLES else ']'}")
 
 
 def write_cif(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
@@ -146,22 +219,88 @@ def write_cif(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
 
 
 # ---------------------------------------------------------------------------- (ext)xyz (ASE)
-def read_extxyz(path: Path) -> list[AtomicSystem]:
+def read_extxyz_records(path: Path) -> list[Record]:
+    records: list[Record] = []
+    for frame in split_xyz_frames(path.read_text(), path):
+        if isinstance(frame, StructureFileError):
+            records.append(frame)
+        else:
+            number, line, text = frame
+            records.append(_system_from_xyz_text(text, f"{path} frame {number} (line {line})"))
+    if not records:
+        raise StructureFileError(path, "no frame found")
+    return records
+
+
+def split_xyz_frames(text: str, source: str | os.PathLike) -> list[tuple[int, int, str] | StructureFileError]:
+    """The frames of an (extended) XYZ file as ``(frame number, first line, text)``, checked before ASE
+    sees them: an atom count that is not a number, over `MAX_ATOMS`, or more than the lines that follow
+    is an error for that frame (ASE would read past the end of the file for ever). After such an error
+    the frames that follow cannot be found, so the split ends there."""
+    lines = text.splitlines(keepends=True)
+    frames: list[tuple[int, int, str] | StructureFileError] = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():  # blank lines between frames and at the end
+            i += 1
+            continue
+        number, head = len(frames) + 1, lines[i].strip()
+        where = f"{source} frame {number} (line {i + 1})"
+        try:
+            count = int(head)
+        except ValueError:
+            frames.append(StructureFileError(where, f"the atom count {head[:40]!r} is not a whole number"))
+            break
+        if not 1 <= count <= MAX_ATOMS:
+            frames.append(StructureFileError(where, f"an atom count of {count} lies outside 1..{MAX_ATOMS}"))
+            break
+        if i + 2 + count > len(lines):
+            frames.append(StructureFileError(where, f"announces {count} atoms but only "
+                                                    f"{max(0, len(lines) - i - 2)} atom lines follow"))
+            break
+        frames.append((number, i + 1, "".join(lines[i:i + 2 + count])))
+        i += 2 + count
+    return frames
+
+
+_PROPERTIES = re.compile(r"""Properties=["']?([^\s"']+)""", re.IGNORECASE)
+
+
+def _properties_problem(text: str) -> str | None:
+    """What is wrong with a frame's ``Properties=name:type:count:...`` against its first atom line (ASE
+    trusts the counts and loops over a count of 999999999 for ever)."""
+    lines = text.split("\n", 3)
+    match = _PROPERTIES.search(lines[1]) if len(lines) > 2 else None
+    if match is None:
+        return None
+    fields = match.group(1).split(":")
+    if len(fields) % 3:
+        return f"Properties={match.group(1)[:60]!r} is not a list of name:type:count triples"
+    counts = fields[2::3]
+    if not all(c.isdigit() and len(c) < 4 for c in counts):
+        return f"Properties={match.group(1)[:60]!r} has a column count that is not a small whole number"
+    columns = len(lines[2].split())
+    if sum(map(int, counts)) != columns:
+        return f"Properties announces {sum(map(int, counts))} columns but the first atom line has {columns}"
+    return None
+
+
+def _system_from_xyz_text(text: str, source: str) -> Record:
+    import io
+
     from ase.io import read as ase_read
 
+    problem = _properties_problem(text)
+    if problem is not None:
+        return StructureFileError(source, problem)
     try:
-        frames = ase_read(str(path), index=":", format="extxyz")
+        atoms = ase_read(io.StringIO(text), format="extxyz")
     except EXTXYZ_PARSE_ERRORS as err:
-        raise StructureFileError(path, f"malformed extended XYZ ({err})") from err
-    if not frames:
-        raise StructureFileError(path, "no frame found")
-    systems = []
-    for index, atoms in enumerate(frames):
-        try:
-            systems.append(AtomicSystem.from_ase(atoms))
-        except InvalidSystemError as err:
-            raise StructureFileError(path, f"frame {index + 1}: {err}") from err
-    return systems
+        return StructureFileError(source, f"malformed extended XYZ ({type(err).__name__}: {err})")
+    try:
+        return AtomicSystem.from_ase(atoms)
+    except InvalidSystemError as err:
+        return StructureFileError(source, str(err))
 
 
 def write_extxyz(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
@@ -176,7 +315,7 @@ def write_extxyz(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
 CSV_STRUCTURE_COLUMNS = ("cif", "xyz")
 
 
-def read_csv_records(path: Path) -> list[AtomicSystem | StructureFileError]:
+def read_csv_records(path: Path) -> list[Record]:
     """Every row of a structure CSV, or the error that names the row; one bad row spoils nothing else."""
     import pandas as pd
 
@@ -189,38 +328,21 @@ def read_csv_records(path: Path) -> list[AtomicSystem | StructureFileError]:
         raise StructureFileError(path, f"a structure CSV needs a 'cif' or an 'xyz' column (found {list(frame.columns)})")
     if frame.empty:
         raise StructureFileError(path, "no rows")
-    records: list[AtomicSystem | StructureFileError] = []
+    records: list[Record] = []
     for index, text in enumerate(frame[column]):
         source = f"{path} row {index + 1}"
         try:
             if not isinstance(text, str) or not text.strip():
                 raise StructureFileError(source, f"empty {column} field")
             if column == "cif":
-                system = systems_from_cif_text(text, source=source)[0]
+                records.append(cif_records(text, source=source)[0])
             else:
-                system = _system_from_xyz_text(text, source)
-            records.append(system)
+                frames = split_xyz_frames(text, source)
+                frame = frames[0] if frames else StructureFileError(source, "no frame found")
+                records.append(frame if isinstance(frame, StructureFileError) else _system_from_xyz_text(frame[2], source))
         except StructureFileError as err:
             records.append(err)
-        except InvalidSystemError as err:
-            records.append(StructureFileError(source, str(err)))
     return records
-
-
-def _system_from_xyz_text(text: str, source: str) -> AtomicSystem:
-    import io
-
-    from ase.io import read as ase_read
-
-    try:
-        atoms = ase_read(io.StringIO(text), format="extxyz")
-    except EXTXYZ_PARSE_ERRORS as err:
-        raise StructureFileError(source, f"malformed extended XYZ ({err})") from err
-    return AtomicSystem.from_ase(atoms)
-
-
-def read_csv(path: Path) -> list[AtomicSystem]:
-    return _all_or_first_error(read_csv_records(path))
 
 
 def write_csv(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
@@ -241,7 +363,7 @@ def write_csv(handle: IO[str], systems: Iterable[AtomicSystem]) -> None:
         writer.writerow([system.material_id or "", system.formula, text.getvalue()])
 
 
-def _all_or_first_error(records: list[AtomicSystem | StructureFileError]) -> list[AtomicSystem]:
+def _all_or_first_error(records: list[Record]) -> list[AtomicSystem]:
     for record in records:
         if isinstance(record, StructureFileError):
             raise record
@@ -251,24 +373,27 @@ def _all_or_first_error(records: list[AtomicSystem | StructureFileError]) -> lis
 # ---------------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class FileFormat:
-    """A format: how to read all of a file, how to write it and, where the format has independent
-    records (CSV rows), how to read each record on its own so that a bad one spoils nothing else."""
+    """A format: how to read each record of a file on its own (an SDF's MOL blocks, a CIF's data
+    blocks, an XYZ's frames, a CSV's rows), so that a bad one spoils nothing else, and how to write it."""
 
     name: str
     extensions: tuple[str, ...]
-    reader: Callable[[Path], list[AtomicSystem]]
+    record_reader: Callable[[Path], list[Record]]
     writer: Callable[[IO[str], Iterable[AtomicSystem]], None]
-    record_reader: Callable[[Path], list[AtomicSystem | StructureFileError]] | None = None
+
+    def reader(self, path: Path) -> list[AtomicSystem]:
+        """Every record, or the first bad record's error."""
+        return _all_or_first_error(self.record_reader(path))
 
 
 FORMATS: dict[str, FileFormat] = {
     f.name: f
     for f in (
-        FileFormat("sdf", (".sdf", ".mol"), read_sdf, write_sdf),
-        FileFormat("cif", (".cif",), read_cif, write_cif),
+        FileFormat("sdf", (".sdf", ".mol"), read_sdf_records, write_sdf),
+        FileFormat("cif", (".cif",), read_cif_records, write_cif),
         # Plain XYZ is read as extended XYZ: ASE's extxyz reader accepts both.
-        FileFormat("extxyz", (".extxyz", ".xyz"), read_extxyz, write_extxyz),
-        FileFormat("csv", (".csv", ".csv.gz"), read_csv, write_csv, read_csv_records),
+        FileFormat("extxyz", (".extxyz", ".xyz"), read_extxyz_records, write_extxyz),
+        FileFormat("csv", (".csv", ".csv.gz"), read_csv_records, write_csv),
     )
 }
 
@@ -318,18 +443,11 @@ def read(path: str | os.PathLike, fmt: str | None = None,
 
 
 def read_records(path: str | os.PathLike, fmt: str | None = None,
-                 max_bytes: int = MAX_FILE_BYTES) -> list[AtomicSystem | StructureFileError]:
+                 max_bytes: int = MAX_FILE_BYTES) -> list[Record]:
     """Every record of a file, each a structure or the error that names it (for scoring, where one
-    bad sample must not hide the others). A file that cannot be read at all still raises; formats
-    without independent records give one error for the whole file."""
+    bad sample must not hide the others). A file that cannot be read at all still raises."""
     path, fmt = _checked_input(path, fmt, max_bytes)
-    record_reader = FORMATS[fmt].record_reader
-    if record_reader is not None:
-        return _reading(path, record_reader)
-    try:
-        return list(_reading(path, FORMATS[fmt].reader))
-    except StructureFileError as err:
-        return [err]
+    return _reading(path, FORMATS[fmt].record_reader)
 
 
 def write(path: str | os.PathLike, systems: Iterable[AtomicSystem], fmt: str | None = None) -> Path:

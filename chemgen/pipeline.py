@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chemgen import tracking
+from chemgen.errors import UsageError
 
 SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "molecule/edm/molecule_stability",
                    "molecule/edm/uniqueness", "molecule/edm/novelty", "crystal/cdvae/struct_valid",
@@ -24,16 +25,15 @@ SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "mole
 
 def run_main(profile: str = "demo", data_dir: Path | None = None, console: Console | None = None,
              model_name: str | None = None) -> dict[str, Any]:
-    from workflows.retrain import PROFILES, nightly_retrain
-
     import time
 
     from chemgen.paths import chemgen_home
     from chemgen.quiet import output_to_log
+    from workflows.retrain import PROFILES, nightly_retrain
 
     console = console or Console()
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+        raise UsageError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     log = chemgen_home() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     console.print(f"nightly retrain ({profile}): curate -> champion (the shipped model first) -> train a challenger "
                   f"from it -> sample and score both -> register -> gate; libraries' output goes to {log}",

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from chemgen.errors import ChemgenError
 from chemgen.paths import chemgen_home
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -133,6 +134,15 @@ def lightning_logger(experiment: str = DEFAULT_EXPERIMENT) -> Any:
 
 
 # ---------------------------------------------------------------------------- registry
+class RegistryError(ChemgenError, LookupError):
+    """A registered model, version or alias that is not in the registry, or a move the registry cannot make."""
+
+
+# What MLflow answers for a name, version or alias that is not there (an unknown alias and a version that is
+# not a number are INVALID_PARAMETER_VALUE). Anything else (a server that does not answer) is not "absent".
+_ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def client() -> Any:
     from mlflow import MlflowClient
 
@@ -144,17 +154,50 @@ def set_alias(name: str, alias: str, version: str | int) -> None:
     client().set_registered_model_alias(name, alias, str(version))
 
 
+def require_model(name: str) -> None:
+    """Raise `RegistryError` unless ``name`` is a registered model (the message lists the ones there are)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in _ABSENT:
+            raise
+        known = sorted(m.name for m in client().search_registered_models(max_results=50))
+        raise RegistryError(f"no registered model {name!r} (registered: {', '.join(known) or 'none'})") from None
+
+
+def model_version(name: str, version: str | int) -> Any:
+    """A registered version; `RegistryError` naming the model's versions when it is not there."""
+    from mlflow.exceptions import MlflowException
+
+    require_model(name)
+    try:
+        return client().get_model_version(name, str(version))
+    except MlflowException as err:
+        if err.error_code not in _ABSENT:
+            raise
+        found = sorted(int(v.version) for v in client().search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"{name} has no version {version!r} (versions: "
+                            f"{', '.join(map(str, found)) or 'none'})") from None
+
+
 def version_by_alias(name: str, alias: str) -> Any | None:
+    """The version holding ``alias``; None when the model or the alias does not exist. Any other failure (an
+    unreachable server) raises: the gate reads None as "no champion yet" and would promote."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client().get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as err:
+        if err.error_code not in _ABSENT:
+            raise
         return None
 
 
 def promote(name: str, version: str | int) -> None:
     """Make ``version`` the champion (the version downstream teams load), remembering the one it replaces."""
+    model_version(name, version)  # an unknown model or version is the caller's mistake, said as such
     current = version_by_alias(name, CHAMPION)
     if current is not None and str(current.version) != str(version):
         client().set_model_version_tag(name, str(version), "previous_champion", str(current.version))
@@ -163,12 +206,13 @@ def promote(name: str, version: str | int) -> None:
 
 def rollback(name: str) -> str:
     """Give ``champion`` back to the version the current champion replaced; returns that version."""
+    require_model(name)
     current = version_by_alias(name, CHAMPION)
     if current is None:
-        raise KeyError(f"{name} has no champion to roll back")
+        raise RegistryError(f"{name} has no champion to roll back")
     previous = current.tags.get("previous_champion")
     if not previous:
-        raise ValueError(f"{name} version {current.version} replaced no earlier champion; nothing to roll back to")
+        raise RegistryError(f"{name} version {current.version} replaced no earlier champion; nothing to roll back to")
     set_alias(name, CHAMPION, previous)
     return previous
 

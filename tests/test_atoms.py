@@ -46,7 +46,16 @@ def test_record_is_immutable_and_replace_recomputes_fractional():
         ({"atomic_numbers": [0], "pos": [[0, 0, 0]]}, "atomic numbers must lie"),
         ({"atomic_numbers": [], "pos": np.zeros((0, 3))}, "at least one atom"),
         ({"atomic_numbers": [6], "pos": [[0, 0]]}, "shape"),
-        ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True}, "non-zero volume"),
+        ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True}, "cell lengths"),
+        # physical limits (README, "What a record accepts")
+        ({"atomic_numbers": [6] * 1001, "pos": np.zeros((1001, 3))}, "1001 atoms, over the limit of 1000"),
+        ({"atomic_numbers": [6], "pos": [[1e300, 0, 0]]}, "coordinate of 1e\\+300 A is beyond the limit"),
+        ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True, "cell": np.diag([4.0, 4.0, -4.0])}, "right-handed"),
+        ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True, "cell": [[4, 0, 0], [0, 4, 0], [4, 4, 0.01]]},
+         "nearly coplanar"),
+        ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True, "cell": np.diag([4.0, 1e4, 4.0])}, "lie outside"),
+        ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True, "cell": np.eye(3) * 4,
+          "frac_coords": [[1e3, 0, 0]]}, "fractional coordinate"),
         ({"atomic_numbers": [6, 6], "pos": np.zeros((2, 3)), "bonds": [[0, 2, 1]]}, "bond indices"),
     ],
 )

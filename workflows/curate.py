@@ -1,4 +1,7 @@
-"""Curation of every dataset into the versioned store; unchanged input is a no-op (content hashes)."""
+"""Curation of every dataset into the versioned store; unchanged input is a no-op (content hashes).
+
+Datasets curate in parallel; two curations of one dataset (this flow and a retrain, say) take turns on the
+store's per-dataset lock, and the second reuses what the first stored once it verifies."""
 
 from __future__ import annotations
 
@@ -20,10 +23,12 @@ def curate_all(datasets: list[str] | None = None, data_dir: str | None = None,
     """Curate each dataset (all by default); returns name, version, content hash and split sizes."""
     from prefect.runtime import flow_run
 
-    names = list(datasets or ALL_DATASETS)
+    from chemgen.data.store import CurationError
+
+    names = list(dict.fromkeys(datasets or ALL_DATASETS))  # a name twice would only wait on itself (store lock)
     unknown = sorted(set(names) - set(ALL_DATASETS))
     if unknown:
-        raise ValueError(f"unknown dataset(s) {unknown} (known: {', '.join(ALL_DATASETS)})")
+        raise CurationError(f"unknown dataset(s) {unknown} (known: {', '.join(ALL_DATASETS)})")
     with tracking.run("curate", tags={"prefect.flow_run_id": str(flow_run.id)}):
         futures = [curate_dataset.submit(name, limit, data_dir) for name in names]
         results = [f.result() for f in futures]

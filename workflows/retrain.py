@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
-
 from prefect import flow, task
 from prefect.runtime import flow_run
 
 from chemgen import gates, tracking
+from chemgen.errors import UsageError
 from chemgen.paths import chemgen_home
 from chemgen.scoring import SCORING_VERSION
+from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
 
 RETRIES = 1
 
@@ -153,7 +153,7 @@ def sample_and_score(model_dir: str, dataset: str, n: int, num_steps: int | None
 @task(name="register-and-gate", retries=0)
 def register_and_gate(model_dir: str, name: str, metrics: dict[str, float], champion_metrics: dict[str, float] | None,
                       samples: int, context: dict[str, str], tags: dict[str, str],
-                      fail_at: str | None = None) -> dict[str, Any]:
+                      fail_at: str | None = None, champion_version: str | None = None) -> dict[str, Any]:
     """Register (challenger), then let the gate decide on champion against the champion's scores from this same
     run (same seeds, same context). Not retried: never register twice."""
     from chemgen.generation.jobs import register
@@ -162,7 +162,7 @@ def register_and_gate(model_dir: str, name: str, metrics: dict[str, float], cham
     version = register(model_dir, name, metrics=metrics, tags=tags)
     champion = None if champion_metrics is None else gates.Evaluation(champion_metrics, samples, context)
     decision = gates.evaluate_and_promote(name, version.version, gates.Evaluation(metrics, samples, context),
-                                          champion_evaluation=champion)
+                                          champion_evaluation=champion, champion_version=champion_version)
     return {"name": name, "version": version.version, "promoted": decision.promote, "reason": decision.reason,
             "gate": decision.challenger, "champion_before": decision.champion}
 
@@ -187,7 +187,7 @@ def nightly_retrain(profile: str = "demo", model_name: str | None = None, data_d
     to exercise retries.
     """
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+        raise UsageError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     plan = replace(PROFILES[profile], **(overrides or {}))
     model_name = model_name or registered_name(profile, plan.model)
     start = time.perf_counter()
@@ -234,7 +234,7 @@ def nightly_retrain(profile: str = "demo", model_name: str | None = None, data_d
                    "datasets": ",".join(f"{d['name']}@{d['version']}" for d in datasets),
                    "scoring": SCORING_VERSION}
         registration = register_and_gate(trained["model_dir"], model_name, metrics, champion_metrics, plan.samples,
-                                         context, tags, fail_at)
+                                         context, tags, fail_at, champion["version"] if champion else None)
         tracking.log_metrics({"flow_seconds": time.perf_counter() - start})
         return {"datasets": datasets, "metrics": metrics, "champion_metrics": champion_metrics,
                 "champion": champion, "registration": registration, "run_dir": str(run_dir),

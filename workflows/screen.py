@@ -1,7 +1,14 @@
 """Crystal screening: generate -> validity -> uniqueness/novelty -> CHGNet relaxation -> E_hull -> S.U.N. ranking.
 
-Relaxations fan out as one Prefect task per batch of candidates (batched CHGNet FIRE,
-`chemgen.scoring.relax`); on a Dask task runner (`with_dask`) the batches spread over its workers.
+The MP-20 hull, CHGNet's elemental references and its error (sigma) are loaded once, by one task, before
+the fan-out (on a cold cache that task runs the fits, minutes, once). Relaxations then fan out as one
+Prefect task per batch of ``chunk`` candidates (batched CHGNet FIRE, `chemgen.scoring.relax`), at most
+``workers`` of them in flight at once, whatever the task runner: threads in this process by default
+(`ThreadPoolTaskRunner`, bounded too), or the workers of a Dask cluster (`with_dask`). Tasks leave torch's
+thread count alone: it is process-wide, so a task setting it would change it under the others (Dask's
+worker processes start with one thread each; in-process threads share what the process was given, e.g.
+``OMP_NUM_THREADS``).
+
 The headline is the metastable rate; "stable" is also reported as an expected count (CHGNet's
 held-out error, `chemgen.scoring.hull.stable_probability`). Output: the ranked candidates as CIFs,
 a CSV, a Markdown report and E_hull / density plots, all logged to one MLflow run.
@@ -9,17 +16,29 @@ a CSV, a Markdown report and E_hull / density plots, all logged to one MLflow ru
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
-
-from prefect import flow, task, unmapped
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from chemgen import tracking
+from chemgen.errors import UsageError
 from chemgen.paths import chemgen_home
+from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
+
+# Relaxation tasks in flight at once (the flow's ``workers``): each holds a batch of CHGNet graphs, and on
+# the thread runner they share this process's cores. Raise it to the worker count of a Dask cluster.
+DEFAULT_WORKERS = 2
+# The thread runner's own bound, whatever ``workers`` asks for: never more threads than cores.
+MAX_THREADS = max(1, os.cpu_count() or 1)
+# The Dask dashboard has no authentication: it listens on this machine only unless asked otherwise.
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
 
 
 @task(name="generate-crystals", retries=1, retry_delay_seconds=1)
@@ -42,20 +61,34 @@ def screen_without_energies(systems: list[Any], preset: str) -> tuple[dict[str, 
     return scores.as_dict(), [{**vars(r), "valid": r.valid} for r in scores.records]
 
 
-@task(name="relax-and-hull", retries=1, retry_delay_seconds=1)
-def relax(indices: list[int], systems: list[Any], references_path: str | None, fmax: float,
+# Inputs are big objects (the hull, candidate lists): NO_CACHE spares Prefect hashing them for a cache key.
+@task(name="load-hull-and-references", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def load_energy_references(references_path: str | None, data_dir: str | None,
+                           sigma: float | None) -> dict[str, Any]:
+    """The MP-20 hull, CHGNet's elemental references and sigma, once per flow run (from the caches of
+    `chemgen.scoring.hull`, which fit them on first use, one fit however many callers)."""
+    from chemgen.scoring.hull import (
+        load_chgnet_references,
+        load_chgnet_sigma,
+        load_mp20_hull,
+    )
+
+    references = load_chgnet_references(references_path, data_dir=data_dir)
+    if sigma is None:
+        sigma = load_chgnet_sigma(data_dir=data_dir, references=references).sigma
+    return {"hull": load_mp20_hull(data_dir), "references": references, "sigma": sigma}
+
+
+@task(name="relax-and-hull", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def relax(indices: list[int], systems: list[Any], energy: dict[str, Any], fmax: float,
           steps: int) -> list[dict[str, Any]]:
     """Batched CHGNet relaxation of a chunk of candidates (one forward pass per FIRE step for the
-    chunk), then formation energy and E_hull on the MP-20 hull."""
-    import torch
-
+    chunk), then formation energy and E_hull on the hull of ``energy`` (`load_energy_references`)."""
     from chemgen.atoms import AtomicSystem
-    from chemgen.scoring.hull import load_chgnet_references, load_mp20_hull
     from chemgen.scoring.relax import relax_and_score
 
-    torch.set_num_threads(1)
-    records = relax_and_score([s.to_pymatgen() for s in systems], load_mp20_hull(),
-                              load_chgnet_references(references_path), fmax=fmax, steps=steps, progress=False)
+    records = relax_and_score([s.to_pymatgen() for s in systems], energy["hull"], energy["references"],
+                              fmax=fmax, steps=steps, progress=False)
     return [{"index": index, "e_form_per_atom": r.e_form_per_atom, "e_above_hull": r.e_above_hull,
              "relax_steps": r.steps, "relax_status": r.status, "error": r.error,
              # a failed relaxation hands back its input: only a structure CHGNet moved counts as relaxed
@@ -146,38 +179,67 @@ def _markdown(ranked: Any, metrics: dict[str, float], n: int, plots: list[str]) 
     return "\n".join(lines) + "\n"
 
 
-@flow(name="crystal-screening", log_prints=True)
+def bounded_map(task_fn: Any, argument_lists: list[tuple[Any, ...]], workers: int) -> list[Any]:
+    """``task_fn.submit(*args)`` for each tuple, never more than ``workers`` unfinished at once; the results in
+    order. Bounding the submissions (not only the runner) holds on any task runner, Dask's included."""
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+    futures: list[Any] = []
+    in_flight: set[Any] = set()
+    for args in argument_lists:
+        if len(in_flight) >= workers:
+            in_flight.discard(next(as_completed(list(in_flight))))
+        future = task_fn.submit(*args)
+        futures.append(future)
+        in_flight.add(future)
+    return [f.result() for f in futures]
+
+
+@flow(name="crystal-screening", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
 def crystal_screening(n: int = 20, model: str = "models:/chemgen-adit@champion", seed: int = 0,
                       num_steps: int | None = None, preset: str = "adit", relax_steps: int = 200, fmax: float = 0.1,
                       references_path: str | None = None, out_dir: str | None = None,
-                      chunk: int = 32, sigma: float | None = None) -> dict[str, Any]:
+                      chunk: int = 32, sigma: float | None = None, workers: int = DEFAULT_WORKERS,
+                      data_dir: str | None = None) -> dict[str, Any]:
     """Screen ``n`` generated crystals; see the module docstring. Candidates are relaxed in batches of
-    ``chunk`` (one task each, so a Dask runner spreads them over its workers). ``sigma``: CHGNet's error
-    for the expected stable count (default: the cached held-out estimate, `load_chgnet_sigma`)."""
+    ``chunk``, one task each, ``workers`` tasks at a time. ``sigma``: CHGNet's error for the expected stable
+    count (default: the cached held-out estimate, `load_chgnet_sigma`). ``data_dir``: the MP-20 data of the
+    hull and the CHGNet fits (default: `chemgen.paths.default_data_dir`)."""
     start = time.perf_counter()
     out = out_dir or str(chemgen_home() / "runs" / f"screen-{time.strftime('%Y%m%d-%H%M%S')}-{str(flow_run.id)[:8]}")
     with tracking.run("crystal-screening", tags={"prefect.flow_run_id": str(flow_run.id)}):
         tracking.log_params({"n": n, "model": model, "seed": seed, "preset": preset, "relax_steps": relax_steps,
-                             "fmax": fmax})
+                             "fmax": fmax, "chunk": chunk, "workers": workers})
+        # submitted first: on a cold cache its fits (minutes) overlap generation and validity
+        energy = load_energy_references.submit(references_path, data_dir, sigma)
         systems = generate(model, n, seed, num_steps)
         metrics, records = screen_without_energies(systems, preset)
         candidates = [(r["index"], systems[r["index"]]) for r in records if r["valid"]]
         chunks = [candidates[i:i + chunk] for i in range(0, len(candidates), chunk)]  # one task per batch
-        futures = relax.map([[i for i, _ in c] for c in chunks], [[s for _, s in c] for c in chunks],
-                            unmapped(references_path), unmapped(fmax), unmapped(relax_steps))
-        relaxed = [row for f in futures for row in f.result()]
-        summary = rank_and_report(systems, records, relaxed, metrics, out, sigma)
+        # the future itself goes to every task: a Dask runner keeps the hull on its workers, sent once each
+        relaxed = [row for rows in bounded_map(relax, [([i for i, _ in c], [s for _, s in c], energy, fmax,
+                                                        relax_steps) for c in chunks], workers) for row in rows]
+        summary = rank_and_report(systems, records, relaxed, metrics, out, energy.result()["sigma"])
         tracking.log_metrics({**summary["metrics"], "flow_seconds": time.perf_counter() - start})
         import mlflow
 
         mlflow.log_artifacts(summary["out_dir"], artifact_path="screening")
-    return {**summary, "seconds": time.perf_counter() - start}
+    return {**summary, "seconds": time.perf_counter() - start, "flow_run_id": str(flow_run.id)}
 
 
-def with_dask(flow_fn: Any = crystal_screening, address: str | None = None, n_workers: int = 2) -> Any:
-    """The screening flow on a Dask task runner: a local cluster, or the scheduler at ``address``."""
+def dask_cluster_kwargs(n_workers: int = 2, dashboard_address: str | None = DASHBOARD_ADDRESS) -> dict[str, Any]:
+    """A local Dask cluster: ``n_workers`` single-threaded processes, scheduler and dashboard on 127.0.0.1
+    (``dashboard_address=None`` turns the dashboard off; another address exposes it, unauthenticated)."""
+    return {"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+            "dashboard_address": dashboard_address}
+
+
+def with_dask(flow_fn: Any = crystal_screening, address: str | None = None, n_workers: int = 2,
+              dashboard_address: str | None = DASHBOARD_ADDRESS) -> Any:
+    """The screening flow on a Dask task runner: a local cluster (`dask_cluster_kwargs`), or the scheduler at
+    ``address``. Pass ``workers=n_workers`` (or the remote cluster's size) to the flow to keep them all busy."""
     from prefect_dask import DaskTaskRunner
 
     runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
-        cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True})
+        cluster_kwargs=dask_cluster_kwargs(n_workers, dashboard_address))
     return flow_fn.with_options(task_runner=runner)

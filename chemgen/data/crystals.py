@@ -11,6 +11,12 @@ MP-20 on machines without the full train split follows the in-house protocol of
 ../shared/data/README.md: train on ``train_first1000`` + ``val`` minus a held-out
 slice, validate on that slice, test on ``test``. With the canonical ``train.csv``
 present, the canonical 27,136 / 9,047 / 9,046 split is used through the same code.
+
+Every row is checked on its own and a row that fails becomes a bad row of the curation (file, row, id,
+reason), never an abort: an empty or repeated ``material_id`` (the first curated row of an id keeps it), a property
+cell that is not a finite number (the column stays numeric), an ``elements`` cell that is not a list of
+element symbols, a CIF that does not parse or lies outside `AtomicSystem`'s physical limits. A file that
+cannot be read, has no data rows or lacks a needed column is a `CurationError` naming the file.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chemgen.atoms import AtomicSystem, InvalidSystemError
+from chemgen.atoms import ATOMIC_NUMBERS, AtomicSystem, InvalidSystemError
+from chemgen.data.store import BadRowError, CurationError, duplicate_of, numeric_columns
 from chemgen.io import CIF_PARSE_ERRORS
 
 DATA_DIR_ENV = "CHEMGEN_DATA_DIR"
@@ -36,7 +43,12 @@ SPLITS = ("train", "val", "test")
 MP20_HOLDOUT_FRACTION = 0.1
 MP20_HOLDOUT_SEED = 0
 # Bump when the curated output of the same input changes (it is part of the version hash).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: per-row checks (empty and repeated ids, non-numeric properties, bad list cells)
+# Bounds on one row's work before the costly primitive reduction (it slows down steeply with the site count):
+# every CIF of the CDVAE sets has at most max_atoms sites, and a conventional cell at most 4x its primitive one.
+MAX_SITES_PER_MAX_ATOMS = 4
+MAX_CIF_CHARS = 100_000
+MAX_LIST_CHARS = 2_000
 
 
 @dataclass(frozen=True)
@@ -73,10 +85,11 @@ DATASETS: dict[str, CrystalDatasetSpec] = {
 
 
 def default_data_dir() -> Path:
-    """``$CHEMGEN_DATA_DIR`` if set, else ``../shared/data`` beside the project checkout."""
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV])
-    return Path(__file__).resolve().parents[3] / "shared" / "data"
+    """``$CHEMGEN_DATA_DIR`` if set, else ``../shared/data`` beside a source checkout, else a clear error
+    (`chemgen.paths.default_data_dir`)."""
+    from chemgen.paths import default_data_dir as resolve
+
+    return resolve()
 
 
 def dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -150,15 +163,24 @@ def wrap_fractional(frac: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     return wrapped
 
 
-def canonical_crystal(cif: str) -> AtomicSystem:
-    """A CIF string as the Niggli-reduced primitive cell in canonical orientation."""
+def canonical_crystal(cif: str, max_sites: int | None = None) -> AtomicSystem:
+    """A CIF string as the Niggli-reduced primitive cell in canonical orientation.
+
+    The parsed cell must pass `AtomicSystem`'s physical limits (cell lengths, coordinates, atom count) and
+    have at most ``max_sites`` sites before it is reduced: absurd input fails here, in milliseconds."""
     from pymatgen.core import Lattice, Structure
 
+    if len(cif) > MAX_CIF_CHARS:
+        raise InvalidSystemError(f"CIF of {len(cif):,} characters, over the limit of {MAX_CIF_CHARS:,}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen warns on rounding of CIF coordinates
         structure = Structure.from_str(cif, fmt="cif")
     if not structure.is_ordered:
         raise InvalidSystemError("disordered structure (partial occupancies)")
+    if max_sites is not None and structure.num_sites > max_sites:
+        raise InvalidSystemError(f"{structure.num_sites} sites before primitive reduction, over the limit of "
+                                 f"{max_sites}")
+    AtomicSystem.from_pymatgen(structure)  # the limits, checked on the cell as given
     reduced = structure.get_primitive_structure().get_reduced_structure()
     canonical = Structure(Lattice.from_parameters(*reduced.lattice.parameters),
                           reduced.species, wrap_fractional(reduced.frac_coords), coords_are_cartesian=False)
@@ -174,47 +196,113 @@ def _clean(value: object) -> object:
     return value
 
 
+def material_id_text(value: object) -> str | None:
+    """A row's ``material_id`` as text; None when the cell is empty (NaN to pandas)."""
+    value = _clean(value)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a numeric id column (Perov-5) read as floats
+    text = str(value).strip()
+    return text or None
+
+
+def _number(value: object, column: str) -> object:
+    """A property cell as a number or None. `read_rows` has made numeric columns numbers already; a string
+    here comes from a frame read some other way, and must still parse."""
+    value = _clean(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadRowError(f"column {column}: {value[:40]!r} is not a number", kind="not a number") from None
+        if not math.isfinite(number):
+            raise BadRowError(f"column {column}: {value[:40]!r} is not a finite number", kind="not a number")
+        return number
+    return value
+
+
+def parse_elements(text: str) -> list[str]:
+    """An ``elements`` cell such as ``['Fe', 'O']`` (a Python list literal, never eval'd) as symbols."""
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    if len(text) > MAX_LIST_CHARS:
+        raise BadRowError(f"column elements: {len(text):,} characters, over the limit of {MAX_LIST_CHARS:,}",
+                          kind="bad list")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise BadRowError(f"column elements: {shown!r} is not a list literal", kind="bad list") from None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+        raise BadRowError(f"column elements: {shown!r} is not a list of element symbols", kind="bad list")
+    unknown = sorted({s for s in value if s not in ATOMIC_NUMBERS})
+    if unknown:
+        raise BadRowError(f"column elements: unknown element symbol(s) {unknown}", kind="bad list")
+    return list(value)
+
+
 def row_to_crystal(row: dict, spec: CrystalDatasetSpec, source_split: str) -> AtomicSystem:
+    """One CSV row as a crystal; raises `BadRowError` or `InvalidSystemError` with the reason."""
+    if isinstance(row.get("row_problem"), str):  # found by `read_rows` (a cell that is not a number)
+        raise BadRowError(row["row_problem"], kind="not a number")
+    material_id = material_id_text(row.get("material_id"))
+    if material_id is None:
+        raise BadRowError("empty material_id", kind="missing id")
+    properties = {col: _number(row.get(col), col) for col in spec.property_columns if col in row}
+    if isinstance(row.get("elements"), str):
+        properties["elements"] = parse_elements(row["elements"])
     cif = row.get("cif")
     if not isinstance(cif, str) or not cif.strip():
         raise InvalidSystemError("empty cif field")
     try:
-        system = canonical_crystal(cif)
+        system = canonical_crystal(cif, max_sites=MAX_SITES_PER_MAX_ATOMS * spec.max_atoms)
     except CIF_PARSE_ERRORS as err:
+        if isinstance(err, InvalidSystemError):  # also a ValueError: the limits, said as they are
+            raise
         raise InvalidSystemError(f"unparseable CIF: {type(err).__name__}: {err}") from err
     if system.num_atoms > spec.max_atoms:
         raise InvalidSystemError(f"{system.num_atoms} atoms in the primitive cell, over {spec.name}'s "
                                  f"limit of {spec.max_atoms}")
-    properties = {col: _clean(row.get(col)) for col in spec.property_columns if col in row}
-    if "elements" in row and isinstance(row["elements"], str):
-        properties["elements"] = ast.literal_eval(row["elements"])  # a Python list literal, never eval
     formula = row.get("pretty_formula") or row.get("formula")
     if isinstance(formula, str):
         properties["pretty_formula"] = formula
     properties["source_split"] = source_split
-    material_id = str(row["material_id"])
     return system.replace(dataset=spec.name, material_id=material_id, properties=properties)
 
 
-def read_rows(source: SourceFile) -> pd.DataFrame:
+def read_rows(source: SourceFile, spec: CrystalDatasetSpec | None = None) -> pd.DataFrame:
+    """A source CSV with ids as text and ``spec``'s property columns as numbers. A cell that is not a number
+    becomes None and its row's ``row_problem`` (a bad row at curation); a file that cannot be read, has no
+    data rows or lacks ``material_id`` or ``cif`` is a `CurationError` naming it."""
     try:
-        frame = pd.read_csv(source.path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as err:
-        raise ValueError(f"{source.path}: not a readable CSV ({err})") from err
+        frame = pd.read_csv(source.path, dtype={"material_id": str, "cif": str, "elements": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError,
+            ValueError) as err:
+        raise CurationError(f"{source.path}: not a readable CSV ({err})") from err
     missing = {"material_id", "cif"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{source.path}: missing column(s) {sorted(missing)}")
+        raise CurationError(f"{source.path}: missing column(s) {sorted(missing)}")
+    if frame.empty:
+        raise CurationError(f"{source.path}: no data rows (only a header)")
+    problems = numeric_columns(frame, spec.property_columns if spec else ())
+    frame["row_problem"] = pd.Series([problems.get(i) for i in range(len(frame))], index=frame.index, dtype=object)
     return frame
+
+
+def _curate_row(args: tuple[dict, str, str]) -> AtomicSystem | Exception:
+    """One row's crystal or the error that names its problem; any failure of one row is that row's alone."""
+    row, name, source_split = args
+    try:
+        return row_to_crystal(row, DATASETS[name], source_split)
+    except (BadRowError, InvalidSystemError) as err:
+        return err
+    except Exception as err:  # noqa: BLE001 - pymatgen fails on odd input in many ways; the row is bad, not the run
+        return BadRowError(f"{type(err).__name__}: {err}", kind=type(err).__name__)
 
 
 def iter_crystals(name: str, frame: pd.DataFrame, source_split: str) -> Iterator[tuple[int, AtomicSystem | Exception]]:
     """Yield ``(row position, crystal or the error that row raised)``."""
-    spec = DATASETS[name]
     for position, row in enumerate(frame.to_dict("records")):
-        try:
-            yield position, row_to_crystal(row, spec, source_split)
-        except InvalidSystemError as err:
-            yield position, err
+        yield position, _curate_row((row, name, source_split))
 
 
 def assign_splits(name: str, sources: list[SourceFile], counts: dict[str, int]) -> dict[str, np.ndarray]:
@@ -246,22 +334,17 @@ def protocol_name(sources: list[SourceFile]) -> str:
     return "canonical CDVAE split"
 
 
-def _curate_row(args: tuple[dict, str, str]) -> AtomicSystem | Exception:
-    row, name, source_split = args
-    try:
-        return row_to_crystal(row, DATASETS[name], source_split)
-    except InvalidSystemError as err:
-        return err
-
-
 def builder(name: str, data_dir: str | os.PathLike | None = None, workers: int = 1, limit: int | None = None):
     """The `DatasetBuilder` that curates one CDVAE-format crystal set into the store."""
     from chemgen.data.store import DatasetBuilder
 
     if name not in DATASETS:
-        raise KeyError(f"unknown crystal dataset {name!r} (known: {', '.join(DATASETS)})")
+        raise CurationError(f"unknown crystal dataset {name!r} (known: {', '.join(DATASETS)})")
+    if limit is not None and limit < 1:
+        raise CurationError(f"limit must be at least 1 row per file, got {limit}")
+    spec = DATASETS[name]
     sources = source_files(name, data_dir)
-    frames = {s.source_split: read_rows(s) for s in sources}
+    frames = {s.source_split: read_rows(s, spec) for s in sources}
     if limit is not None:
         frames = {k: f.iloc[:limit] for k, f in frames.items()}
     labels = assign_splits(name, sources, {k: len(f) for k, f in frames.items()})
@@ -273,19 +356,21 @@ def builder(name: str, data_dir: str | os.PathLike | None = None, workers: int =
 
             pool = ProcessPoolExecutor(workers)
         try:
+            seen: dict[str, tuple[str, int]] = {}  # material_id -> its first curated (file, row), across files
             for source in sources:
                 frame = frames[source.source_split]
                 rows = frame.to_dict("records")
                 tasks = [(row, name, source.source_split) for row in rows]
                 results = pool.map(_curate_row, tasks, chunksize=64) if pool else map(_curate_row, tasks)
                 for position, (row, result) in enumerate(zip(rows, results)):
-                    yield (labels[source.source_split][position], source.path.name, position,
-                           str(row["material_id"]), result)
+                    ident = material_id_text(row["material_id"]) or ""
+                    if not isinstance(result, Exception):
+                        result = duplicate_of(seen, ident, source.path.name, position) or result
+                    yield labels[source.source_split][position], source.path.name, position, ident, result
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
 
-    spec = DATASETS[name]
     return DatasetBuilder(
         name=name, source_files=[s.path for s in sources], total=sum(len(f) for f in frames.values()),
         parameters={"recipe": RECIPE_VERSION, "cell": "primitive+niggli, canonical orientation, frac in [0,1)",

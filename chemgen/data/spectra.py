@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from chemgen.data.qm9 import read_qm9_frame
+from chemgen.errors import UsageError
 from chemgen.spectra import shards as store
 from chemgen.spectra.compute import SpectraFailure, SpectraSettings, compute_spectrum
 
@@ -40,10 +41,18 @@ RECIPE_VERSION = 1   # bump when the same input and settings would give differen
 
 
 def default_folder() -> Path:
-    """``$CHEMGEN_SPECTRA_DIR`` or the repository's ``datasets/spectra/qm9-xtb`` (committed)."""
+    """``$CHEMGEN_SPECTRA_DIR`` or the checkout's ``datasets/spectra/qm9-xtb`` (committed); an installed
+    chemgen has no checkout and must be told."""
+    from chemgen.paths import DataDirError, source_checkout
+
     env = os.environ.get("CHEMGEN_SPECTRA_DIR")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "datasets" / "spectra"
-    return base / NAME
+    if env:
+        return Path(env) / NAME
+    checkout = source_checkout()
+    if checkout is None:
+        raise DataDirError("no spectra dataset folder: chemgen is installed, not run from a source checkout; "
+                           "set CHEMGEN_SPECTRA_DIR to the folder holding qm9-xtb/")
+    return checkout / "datasets" / "spectra" / NAME
 
 
 # ---------------------------------------------------------------------------- what to compute
@@ -197,11 +206,15 @@ def manifest_description() -> dict[str, Any]:
 @contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
+    with open(folder / ".lock", "a+") as handle:   # not "w": that would erase the holder's pid before the try
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise store.SpectraStoreError(f"{folder}: another spectra curation is running there") from None
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise store.SpectraStoreError(f"{folder}: another spectra curation (pid {holder}) is running there") from None
+        handle.seek(0)
+        handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         yield
@@ -216,7 +229,7 @@ def parse_until(text: str | None, now: datetime | None = None) -> float | None:
         now = now or datetime.now()
         moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     except ValueError:
-        raise ValueError(f"--until {text!r}: expected HH:MM (24-hour clock)") from None
+        raise UsageError(f"--until {text!r}: expected HH:MM (24-hour clock)") from None
     if moment <= now:
         moment += timedelta(days=1)
     return moment.timestamp()
@@ -254,7 +267,7 @@ def curate_spectra(folder: Path | None = None, workers: int = 1, limit: int | No
     deadline = parse_until(until)
     limit = NUM_MOLECULES if limit is None else min(limit, NUM_MOLECULES)
     if limit < 0 or workers < 1 or shard_size < 1:
-        raise ValueError("--limit must be >= 0, --workers and --shard-size >= 1")
+        raise UsageError("--limit must be >= 0, --workers and --shard-size >= 1")
     report = CurationReport(folder)
     start = time.perf_counter()
     with folder_lock(folder), GracefulStop() as stop:
@@ -281,7 +294,14 @@ def run_shards(ranges: list[tuple[int, int]], make_job: Callable[[int, int], Sha
     """Compute these ranges in single-threaded worker processes, one shard per job (see `curate_spectra`)."""
     import multiprocessing as mp
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} mol/h"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]

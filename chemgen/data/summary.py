@@ -13,11 +13,13 @@ from chemgen.data.store import CurationResult
 
 def print_curation(result: CurationResult, console: Console) -> None:
     m = result.manifest
-    state = "unchanged input: reused existing version" if result.reused else f"curated in {m['curation_seconds']} s"
+    state = "unchanged input: reused the existing version, whose shards verify" if result.reused else f"curated in {m['curation_seconds']} s"
     console.print(f"[bold]{result.name}[/] version [cyan]{result.version}[/] ({state})")
     if result.sliced:
         console.print(f"a slice (--limit): LATEST is unchanged; use it as [cyan]{result.name}@{result.version}[/]")
     print_manifest(m, console)
+    if m["counts"]["bad"]:
+        console.print(f"every bad row, with its reason: {result.path / 'bad_rows.csv'}", highlight=False)
 
 
 def print_manifest(m: dict[str, Any], console: Console) -> None:
@@ -27,7 +29,9 @@ def print_manifest(m: dict[str, Any], console: Console) -> None:
     counts = m["counts"]
     table.add_row("rows read", f"{counts['rows_read']:,}")
     table.add_row("curated", f"{counts['curated']:,}")
-    table.add_row("bad rows", f"{counts['bad']:,}")
+    by_kind = m["bad_rows"].get("by_kind") or {}
+    kinds = f" ({', '.join(f'{kind} {n:,}' for kind, n in by_kind.items())})" if by_kind else ""
+    table.add_row("bad rows", f"{counts['bad']:,}{kinds}")
     table.add_row("splits", " / ".join(f"{k} {v:,}" for k, v in m["splits"].items()))
     table.add_row("protocol", m.get("protocol", ""))
     table.add_row("content hash", m["content_hash"])
@@ -41,8 +45,9 @@ def print_manifest(m: dict[str, Any], console: Console) -> None:
     examples = m["bad_rows"]["examples"]
     if examples:
         console.print(f"[yellow]{m['bad_rows']['count']} bad row(s); first examples:[/]")
-        for ex in examples:
-            console.print(f"  {ex['source']} row {ex['row']} ({ex['id']}): {ex['reason']}")
+        for ex in examples:  # row: 0-based data row of the file (line row + 2, after the header)
+            console.print(f"  {ex['source']} row {ex['row']} ({ex['id'] or 'no id'}): {ex['reason']}",
+                          highlight=False, markup=False)
 
 
 def plot_dataset(m: dict[str, Any], out_dir: str | Path) -> list[Path]:

@@ -20,11 +20,16 @@ import torch
 
 from chemgen.atoms import AtomicSystem
 from chemgen.dense import DenseBatch, dataset_label
+from chemgen.errors import ChemgenError
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 PACK_FORMAT = 3  # 1: float32 positions of every atom; 2: compact (see `TensorPack.save`); 3: + space groups
 POS_STEPS_PER_ANGSTROM = 2048
 POS_RANGE = 32767 / POS_STEPS_PER_ANGSTROM  # ~16 A
+
+
+class PackError(ChemgenError, ValueError):
+    """A file that is not a readable chemgen tensor pack; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -143,19 +148,19 @@ class TensorPack:
             try:
                 source: Any = io.BytesIO(lzma.decompress(Path(path).read_bytes()))
             except lzma.LZMAError as err:
-                raise ValueError(f"{path}: corrupt compressed tensor pack ({err})") from err
+                raise PackError(f"{path}: corrupt compressed tensor pack ({err})") from err
         else:
             source = path
         payload = torch.load(source, map_location="cpu", weights_only=True)  # tensors only, no code
         if not isinstance(payload, dict) or payload.get("format") not in (1, 2, PACK_FORMAT):
-            raise ValueError(f"{path}: not a chemgen tensor pack (format {PACK_FORMAT})")
+            raise PackError(f"{path}: not a chemgen tensor pack (format {PACK_FORMAT})")
         positions = ("pos",) if payload["format"] == 1 else ()  # 2 and 3 store them compactly
         missing = [name for name in ("atomic_numbers", "frac_coords", "num_atoms", "cell", "pbc", "dataset_idx",
                                      *positions) if name not in payload]
         if payload["format"] > 1 and not ({"molecule_pos_q", "molecule_pos"} & set(payload)):
             missing.append("molecule_pos")
         if missing:
-            raise ValueError(f"{path}: tensor pack lacks {missing}")
+            raise PackError(f"{path}: tensor pack lacks {missing}")
         values = {name: payload[name].long() for name in ("num_atoms", "dataset_idx", "atomic_numbers")}
         values["pbc"] = payload["pbc"]
         if "spacegroup" in payload:  # packs written before space groups were kept have none

@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 
+from chemgen.errors import UsageError
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -61,7 +63,7 @@ class LinearFlowMatching:
         ends of each step (the last step, where v is undefined at t = 1, is Euler).
         """
         if solver not in ("euler", "heun"):
-            raise ValueError(f"unknown solver {solver!r} (euler or heun)")
+            raise UsageError(f"unknown solver {solver!r} (euler or heun)")
         b = mask.shape[0]
         x = centred_gaussian((b, mask.shape[1], channels), mask, generator)
         ts = torch.linspace(self.min_t, 1.0, num_steps, device=mask.device)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from chemgen import tracking
-from chemgen.config import TrainConfig, load_config
+from chemgen.config import ConfigError, TrainConfig, load_config
 from chemgen.data.tensors import PACK_FORMAT, TensorPack, pack_from_store
 from chemgen.generation import lineage
 from chemgen.generation.protocol import config_type, generator_class, model_spec
@@ -130,7 +130,7 @@ def _first_train_config(config: Any) -> TrainConfig:
     for value in vars(config).values():
         if isinstance(value, TrainConfig):
             return value
-    raise ValueError(f"config {config.name!r} has no training section")
+    raise ConfigError(f"config {config.name!r} has no training section")
 
 
 # ---------------------------------------------------------------------------- registry

@@ -28,12 +28,14 @@ from typing import Any
 
 import torch
 
+from chemgen.errors import ChemgenError
+
 FORMAT = "chemgen-lineage-1"
 MAX_SHARD_BYTES = 16 * 1024 * 1024   # what a GPU machine may send back per file, and a friendly git object
 SEPARATOR = "/"
 
 
-class LineageError(RuntimeError):
+class LineageError(ChemgenError, RuntimeError):
     """A lineage folder that is missing, corrupt, or asked for something it does not hold."""
 
 

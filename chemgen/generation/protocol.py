@@ -24,7 +24,7 @@ from torch import nn
 
 from chemgen.data.tensors import TensorPack
 from chemgen.dense import DenseBatch
-
+from chemgen.errors import ChemgenError
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class ModelSpec:
 
     name: str                     # the CLI's MODEL and the lineage manifest's "model"
     generator: str                # "module:Class" implementing `Generator`
-    config_type: str              # "module:Class" of its config dataclass (models/<name>-<config>.yaml)
+    config_type: str              # "module:Class" of its config dataclass (chemgen/configs/<name>-<config>.yaml)
     registered_name: str          # its name in the MLflow registry (demo runs append "-<profile>")
     shipped_config: str           # the lineage under models/weights/ that `chemgen sample MODEL` uses
     sample_datasets: tuple[str, ...]  # what a training run samples and scores, in order
@@ -89,9 +89,16 @@ class Generator(Protocol):
         """Load what `checkpoint_groups` gave (strict: a mismatch raises)."""
 
 
+class UnknownModelError(ChemgenError, KeyError):
+    """A model name that is not in `MODELS`."""
+
+    def __str__(self) -> str:   # KeyError's own str() quotes the message
+        return str(self.args[0])
+
+
 def model_spec(model: str) -> ModelSpec:
     if model not in MODELS:
-        raise KeyError(f"unknown model {model!r} (known: {', '.join(MODELS)})")
+        raise UnknownModelError(f"unknown model {model!r} (known: {', '.join(MODELS)})")
     return MODELS[model]
 
 

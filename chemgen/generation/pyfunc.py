@@ -22,6 +22,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from chemgen.errors import UsageError
+
 REQUEST_COLUMNS = {"dataset": str, "kind": str, "n": int, "seed": int, "num_steps": int, "cfg_scale": float,
                    "solver": str}
 OUTPUT_COLUMNS = ["request", "sample", "dataset", "kind", "formula", "num_atoms", "smiles", "inchikey", "cif", "xyz", "failure"]
@@ -90,12 +92,12 @@ def validate_requests(frame: pd.DataFrame) -> pd.DataFrame:
     from chemgen.dense import resolve_dataset
 
     if not isinstance(frame, pd.DataFrame) or frame.empty:
-        raise ValueError("requests must be a non-empty DataFrame with columns 'n' and 'dataset' (or 'kind')")
+        raise UsageError("requests must be a non-empty DataFrame with columns 'n' and 'dataset' (or 'kind')")
     if "n" not in frame.columns or not {"dataset", "kind"} & set(frame.columns):
-        raise ValueError("requests need column 'n' and column 'dataset' (qm9, mp20, ...) or 'kind' (molecule, crystal)")
+        raise UsageError("requests need column 'n' and column 'dataset' (qm9, mp20, ...) or 'kind' (molecule, crystal)")
     unknown = set(frame.columns) - set(REQUEST_COLUMNS)
     if unknown:
-        raise ValueError(f"unknown request column(s) {sorted(unknown)} (known: {sorted(REQUEST_COLUMNS)})")
+        raise UsageError(f"unknown request column(s) {sorted(unknown)} (known: {sorted(REQUEST_COLUMNS)})")
     frame = frame.reset_index(drop=True).copy()
     named = frame["dataset"] if "dataset" in frame else pd.Series([None] * len(frame))
     asked = [d if isinstance(d, str) and d else k for d, k in zip(named, frame.get("kind", named))]
@@ -104,10 +106,10 @@ def validate_requests(frame: pd.DataFrame) -> pd.DataFrame:
         try:
             resolved.append(resolve_dataset(str(name)))
         except ValueError as err:
-            raise ValueError(f"request {row}: {err}") from None
+            raise UsageError(f"request {row}: {err}") from None
     frame["dataset"], frame["kind"] = [d for d, _ in resolved], [k for _, k in resolved]
     if ((frame["n"] < 1) | (frame["n"] > MAX_SAMPLES_PER_REQUEST)).any():
-        raise ValueError(f"n must lie in 1..{MAX_SAMPLES_PER_REQUEST}")
+        raise UsageError(f"n must lie in 1..{MAX_SAMPLES_PER_REQUEST}")
     if "seed" not in frame:
         frame["seed"] = range(len(frame))
     return frame

@@ -23,10 +23,11 @@ import torch
 from chemgen.dense import DATASET_KIND, DEFAULT_DATASET
 from chemgen.gates import Evaluation, GateDecision, decide, gate_metrics_for
 from chemgen.generation import lineage
+from chemgen.generation.lineage import LineageError
 from chemgen.generation.protocol import _import, model_spec
 from chemgen.scoring import SCORING_VERSION
 
-SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "models" / "weights"
+SHIPPED_ROOT: Path | None = None   # tests point it elsewhere; None: `chemgen.paths.shipped_weights_dir()`
 
 
 def shipped_model(model: str = "adit") -> Path:
@@ -39,7 +40,9 @@ def shipped_model(model: str = "adit") -> Path:
 
 def shipped_lineage(config_name: str) -> Path:
     """Where the promoted checkpoint of a config lives in the project, e.g. ``models/weights/adit-gpu-quick``."""
-    return SHIPPED_ROOT / config_name
+    from chemgen.paths import shipped_weights_dir
+
+    return (SHIPPED_ROOT or shipped_weights_dir()) / config_name
 
 
 def load_samples(path: str | os.PathLike, limit: int | None = None) -> SimpleNamespace:
@@ -47,7 +50,7 @@ def load_samples(path: str | os.PathLike, limit: int | None = None) -> SimpleNam
     the first samples only (batches are seeded in order, so the first n of a larger run are another run's n)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != 1 or "mask" not in payload:
-        raise ValueError(f"{path}: not a chemgen samples file")
+        raise LineageError(f"{path}: not a chemgen samples file")
     keys = ("atomic_numbers", "pos", "frac_coords", "cell", "mask", "periodic")
     return SimpleNamespace(**{k: payload[k][:limit] for k in keys})
 

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from chemgen.data.tensors import TensorPack
+from chemgen.errors import UsageError
 from chemgen.generation import lineage
+from chemgen.generation.lineage import LineageError
 from chemgen.generation.protocol import generator_class
 from chemgen.generation.resident import ResidentBatches
 from chemgen.generation.trainer import EMA, WSDSchedule, fit
@@ -40,11 +42,11 @@ def stage_values(text: str | None, stages: tuple[str, ...], what: str, cast: typ
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         name, _, value = item.partition("=")
         if name not in stages or not value:
-            raise ValueError(f"--{what}: {item!r} is not STAGE=NUMBER; the stages are {', '.join(stages)}")
+            raise UsageError(f"--{what}: {item!r} is not STAGE=NUMBER; the stages are {', '.join(stages)}")
         try:
             values[name] = cast(value)
         except ValueError:
-            raise ValueError(f"--{what}: {item!r}: {value!r} is not a number") from None
+            raise UsageError(f"--{what}: {item!r}: {value!r} is not a number") from None
     return values
 
 
@@ -56,11 +58,11 @@ def initial_model(model_name: str, config: Any, init: Path | None) -> tuple[Any,
         return model, steps, {}
     checkpoint = lineage.load(init)
     if checkpoint.manifest.get("model", model_name) != model_name:
-        raise ValueError(f"{init}: a lineage of {checkpoint.manifest.get('model')!r}, not of {model_name!r}")
+        raise LineageError(f"{init}: a lineage of {checkpoint.manifest.get('model')!r}, not of {model_name!r}")
     try:  # the config may change loss weights between runs, never the architecture
         model.load_checkpoint_groups(checkpoint.groups)
     except RuntimeError as err:
-        raise ValueError(f"{init}: the lineage's weights do not fit config {config.name!r} ({err})") from None
+        raise LineageError(f"{init}: the lineage's weights do not fit config {config.name!r} ({err})") from None
     return model, {**steps, **checkpoint.steps}, checkpoint.manifest
 
 
@@ -91,7 +93,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
     minutes, steps, lr = dict(minutes or {}), dict(steps or {}), dict(lr or {})
     unknown = (set(minutes) | set(steps) | set(lr)) - set(model.stage_names)
     if unknown:
-        raise ValueError(f"{model_name} has stages {', '.join(model.stage_names)}, not {', '.join(sorted(unknown))}")
+        raise UsageError(f"{model_name} has stages {', '.join(model.stage_names)}, not {', '.join(sorted(unknown))}")
     data = ResidentBatches(train, device, tokens_per_batch=tokens_per_batch, oversample=OVERSAMPLE)
     monitor_batch = val.held_out(MONITOR_SYSTEMS).to(device) if len(val) else None
     model.to(device)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from chemgen.atoms import SYMBOLS, AtomicSystem
+from chemgen.errors import ChemgenError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pymatgen.core import Structure
@@ -98,7 +99,7 @@ CDVAE_RECONSTRUCTION = MatcherPreset(ltol=0.3, stol=0.5, angle_tol=10.0)
 
 
 # ============================================================================ validity
-class CrystalConstructionError(ValueError):
+class CrystalConstructionError(ChemgenError, ValueError):
     """A sample that cannot be turned into a pymatgen `Structure`."""
 
 
@@ -711,7 +712,7 @@ def score_crystals(
     CrystalScores; rates are fractions of all samples unless the key says otherwise.
     """
     if preset not in MATCHER_PRESETS:
-        raise ValueError(f"unknown matcher preset {preset!r}; choose from {sorted(MATCHER_PRESETS)}")
+        raise UsageError(f"unknown matcher preset {preset!r}; choose from {sorted(MATCHER_PRESETS)}")
     records, structures = [], []
     for i, system in enumerate(systems):
         record, structure = assess_validity(i, system, validity)
@@ -829,7 +830,12 @@ def _stability_metrics(records: list[CrystalRecord], structures: list[Structure 
                        relax_workers: int, relax_budget_s: float | None) -> dict[str, float]:
     """Batched CHGNet relaxation of every valid sample, E_hull on the MP-20 hull; the metastable rate
     (headline), hard and expected stable rates and (M)S.U.N. over all samples (`hull.stability_metrics`)."""
-    from chemgen.scoring.hull import load_chgnet_references, load_chgnet_sigma, load_mp20_hull, stability_metrics
+    from chemgen.scoring.hull import (
+        load_chgnet_references,
+        load_chgnet_sigma,
+        load_mp20_hull,
+        stability_metrics,
+    )
     from chemgen.scoring.relax import relax_and_score
 
     hull = hull or load_mp20_hull()

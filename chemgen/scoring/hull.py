@@ -15,6 +15,12 @@ Three pieces:
   sum_i Phi(-E_hull_i / sigma), with sigma CHGNet's formation-energy error on held-out MP-20 test
   rows after relaxation (`StabilitySigma`, cached beside the elemental references).
 
+Both CHGNet fits take minutes, so they are cached under `default_cache_dir`, in files named by a hash of
+their inputs (the content of the MP-20 files they read, the splits and rows, the CHGNet version, the
+protocol): other data or another CHGNet gets its own file instead of a stale one. Files are written
+atomically, and a lock beside each makes a second caller (thread or process) wait for the first one's
+fit and read its file rather than start the same fit (`load_chgnet_references`, `load_chgnet_sigma`).
+
 The hull is MP-20's, not the full Materials Project's: fewer competing phases, so it can only
 under-estimate E_hull. A known MP-20 row lies on a hull that contains itself, so it is validated
 leave-one-out (``MP20Hull.e_above_hull(..., exclude=material_id)``; bench/validate_stability.py).
@@ -40,19 +46,20 @@ geometries; generated structures are relaxed first (CHGNet `StructOptimizer`, FI
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from chemgen.data.crystals import default_data_dir
+from chemgen.paths import default_data_dir
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -289,9 +296,7 @@ class ElementalReferences:
         return float(energy_per_atom - sum(x * self.mu[el.symbol] for el, x in fractions.items()))
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"mu": self.mu, "counts": self.counts, "rmse": self.rmse,
-                                          "source": self.source}, indent=1))
+        _write_json(path, {"mu": self.mu, "counts": self.counts, "rmse": self.rmse, "source": self.source})
 
     @classmethod
     def from_json(cls, path: str | Path) -> ElementalReferences:
@@ -351,13 +356,11 @@ def build_chgnet_references(data_dir: str | Path | None = None, splits: Sequence
 
 
 def load_chgnet_references(path: str | Path | None = None, data_dir: str | Path | None = None) -> ElementalReferences:
-    """Cached `ElementalReferences` (JSON); fitted and written on first use."""
-    path = Path(path or default_cache_dir() / "chgnet_mp20_elemental_references.json")
-    if path.exists():
-        return ElementalReferences.from_json(path)
-    refs = build_chgnet_references(data_dir)
-    refs.to_json(path)
-    return refs
+    """Cached `ElementalReferences`: the JSON at ``path`` (default: `references_cache_path`, keyed by the
+    inputs of the fit), fitted (~11 min) and written on first use; concurrent callers wait for one fit."""
+    path = Path(path) if path else references_cache_path(data_dir)
+    return _load_or_build(path, lambda: build_chgnet_references(data_dir), ElementalReferences.from_json,
+                          "CHGNet's elemental references (about 11 min)")
 
 
 # ----------------------------------------------------------------------------- CHGNet's error, held out
@@ -477,9 +480,8 @@ class StabilitySigma:
         return cls(relaxed[method], method, relaxed, single, source)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"sigma": self.sigma, "method": self.method, "relaxed": self.relaxed,
-                                          "single_point": self.single_point, "source": self.source}, indent=1))
+        _write_json(path, {"sigma": self.sigma, "method": self.method, "relaxed": self.relaxed,
+                           "single_point": self.single_point, "source": self.source})
 
     @classmethod
     def from_json(cls, path: str | Path) -> StabilitySigma:
@@ -509,13 +511,120 @@ def sigma_source(n_rows: int, seed: int) -> str:
 
 def load_chgnet_sigma(path: str | Path | None = None, data_dir: str | Path | None = None,
                       references: ElementalReferences | None = None) -> StabilitySigma:
-    """Cached `StabilitySigma` (JSON beside the elemental references); built and written on first use."""
-    path = Path(path or default_cache_dir() / "chgnet_mp20_sigma.json")
+    """Cached `StabilitySigma`: the JSON at ``path`` (default: `sigma_cache_path`, beside the elemental
+    references and keyed by its inputs, the references included), built (~4 min) and written on first use."""
+    if path:
+        return _load_or_build(Path(path), lambda: build_chgnet_sigma(data_dir, references), StabilitySigma.from_json,
+                              "CHGNet's held-out error")
+    references = references or load_chgnet_references(data_dir=data_dir)
+    return _load_or_build(sigma_cache_path(data_dir, references), lambda: build_chgnet_sigma(data_dir, references),
+                          StabilitySigma.from_json, "CHGNet's held-out error (about 4 min)")
+
+
+# ----------------------------------------------------------------------------- the caches of both fits
+# Bump when a change to the fit or the sigma protocol changes what a cache file holds: old files are then
+# simply not found (their names carry the old key).
+CACHE_SCHEME = 1
+
+_T = TypeVar("_T")
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def chgnet_version() -> str:
+    """The installed CHGNet's version (its pretrained weights ship with it), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chgnet")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content, memoised per path, size and mtime (each MP-20 file is read once)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (the CHGNet fits are keyed by the data they read)") from None
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[memo] = digest.hexdigest()
+    return _DIGESTS[memo]
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    """A short hash of a JSON-able description of what a cached file was computed from."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def references_inputs(data_dir: str | Path | None = None, splits: Sequence[str] = REFERENCE_FIT_SPLITS,
+                      limit: int | None = None) -> dict[str, Any]:
+    """What `build_chgnet_references` depends on: the files' content (not their folder), splits, CHGNet."""
+    root = Path(data_dir or default_data_dir()) / "mp_20"
+    return {"what": "chgnet-mp20-elemental-references", "scheme": CACHE_SCHEME, "chgnet": chgnet_version(),
+            "splits": list(splits), "limit": limit,
+            "files": {f"{s}.csv.gz": file_digest(root / f"{s}.csv.gz") for s in splits}}
+
+
+def references_cache_path(data_dir: str | Path | None = None) -> Path:
+    """Where `load_chgnet_references` keeps the fit for this data and this CHGNet."""
+    return default_cache_dir() / f"chgnet_mp20_elemental_references-{cache_key(references_inputs(data_dir))}.json"
+
+
+def sigma_inputs(data_dir: str | Path | None, references: ElementalReferences, n_rows: int = SIGMA_ROWS,
+                 seed: int = 0, method: str = SIGMA_METHOD) -> dict[str, Any]:
+    """What `build_chgnet_sigma` depends on: the held-out file's content, the sample, the references, CHGNet."""
+    root = Path(data_dir or default_data_dir()) / "mp_20"
+    return {"what": "chgnet-mp20-sigma", "scheme": CACHE_SCHEME, "chgnet": chgnet_version(), "split": SIGMA_SPLIT,
+            "file": file_digest(root / f"{SIGMA_SPLIT}.csv.gz"), "n_rows": n_rows, "seed": seed, "method": method,
+            "references": cache_key({"mu": references.mu})}
+
+
+def sigma_cache_path(data_dir: str | Path | None, references: ElementalReferences, n_rows: int = SIGMA_ROWS,
+                     seed: int = 0, method: str = SIGMA_METHOD) -> Path:
+    """Where `load_chgnet_sigma` keeps the sigma of these references on this data (also for
+    bench/validate_stability.py --write-sigma, which makes the same one)."""
+    key = cache_key(sigma_inputs(data_dir, references, n_rows, seed, method))
+    return default_cache_dir() / f"chgnet_mp20_sigma-{key}.json"
+
+
+def _load_or_build(path: Path, build: Callable[[], _T], read: Callable[[Path], _T], what: str) -> _T:
+    """``read(path)``, or ``build()`` written to ``path`` (its ``to_json`` writes atomically).
+
+    An exclusive lock on ``<path>.lock`` makes concurrent callers, threads or processes, wait for the one
+    that builds and then read its file instead of each starting a fit of minutes. flock is released when
+    its holder exits, however it exits, so a crashed builder leaves no stale lock: the next caller builds.
+    """
+    import fcntl
+
     if path.exists():
-        return StabilitySigma.from_json(path)
-    sigma = build_chgnet_sigma(data_dir, references)
-    sigma.to_json(path)
-    return sigma
+        return read(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another caller is building %s; waiting for it", path, what)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():  # the caller we waited for built it
+            return read(path)
+        log.warning("building %s, cached as %s", what, path)
+        value = build()
+        value.to_json(path)  # type: ignore[attr-defined]
+        return value
+
+
+def _write_json(path: str | Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically: a reader never sees half a cache file."""
+    from chemgen.io import atomic_write
+
+    with atomic_write(path) as handle:
+        json.dump(data, handle, indent=1)
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rdkit import Chem, rdBase
 
-from chemgen.atoms import ATOMIC_NUMBERS, MAX_ATOMIC_NUMBER, SYMBOLS, AtomicSystem, InvalidSystemError
+from chemgen.atoms import (
+    ATOMIC_NUMBERS,
+    MAX_ATOMIC_NUMBER,
+    SYMBOLS,
+    AtomicSystem,
+    InvalidSystemError,
+)
 from chemgen.bonds import BondPerceptionError, edm_bond_orders, rdkit_determine_bonds
+from chemgen.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -195,7 +202,9 @@ def score_rdkit(system: AtomicSystem) -> MoleculeOutcome:
 
 def score_edm_mmff(system: AtomicSystem) -> MoleculeOutcome:
     """One molecule under the ``edm_mmff`` protocol: relaxed, then scored as ``edm`` scores."""
-    from chemgen.scoring.relax_molecules import relax_molecule  # imports this module: import here
+    from chemgen.scoring.relax_molecules import (
+        relax_molecule,  # imports this module: import here
+    )
 
     relaxed, relaxation = relax_molecule(system)
     return replace(score_edm(relaxed), relaxation=relaxation)
@@ -406,7 +415,7 @@ def check_protocols(protocols: Sequence[str]) -> None:
     """Raise ValueError unless ``protocols`` is a non-empty sequence of known protocol names."""
     unknown = [p for p in protocols if p not in MOLECULE_PROTOCOLS]
     if unknown or not protocols:
-        raise ValueError(f"protocols must be a non-empty subset of {MOLECULE_PROTOCOLS}, got {tuple(protocols)}")
+        raise UsageError(f"protocols must be a non-empty subset of {MOLECULE_PROTOCOLS}, got {tuple(protocols)}")
 
 
 def score_molecules(systems: Sequence[AtomicSystem | tuple[Any, Any]],
@@ -431,7 +440,7 @@ def score_molecules(systems: Sequence[AtomicSystem | tuple[Any, Any]],
     if isinstance(reference_smiles, (set, frozenset, list, tuple)):
         raise TypeError("reference_smiles maps each protocol to its SMILES: use reference_smiles(train_systems)")
     if len(systems) == 0:
-        raise ValueError("no molecules to score")
+        raise UsageError("no molecules to score")
     by_protocol = {}
     with rdBase.BlockLogs():  # RDKit logs every sanitization failure; the reasons are kept instead
         for protocol in protocols:

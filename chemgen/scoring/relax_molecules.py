@@ -68,7 +68,13 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem, rdDetermineBonds
 
 from chemgen.atoms import ATOMIC_NUMBERS, MAX_ATOMIC_NUMBER, SYMBOLS, AtomicSystem
-from chemgen.bonds import SINGLE_BOND_PM, bonds_from_orders, edm_bond_orders, pairwise_distances
+from chemgen.bonds import (
+    SINGLE_BOND_PM,
+    bonds_from_orders,
+    edm_bond_orders,
+    pairwise_distances,
+)
+from chemgen.errors import ChemgenError
 from chemgen.scoring.molecules import ALLOWED_VALENCES, allowed_valence
 
 MAX_ITERATIONS = 500  # MMFF94 / UFF minimiser steps: QM9-sized molecules converge in far fewer
@@ -90,7 +96,7 @@ FORCE_FIELDS = MappingProxyType({"mmff": "MMFF94", "uff": "UFF"})
 GRAPHS = MappingProxyType({"edm": "EDM's bonds", "widened": "widened EDM connectivity"})
 
 
-class RelaxationError(RuntimeError):
+class RelaxationError(ChemgenError, RuntimeError):
     """A molecule could not be relaxed; the message says why."""
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from chemgen import io as structure_io
 from chemgen.atoms import AtomicSystem
+from chemgen.errors import UsageError
 from chemgen.io import StructureFileError, atomic_write
 
 KINDS = ("molecule", "crystal")
@@ -34,19 +35,26 @@ def read_structures(path: str | os.PathLike, kind: str) -> tuple[list[AtomicSyst
     """
     path = Path(path)
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise UsageError(f"kind must be one of {KINDS}, got {kind!r}")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _is_structure_file(p))
         if not files:
             raise StructureFileError(path, "folder holds no .cif, .xyz, .extxyz, .sdf or .csv files")
-        records = [record for file in files for record in structure_io.read_records(file)]
-    elif structure_io.FORMATS[structure_io.detect_format(path)].record_reader is not None:
+        records = [record for file in files for record in _folder_file_records(file)]
+    else:  # one file that cannot be read at all is the user's error, not a sample's
         records = structure_io.read_records(path)
-    else:  # one file that cannot be read is the user's error, not a sample's
-        records = structure_io.read(path)
     systems = [None if isinstance(r, StructureFileError) else r for r in records]
     reasons = [str(r) if isinstance(r, StructureFileError) else None for r in records]
     return _check_kind(systems, reasons, kind, path)
+
+
+def _folder_file_records(path: Path) -> list[AtomicSystem | StructureFileError]:
+    """A folder's file record by record; a file that cannot be read at all (empty, binary, too large) is
+    one invalid item, since its records cannot be counted."""
+    try:
+        return structure_io.read_records(path)
+    except StructureFileError as err:
+        return [err]
 
 
 def _is_structure_file(path: Path) -> bool:
@@ -157,7 +165,7 @@ def score_systems(systems: Sequence[AtomicSystem | None], kind: str, reasons: Se
         from chemgen.scoring.crystals import score_crystals
 
         if validity not in ("cdvae", "adit"):
-            raise ValueError(f"validity must be 'cdvae' or 'adit', got {validity!r}")
+            raise UsageError(f"validity must be 'cdvae' or 'adit', got {validity!r}")
         scores = score_crystals(list(systems), references=references, preset=preset, ground_truth=ground_truth,
                                 stability=stability, validity=validity)
         table = scores.to_frame()

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from chemgen.spectra.vibrations import VibrationSettings, Vibrations, harmonic_analysis
+from chemgen.errors import ChemgenError
+from chemgen.spectra.vibrations import Vibrations, VibrationSettings, harmonic_analysis
 from chemgen.spectra.xtb import XtbError, XtbPoint, XtbSettings, optimize
 
 # A relaxed molecule with an imaginary mode larger than this (cm^-1) is a saddle point, not a minimum:
@@ -48,7 +49,7 @@ class MoleculeSpectra:
     modes: np.ndarray | None = None      # (M, N, 3) normalised Cartesian displacements (not stored in shards)
 
 
-class SpectraFailure(RuntimeError):
+class SpectraFailure(ChemgenError, RuntimeError):
     """A molecule that could not be given trustworthy spectra; the message is the reason."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from chemgen.errors import ChemgenError
 from chemgen.spectra import units
 from chemgen.spectra.broadening import GRID_CM1
 
@@ -29,7 +30,7 @@ JCAMP_SUFFIXES = (".jdx", ".dx", ".jcamp", ".jcm")
 CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 
 
-class SpectrumFileError(ValueError):
+class SpectrumFileError(ChemgenError, ValueError):
     """A spectrum file chemgen cannot use; the message names the file and the problem."""
 
 

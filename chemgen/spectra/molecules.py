@@ -17,10 +17,16 @@ from pathlib import Path
 
 
 from chemgen.atoms import AtomicSystem
+from chemgen.errors import ChemgenError
 from chemgen.spectra import broadening, files
 from chemgen.spectra.compute import SpectraFailure, SpectraSettings, compute_spectrum
 
 MAX_ATOMS = 200   # xTB Hessians grow as N^2 gradients: beyond this, minutes per molecule
+
+
+class MoleculeInputError(ChemgenError, ValueError):
+    """A molecule given for spectra that cannot be used: a SMILES RDKit cannot parse or embed, a periodic
+    structure, or more atoms than the limit."""
 
 
 @dataclass(frozen=True)
@@ -38,12 +44,12 @@ def embed_smiles(smiles: str, name: str | None = None, seed: int = 0) -> AtomicS
 
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
-        raise ValueError(f"SMILES {smiles!r}: RDKit cannot parse it")
+        raise MoleculeInputError(f"SMILES {smiles!r}: RDKit cannot parse it")
     mol = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
     params.randomSeed = seed
     if AllChem.EmbedMolecule(mol, params) != 0:
-        raise ValueError(f"SMILES {smiles!r}: RDKit could not embed a 3D geometry")
+        raise MoleculeInputError(f"SMILES {smiles!r}: RDKit could not embed a 3D geometry")
     if AllChem.MMFFHasAllMoleculeParams(mol):
         AllChem.MMFFOptimizeMolecule(mol, maxIters=500)
     positions = mol.GetConformer().GetPositions()
@@ -82,9 +88,10 @@ def read_molecules(paths: list[Path], smiles: list[str] = ()) -> list[AtomicSyst
         systems.append(embed_smiles(text, f"smiles_{i}"))
     for system in systems:
         if system.pbc:
-            raise ValueError(f"{system.material_id}: periodic structures have no molecular spectra here")
+            raise MoleculeInputError(f"{system.material_id}: periodic structures have no molecular spectra here")
         if system.num_atoms > MAX_ATOMS:
-            raise ValueError(f"{system.material_id}: {system.num_atoms} atoms is more than the {MAX_ATOMS}-atom limit")
+            raise MoleculeInputError(f"{system.material_id}: {system.num_atoms} atoms is more than the "
+                                     f"{MAX_ATOMS}-atom limit")
     return systems
 
 

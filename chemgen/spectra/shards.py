@@ -26,6 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from chemgen.errors import ChemgenError
+
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})-(\d{6})\.parquet$")
 METADATA_KEY = b"chemgen"
 MAX_SHARD_BYTES = 10 * 1024 * 1024
@@ -49,7 +51,7 @@ SCHEMA = pa.schema([
 ])
 
 
-class SpectraStoreError(RuntimeError):
+class SpectraStoreError(ChemgenError, RuntimeError):
     """A spectra folder that cannot be used: corrupt shard, mixed settings, or locked by another run."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from chemgen.errors import ChemgenError
+
 X_UNITS = {
     "cm-1": ("1/cm", "cm-1", "cm^-1", "cm**-1", "wavenumber", "wavenumbers", "wavenumbers (cm-1)", "1/cm (wavenumber)"),
     "um": ("micrometers", "micrometres", "micrometer", "um", "µm", "microns", "micron", "wavelength (um)"),
@@ -21,7 +23,7 @@ Y_INTENSITY = ("arbitrary units", "a.u.", "au", "counts", "intensity", "raman in
                "raman activity", "a^4/amu", "km/mol per cm-1", "a^4/amu per cm-1", "")
 
 
-class UnitError(ValueError):
+class UnitError(ChemgenError, ValueError):
     """A unit chemgen cannot interpret or convert."""
 
 

@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from ase import units
 
+from chemgen.errors import ChemgenError
+
 BOHR = units.Bohr        # Angstrom per bohr
 HARTREE = units.Hartree  # eV per hartree
 
 
-class XtbError(RuntimeError):
+class XtbError(ChemgenError, RuntimeError):
     """tblite failed: no SCC convergence, an optimisation that did not converge, or bad input."""
 
 
@@ -96,7 +98,8 @@ def optimize(numbers: np.ndarray, positions_a: np.ndarray, settings: XtbSettings
     `XtbError` when the forces do not fall below ``settings.fmax_ev_per_a`` in ``max_opt_steps``.
     """
     from ase import Atoms
-    from ase.calculators.calculator import Calculator as AseCalculator, all_changes
+    from ase.calculators.calculator import Calculator as AseCalculator
+    from ase.calculators.calculator import all_changes
     from ase.optimize import BFGS
 
     point = XtbPoint(numbers, positions_a, settings, charge=charge)

@@ -1,10 +1,19 @@
 import json
+import time
 
 import numpy as np
 import pytest
 
 from chemgen.data import BUILDERS
-from chemgen.data.store import DatasetBuilder, StoreError, curate, list_datasets, load, read_manifest, verify
+from chemgen.data.store import (
+    DatasetBuilder,
+    StoreError,
+    curate,
+    list_datasets,
+    load,
+    read_manifest,
+    verify,
+)
 
 
 def builder_of(systems, name="toy", fail_after=None):
@@ -53,7 +62,7 @@ def test_interrupted_curation_leaves_no_half_written_version(tmp_path, store, qm
     with pytest.raises(KeyboardInterrupt):
         curate(make_builder(tmp_path, qm9_systems[:6], content="v2", fail_after=3), root=store, progress=False)
     folder = store / "toy"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([done.version, "LATEST"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([done.version, "LATEST", ".lock"])
     assert read_manifest("toy", root=store)["version"] == done.version
 
 
@@ -102,3 +111,120 @@ def test_a_slice_never_moves_latest(store):
     assert len(load("qm9", version=small.version, root=store)) == 30
     again = curate(BUILDERS["qm9"](limit=30), root=store, progress=False)
     assert again.reused and not (store / "qm9" / "LATEST").exists()
+
+
+# ---------------------------------------------------------------------------- names, versions, damaged copies
+@pytest.mark.parametrize("name, version", [
+    ("../../x", "v1"), ("../x", "v1"), ("a/b", None), ("..", None), (".", None), ("", None), ("toy", "../toy"),
+    ("toy", "v1"), ("toy", "/etc"), ("toy", "abc/../def0123456"),
+])
+def test_names_and_versions_that_are_paths_are_refused(tmp_path, store, qm9_systems, name, version):
+    curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False)
+    outside = store.parent / "x" / "v1"
+    outside.mkdir(parents=True)
+    (outside / "manifest.json").write_text(json.dumps({"name": "x"}))
+    for call in (read_manifest, verify, load):
+        with pytest.raises(StoreError, match="is not a (dataset name|version)"):
+            call(name, version=version, root=store)
+
+
+def test_dataset_references_are_checked(store):
+    from chemgen.data.store import InvalidNameError, parse_dataset_ref
+
+    assert parse_dataset_ref("qm9@6b0eb599c00e") == ("qm9", "6b0eb599c00e")
+    for ref in ("../x@6b0eb599c00e", "qm9@../../y", "qm9@", "@abc"):
+        with pytest.raises(InvalidNameError):  # a StoreError, and a ValueError as before
+            parse_dataset_ref(ref)
+
+
+def test_a_builder_with_a_path_for_a_name_writes_nothing(tmp_path, store, qm9_systems):
+    builder = make_builder(tmp_path, qm9_systems[:3])
+    builder.name = "../escaped"
+    with pytest.raises(StoreError, match="not a dataset name"):
+        curate(builder, root=store, progress=False)
+    assert not (store.parent / "escaped").exists() and not store.exists()
+
+
+def test_a_corrupt_latest_or_manifest_cannot_point_outside_the_version(tmp_path, store, qm9_systems):
+    result = curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False)
+    (store / "toy" / "LATEST").write_text("../../etc\n")
+    with pytest.raises(StoreError, match="LATEST: corrupt"):
+        load("toy", root=store)
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = "../../../outside.parquet"
+    (result.path / "manifest.json").write_text(json.dumps(manifest))
+    for call in (verify, load):
+        with pytest.raises(StoreError, match="corrupt manifest"):
+            call("toy", version=result.version, root=store)
+
+
+def test_a_missing_shard_is_a_store_error_naming_it(tmp_path, store, qm9_systems):
+    result = curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False)
+    shard = result.path / result.manifest["shards"][0]["file"]
+    shard.unlink()
+    with pytest.raises(StoreError, match=f"{shard.name}: unreadable shard"):
+        load("toy", root=store)
+
+
+@pytest.mark.parametrize("damage", ["delete a shard", "tamper a shard", "delete the manifest", "half delete"])
+def test_a_damaged_version_is_curated_again_not_reused(tmp_path, store, qm9_systems, capfd, damage):
+    first = curate(make_builder(tmp_path, qm9_systems[:9]), root=store, progress=False)
+    shard = first.path / first.manifest["shards"][0]["file"]
+    if damage == "delete a shard":
+        shard.unlink()
+    elif damage == "tamper a shard":
+        shard.write_bytes(shard.read_bytes()[:-4] + b"0000")
+    elif damage == "delete the manifest":
+        (first.path / "manifest.json").unlink()
+    else:  # what a kill in the middle of `rm -r` leaves
+        for path in sorted(first.path.iterdir())[1:]:
+            path.unlink()
+    again = curate(make_builder(tmp_path, qm9_systems[:9]), root=store, progress=False)
+    assert not again.reused and again.version == first.version
+    assert "the stored copy is damaged" in capfd.readouterr().err
+    assert verify("toy", root=store) == [] and len(load("toy", root=store)) == 9
+    assert sorted(p.name for p in (store / "toy").iterdir()) == sorted([".lock", "LATEST", first.version])
+
+
+def test_force_replaces_the_version_and_leaves_nothing_behind(tmp_path, store, qm9_systems):
+    first = curate(make_builder(tmp_path, qm9_systems[:6]), root=store, progress=False)
+    marker = first.path / "marker"
+    marker.write_text("only in the old copy")
+    again = curate(make_builder(tmp_path, qm9_systems[:6]), root=store, progress=False, force=True)
+    assert not again.reused and not marker.exists()
+    assert sorted(p.name for p in (store / "toy").iterdir()) == sorted([".lock", "LATEST", first.version])
+    assert verify("toy", root=store) == []
+
+
+def test_a_second_curation_gives_up_after_the_timeout_naming_the_lock_and_its_holder(tmp_path, store, qm9_systems):
+    import os
+
+    from chemgen.data.store import dataset_lock
+
+    with dataset_lock(store / "toy"):
+        start = time.monotonic()
+        with pytest.raises(StoreError, match=rf"toy/\.lock: held by pid {os.getpid()} .* for over 0.5 s"):
+            curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False, lock_timeout=0.5)
+        assert time.monotonic() - start < 5
+    assert curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False, lock_timeout=0.5).version
+
+
+def test_leftovers_of_killed_runs_are_removed_under_the_lock(tmp_path, store, qm9_systems):
+    first = curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False)
+    stale = [store / "toy" / f".tmp-{first.version}-999999", store / "toy" / f".trash-{first.version}-999998"]
+    for folder in stale:
+        folder.mkdir()
+        (folder / "train-00000.parquet").write_bytes(b"partial")
+    assert list_datasets(store)["toy"] == [first.version]  # never read as versions
+    assert curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False).reused
+    assert not any(folder.exists() for folder in stale)
+
+
+def test_data_info_refuses_a_path_for_a_name(tmp_path, store, qm9_systems):
+    from typer.testing import CliRunner
+
+    from chemgen.cli import app
+
+    curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False)
+    result = CliRunner().invoke(app, ["data", "info", "../../x", "--version", "v1", "--store", str(store)])
+    assert result.exit_code == 1 and "is not a dataset name" in result.output

@@ -10,6 +10,7 @@ import torch
 
 from chemgen.config import load_config
 from chemgen.generation import lineage
+from chemgen.generation.lineage import LineageError
 from chemgen.models.adit import ADiT
 from chemgen.generation.jobs import load_lineage_model
 from chemgen.generation.runs import load_samples, promote_run
@@ -69,7 +70,7 @@ def test_first_run_is_promoted_then_only_a_clear_improvement(tmp_path):
 
 def test_load_samples_refuses_foreign_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="not a chemgen samples file"):
+    with pytest.raises(LineageError, match="not a chemgen samples file"):
         load_samples(tmp_path / "x.pt")
 
 

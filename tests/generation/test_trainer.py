@@ -139,7 +139,7 @@ def test_remote_trains_writes_a_lineage_that_loads_and_samples(pack, tmp_path):
     packs = tmp_path / "packs"
     pack.save(packs / "train.pt")
     pack.save(packs / "val.pt")
-    config = Path(__file__).parents[2] / "models" / "adit-tiny.yaml"
+    config = Path(__file__).parents[2] / "chemgen" / "configs" / "adit-tiny.yaml"
     out = tmp_path / "out"
     out.mkdir()
     # as on the GPU machine: the chemistry and data stack cannot be imported (None in sys.modules raises ImportError)

@@ -126,22 +126,52 @@ def test_registry_commands(first_run):
 
 
 def test_deployments_and_prefect_yaml_point_at_the_flows():
+    import importlib
     from pathlib import Path
 
     import yaml
 
-    from workflows.deploy import NIGHTLY_CRON, deployments
+    from workflows.deploy import DEPLOYMENTS, NIGHTLY_CRON, check_parameters, deployments
 
     built = deployments()
     assert sorted((d.flow_name, d.name) for d in built) == [
         ("crystal-screening", "on-demand"), ("curate", "on-demand"), ("curate-spectra", "on-demand"),
         ("nightly-retrain", "nightly")]
     nightly = next(d for d in built if d.name == "nightly")
-    assert nightly.schedules[0].schedule.cron == NIGHTLY_CRON
+    assert nightly.schedules[0].schedule.cron == NIGHTLY_CRON and nightly.parameters == {"profile": "nightly"}
+    assert deployments(profile="demo")[0].parameters == {"profile": "demo"}
+    assert check_parameters() == []
     spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
-    import importlib
-
+    served = {(d.entrypoint, d.name): d for d in DEPLOYMENTS}
     for deployment in spec["deployments"]:
         module_path, function = deployment["entrypoint"].split(":")
         module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
         assert hasattr(getattr(module, function), "to_deployment"), deployment["entrypoint"]
+        # every prefect.yaml entry is a served deployment (or its -k8s twin) with the same parameters and tags
+        source = served[deployment["entrypoint"], deployment["name"].removesuffix("-k8s")]
+        assert deployment.get("parameters", {}) == source.parameters and deployment["tags"] == list(source.tags)
+    assert len(spec["deployments"]) == len(DEPLOYMENTS) + sum(d.kubernetes for d in DEPLOYMENTS)
+
+
+def test_the_committed_prefect_yaml_is_the_generated_one():
+    """prefect.yaml is generated from workflows/deploy.py; editing one without the other fails here."""
+    from pathlib import Path
+
+    from workflows.deploy import main, render_prefect_yaml
+
+    committed = Path(__file__).resolve().parents[2] / "prefect.yaml"
+    assert committed.read_text() == render_prefect_yaml(), "prefect.yaml is out of date: run `make prefect-yaml`"
+    assert main(["--check-prefect-yaml", str(committed)]) == 0
+
+
+def test_a_drifted_prefect_yaml_is_caught(tmp_path, capsys):
+    from pathlib import Path
+
+    from workflows.deploy import main
+
+    drifted = tmp_path / "prefect.yaml"
+    drifted.write_text((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text().replace("n: 1000", "n: 20"))
+    assert main(["--check-prefect-yaml", str(drifted)]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert main(["--write-prefect-yaml", str(drifted)]) == 0
+    assert main(["--check-prefect-yaml", str(drifted)]) == 0

@@ -51,7 +51,7 @@ def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, s
 
     curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)  # novelty reference
     result = crystal_screening(n=8, model=str(tiny_model_dir), relax_steps=5, references_path=str(small_references),
-                               out_dir=str(tmp_path / "screen"), chunk=4, sigma=0.06)
+                               out_dir=str(tmp_path / "screen"), chunk=4, sigma=0.06, workers=2)
     table = pd.read_csv(tmp_path / "screen" / "candidates.csv")
     assert len(table) == 8 and {"e_above_hull", "sun", "msun", "valid"} <= set(table.columns)
     assert (tmp_path / "screen" / "report.md").read_text().startswith("# Crystal screening report (8 generated)")
@@ -60,6 +60,15 @@ def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, s
     assert 0 <= metrics["chgnet_mp20/metastable_rate"] <= metrics["cdvae/valid"] + 1e-12
     assert 0 <= metrics["chgnet_mp20/expected_stable_count"] <= 8 and metrics["chgnet_mp20/sigma"] == 0.06
     assert set(table.relax_status.dropna()) <= {"converged", "step_cap", "time_budget", "failed"}
+    # the hull and references were loaded by one task, before one relaxation task per chunk of 4 valid candidates
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result["flow_run_id"]])))
+    names = [r.name.rsplit("-", 1)[0] for r in runs]
+    assert names.count("load-hull-and-references") == 1
+    assert names.count("relax-and-hull") == -(-int(table.valid.sum()) // 4)
 
 
 def _free_port() -> int:

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from chemgen.config import ADiTConfig
+from chemgen.config import ADiTConfig, ConfigError
 from chemgen.data.tensors import TensorPack
 from chemgen.dense import DATASET_INDEX, DenseBatch, resolve_dataset
 from chemgen.diffusion.flow_matching import LinearFlowMatching
+from chemgen.errors import UsageError
 from chemgen.generation.protocol import TrainingStage
 from chemgen.geometry import cell_from_parameters
 from chemgen.models.adit.dit import DiT
@@ -51,7 +52,7 @@ class ADiT(nn.Module):
         super().__init__()
         labels = {name: i + 1 for i, name in enumerate(config.dit.datasets)}
         if labels != DATASET_INDEX or config.dit.num_datasets != len(labels):
-            raise ValueError(f"config {config.name!r} labels datasets {labels} ({config.dit.num_datasets} labels), "
+            raise ConfigError(f"config {config.name!r} labels datasets {labels} ({config.dit.num_datasets} labels), "
                              f"but chemgen labels them {DATASET_INDEX}: the model would read the wrong datasets")
         self.config = config
         self.vae = AllAtomVAE(config.vae)
@@ -130,7 +131,7 @@ class ADiT(nn.Module):
         sizes = torch.stack([train.num_atoms_histogram(i, MAX_ATOMS) for i in datasets]).float()
         groups = torch.stack([train.spacegroup_histogram(i, MAX_ATOMS) for i in datasets]).float()
         if keep_existing:
-            known = self.num_atoms_histogram.sum(-1) > 0                                        # (datasets + 1,)
+            known = self.num_atoms_histogram.sum(-1).cpu() > 0                                  # (datasets + 1,)
             sizes = torch.where(known[:, None], self.num_atoms_histogram.cpu(), sizes)
             groups = torch.where(known[:, None, None], self.spacegroup_histogram.cpu(), groups)
         self.num_atoms_histogram.copy_(sizes)
@@ -201,7 +202,7 @@ class ADiT(nn.Module):
     def draw_num_atoms(self, dataset_idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         hist = self.num_atoms_histogram[dataset_idx].float().cpu()                            # (B, MAX+1)
         if (hist.sum(-1) == 0).any():
-            raise ValueError("no number-of-atoms histogram for a requested dataset (was it in the training data?)")
+            raise UsageError("no number-of-atoms histogram for a requested dataset (was it in the training data?)")
         return torch.multinomial(hist, 1, generator=generator).squeeze(-1).to(dataset_idx.device)
 
     def draw_spacegroups(self, dataset_idx: torch.Tensor, num_atoms: torch.Tensor,
@@ -247,7 +248,7 @@ class ADiT(nn.Module):
         dataset, kind = resolve_dataset(dataset)
         if float(self.num_atoms_histogram[DATASET_INDEX[dataset]].sum()) == 0:
             trained = [d for d, i in DATASET_INDEX.items() if float(self.num_atoms_histogram[i].sum()) > 0]
-            raise ValueError(f"this model was not trained on {dataset!r} (it knows {', '.join(trained) or 'none'})")
+            raise UsageError(f"this model was not trained on {dataset!r} (it knows {', '.join(trained) or 'none'})")
         device = self.num_atoms_histogram.device
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         dataset_idx = torch.full((num_samples,), DATASET_INDEX[dataset], device=device)

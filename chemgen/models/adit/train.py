@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from chemgen.generation.lineage import LineageError
+
 EXPORT_FORMAT = 1
 
 
@@ -22,9 +24,9 @@ def load_export(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     except (RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable chemgen model file ({err})") from err
+        raise LineageError(f"{path}: not a readable chemgen model file ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT or "state" not in payload:
-        raise ValueError(f"{path}: not a chemgen model export (format {EXPORT_FORMAT})")
+        raise LineageError(f"{path}: not a chemgen model export (format {EXPORT_FORMAT})")
     return payload
 
 
