@@ -102,6 +102,7 @@ def save(folder: str | os.PathLike, groups: Mapping[str, Mapping[str, torch.Tens
         tmp = folder / f".tmp-shard-{i}-{os.getpid()}.safetensors"
         try:
             save_file(shard, str(tmp), metadata={"format": FORMAT})
+            os.chmod(tmp, 0o666 & ~_umask())   # safetensors creates 0600: shipped and shared files must be readable
             digest = _sha256(tmp)
             name = f"weights-{digest[:12]}.safetensors"
             os.replace(tmp, folder / name)
@@ -194,3 +195,9 @@ def runs(folder: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError as err:
                 raise LineageError(f"{path}: line {number} is not JSON ({err})") from err
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

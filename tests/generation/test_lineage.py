@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -23,6 +24,10 @@ def test_round_trip_shards_and_hashes(tmp_path):
     # bf16: 300x300 = 180 kB per matrix, so the two matrices cannot share a 200 kB shard.
     assert len(manifest["shards"]) == 2 and all(s["bytes"] < 200_000 + 1024 for s in manifest["shards"])
     assert [len(s["tensors"]) for s in manifest["shards"]] == [2, 2]
+    umask = os.umask(0)
+    os.umask(umask)
+    for shard in manifest["shards"]:   # readable as any file the umask allows, not safetensors' 0600
+        assert (tmp_path / shard["file"]).stat().st_mode & 0o777 == 0o666 & ~umask
     loaded = lineage.load(tmp_path)
     assert loaded.steps == {"all": 5} and loaded.groups["stats"]["counts"].dtype == torch.int64
     for group, state in groups.items():
