@@ -129,7 +129,7 @@ def _file(param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
 
 
 DataDir = Annotated[Optional[Path], typer.Option(
-    "--data-dir", help="Folder with the dataset's CSVs, or its parent (default: $CHEMGEN_DATA_DIR or ../shared/data).")]
+    "--data-dir", help="Folder with the dataset's CSVs, or its parent (default: $CHEMGEN_DATA_DIR, or ../shared/data beside a source checkout).")]
 StoreDir = Annotated[Optional[Path], typer.Option(
     "--store", callback=_folder, help="Curated store folder (default: $CHEMGEN_HOME/datasets, CHEMGEN_HOME defaults to ./.chemgen).")]
 
@@ -369,8 +369,8 @@ def convert(
 
 
 Config = Annotated[Optional[str], typer.Option(
-    help="Config name in models/ (adit: tiny, cpu, gpu-quick, dit-s, dit-b) or a YAML path "
-         "(default: the config of the model's shipped checkpoint).")]
+    help="A shipped config (chemgen/configs: adit tiny, cpu, gpu-quick, dit-s, dit-b; gfmdiff tiny, cpu, gpu) or a "
+         "YAML path (default: the config of the model's shipped checkpoint).")]
 
 
 DataVersions = Annotated[Optional[list[str]], typer.Option(

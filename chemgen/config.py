@@ -106,14 +106,8 @@ class TrainConfig:
     limit_per_dataset: int | None = None  # tiny slices for tests and demos
 
 
-@dataclass(frozen=True)
-class ADiTConfig:
-    name: str = "adit"
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    dit: DiTConfig = field(default_factory=DiTConfig)
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    vae_train: TrainConfig = field(default_factory=TrainConfig)
-    dit_train: TrainConfig = field(default_factory=TrainConfig)
+class ModelConfig:
+    """What every model's top-level config dataclass offers (its sections are dataclasses of their own)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,6 +116,16 @@ class ADiTConfig:
         """``section.key -> value`` for experiment trackers."""
         return {f"{section}.{k}": v for section, values in self.to_dict().items() if isinstance(values, dict)
                 for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class ADiTConfig(ModelConfig):
+    name: str = "adit"
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    vae_train: TrainConfig = field(default_factory=TrainConfig)
+    dit_train: TrainConfig = field(default_factory=TrainConfig)
 
 
 T = TypeVar("T")

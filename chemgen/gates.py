@@ -39,6 +39,8 @@ from chemgen.errors import ChemgenError
 # Higher is better for every gate metric; the first is the primary one.
 GATES: dict[str, tuple[str, ...]] = {
     "chemgen-adit": ("molecule/edm/validity", "molecule/edm/atom_stability", "crystal/cdvae/valid"),
+    # GFMDiff's paper reports molecule stability first; validity leads while a young lineage has none
+    "chemgen-gfmdiff": ("molecule/edm/validity", "molecule/edm/molecule_stability", "molecule/edm/atom_stability"),
 }
 ALPHA = 0.05                                   # one-sided
 TAG_PREFIX = "gate.metric."

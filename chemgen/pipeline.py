@@ -1,9 +1,12 @@
 """The main job behind ``chemgen run`` / ``make run``: the nightly retraining flow, then a summary.
 
-The ``demo`` profile (default) curates small slices of QM9 and MP-20, registers the shipped ADiT
-checkpoint as the first champion, fine-tunes a challenger from it, samples and scores both, registers
-and gates, against the embedded defaults (ephemeral Prefect, MLflow on SQLite under ``.chemgen``).
-``nightly`` uses every row and trains the champion on for two CPU hours.
+The ``demo`` profile (default) curates small slices of QM9 and MP-20 once, then runs one branch per model
+(ADiT, GFMDiff): register the shipped checkpoint as the first champion, fine-tune a challenger from it,
+sample and score both, register and gate under the model's own name, against the embedded defaults
+(ephemeral Prefect, MLflow on SQLite under ``.chemgen``). A model with no shipped checkpoint and no champion
+is skipped (said in the summary); a failed branch is reported and does not stop the others, and the job
+then exits with an error after the summary. ``nightly`` uses every row and trains the champions on for two
+CPU hours.
 """
 
 from __future__ import annotations
@@ -24,26 +27,34 @@ SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "mole
 
 
 def run_main(profile: str = "demo", data_dir: Path | None = None, console: Console | None = None,
-             model_name: str | None = None) -> dict[str, Any]:
+             model_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the flow and print its summary; raises `workflows.retrain.BranchFailed` (after the summary) when a
+    model's branch failed."""
     import time
 
     from chemgen.paths import chemgen_home
     from chemgen.quiet import output_to_log
-    from workflows.retrain import PROFILES, nightly_retrain
+    from workflows.retrain import PROFILES, BranchFailed, nightly_retrain
 
     console = console or Console()
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
     log = chemgen_home() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    console.print(f"nightly retrain ({profile}): curate -> champion (the shipped model first) -> train a challenger "
-                  f"from it -> sample and score both -> register -> gate; libraries' output goes to {log}",
-                  highlight=False)
+    console.print(f"nightly retrain ({profile}): curate once -> for each model ({', '.join(PROFILES[profile].plans)}): "
+                  f"champion (the shipped model first) -> train a challenger from it -> sample and score both -> "
+                  f"register -> gate; libraries' output goes to {log}", highlight=False)
+    failure: BranchFailed | None = None
     with output_to_log(log) as terminal:
         screen = Console(file=terminal, force_terminal=console.is_terminal, width=console.width)
         with screen.status(f"running the {profile} profile (a few minutes on 2 cores)"):
-            result = nightly_retrain(profile=profile, model_name=model_name,
-                                     data_dir=str(data_dir) if data_dir else None)
+            try:
+                result = nightly_retrain(profile=profile, model_names=model_names,
+                                         data_dir=str(data_dir) if data_dir else None)
+            except BranchFailed as error:   # the other branches finished: summarise them all, then fail
+                failure, result = error, error.result
     print_summary(result, profile, console)
+    if failure is not None:
+        raise failure
     return result
 
 
@@ -56,36 +67,54 @@ def print_summary(result: dict[str, Any], profile: str, console: Console) -> Non
         state = "reused" if d["reused"] else "curated"
         table.add_row(f"dataset {d['name']}", f"{d['version']} ({state}; sha256 {d['content_hash'][:12]}; "
                                               + " / ".join(f"{k} {v:,}" for k, v in d["splits"].items()) + ")")
-    champion = result.get("champion_metrics") or {}
-    for key in SUMMARY_METRICS:
-        if key in result["metrics"]:
-            ours = f"{result['metrics'][key]:.4f}"
-            table.add_row(key, f"{ours}   (champion {champion[key]:.4f})" if key in champion else ours)
-    trained = result.get("train", {})
-    if trained.get("steps"):
-        table.add_row("challenger", f"{trained['model_dir']} ({', '.join(f'{k} {v:,} steps' for k, v in trained['steps'].items())}"
-                                    f" over its lineage; {trained['seconds'] / 60:.1f} min here)")
-    reg = result["registration"]
-    table.add_row("registered", f"{reg['name']} version {reg['version']} (alias challenger)")
-    table.add_row("champion", "this version (promoted)" if reg["promoted"] else "unchanged")
-    table.add_row("gate", reg["reason"])
+    for model, branch in result["branches"].items():
+        table.add_section()
+        table.add_row(model, f"{branch['status']} as {branch['name']} (config {branch['config']}; "
+                             f"{branch['seconds'] / 60:.1f} min)")
+        if branch["status"] == "skipped":
+            table.add_row("skipped", branch["reason"])
+            continue
+        if branch["status"] == "failed":
+            table.add_row("FAILED", f"in task {branch['task']}: {branch['error']}", style="red")
+        metrics, champion = branch.get("metrics") or {}, branch.get("champion_metrics") or {}
+        for key in SUMMARY_METRICS:
+            if key in metrics:
+                ours = f"{metrics[key]:.4f}"
+                table.add_row(key, f"{ours}   (champion {champion[key]:.4f})" if key in champion else ours)
+        trained = branch.get("train") or {}
+        if trained.get("steps"):
+            table.add_row("challenger", f"{trained['model_dir']} ({', '.join(f'{k} {v:,} steps' for k, v in trained['steps'].items())}"
+                                        f" over its lineage; {trained['seconds'] / 60:.1f} min here)")
+        reg = branch.get("registration")
+        if reg:
+            table.add_row("registered", f"{reg['name']} version {reg['version']} (alias challenger)")
+            table.add_row("champion", "this version (promoted)" if reg["promoted"] else "unchanged")
+            table.add_row("gate", reg["reason"])
+        shipped = shipped_summary(model)
+        if shipped:
+            table.add_row("shipped checkpoint", shipped)
+    table.add_section()
     table.add_row("MLflow run", result["mlflow_run_id"])
-    shipped = shipped_summary()
-    if shipped:
-        table.add_row("shipped checkpoint", shipped)
     console.print(table)
     console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking.tracking_uri()} --port 5000")
-    console.print(f'load the champion: mlflow.pyfunc.load_model("models:/{reg["name"]}@champion")')
+    for branch in result["branches"].values():
+        if branch.get("registration"):
+            console.print(f'load the {branch["model"]} champion: '
+                          f'mlflow.pyfunc.load_model("models:/{branch["name"]}@champion")')
+    if result.get("failed"):
+        console.print(f"[red]{len(result['failed'])} branch(es) failed[/red]: "
+                      + "; ".join(f"{f['model']} in {f['task']}" for f in result["failed"]))
 
 
-def shipped_summary() -> str | None:
-    """One line on the checkpoint that ships with chemgen (`chemgen sample adit` without --model): where it is,
-    how far it has trained, and what its samples scored when it was promoted; None if this checkout has none."""
+def shipped_summary(model: str = "adit") -> str | None:
+    """One line on the checkpoint of ``model`` that ships with chemgen (`chemgen sample MODEL` without
+    --model): where it is, how far it has trained, and what its samples scored when it was promoted; None if
+    this checkout has none."""
     from chemgen.generation import lineage
     from chemgen.generation.protocol import model_spec
     from chemgen.generation.runs import shipped_lineage
 
-    folder = shipped_lineage(model_spec("adit").shipped_config)
+    folder = shipped_lineage(model_spec(model).shipped_config)
     if not lineage.is_lineage(folder):
         return None
     manifest = lineage.read_manifest(folder)

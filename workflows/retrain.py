@@ -1,26 +1,35 @@
-"""Nightly retraining: curate -> train -> sample and score (challenger and champion) -> register -> gate.
+"""Nightly retraining: curate once -> one branch per model: train -> sample and score (challenger and champion)
+-> register -> gate.
 
-The challenger continues the registry's champion (or, before there is one, the checkpoint that ships
-with chemgen, registered first as the champion) on the freshly curated data; profiles that train
-from scratch start from random weights. Champion and challenger are sampled from the same seeds
-and scored in the same run, and the new version is promoted to ``champion`` only if it beats the
-champion on the model's gate metrics (`chemgen.gates`: one-sided 95 % bounds, same context).
-A failed task is retried; a flow that still fails registers nothing. The whole flow is one MLflow
-run (tagged with the Prefect flow run id) with the training, sampling and registration runs as its
-children. Tasks are model-agnostic: they name a model of `chemgen.generation.protocol.MODELS`.
+One flow run curates the datasets every model needs, once, then runs a branch for each model of the
+profile (ADiT, GFMDiff), each under its own registered name (``chemgen-adit``, ``chemgen-gfmdiff``; with
+``-<profile>`` outside ``nightly``) and its own gate (`chemgen.gates.GATES`). A branch's challenger continues
+the registry's champion (or, before there is one, the lineage that ships with chemgen, registered first as
+the champion) on the freshly curated data; plans that train from scratch start from random weights. A
+model with neither a champion nor a shipped lineage is skipped, with the reason in the result, rather than
+trained from scratch unasked. Champion and challenger are sampled from the same seeds and scored in the same
+run, and the new version is promoted to ``champion`` only if it beats the champion on the model's gate
+metrics (one-sided 95 % bounds, same context).
+
+A failed task is retried; a branch whose task still fails registers nothing and is reported in the flow's
+result (model, task, error), while the other branches go on and register and gate as usual; the flow run
+then ends Failed. The whole flow is one MLflow run (tagged with the Prefect flow run id), each branch a
+child run, with the training, sampling and registration runs as the branch's children. Tasks are
+model-agnostic: they name a model of `chemgen.generation.protocol.MODELS`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import flow, task
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from chemgen import gates, tracking
-from chemgen.errors import UsageError
+from chemgen.errors import ChemgenError, UsageError
 from chemgen.paths import chemgen_home
 from chemgen.scoring import SCORING_VERSION
 from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
@@ -29,38 +38,74 @@ RETRIES = 1
 
 
 @dataclass(frozen=True)
-class Profile:
-    """How much data, training and sampling one retraining run uses."""
+class Plan:
+    """How one model is trained, sampled and scored in a profile (its branch of the flow)."""
 
     config: str
-    qm9_rows: int | None
-    mp20_rows: int | None                      # rows per MP-20 source file
     minutes: dict[str, float] | None           # training minutes per stage (a stage not named is not trained)
     steps: dict[str, int] | None               # optimiser steps per stage (with minutes: whichever ends first)
     samples: int                               # per dataset, for champion and challenger alike
-    sample_steps: int | None                   # ODE steps (None: the config's)
+    sample_steps: int | None                   # sampling steps (None: the config's)
+    datasets: tuple[str, ...]                  # what the branch samples and scores (and the flow curates)
     init: str | None = "champion"              # "champion": continue the champion (or the shipped model); None: scratch
-    model: str = "adit"
-    datasets: tuple[str, ...] = field(default=("qm9", "mp20"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much data one retraining run curates, and each model's plan (one branch per model, in this order)."""
+
+    qm9_rows: int | None
+    mp20_rows: int | None                      # rows per MP-20 source file
+    plans: dict[str, Plan]
 
 
 PROFILES = {
-    # A few minutes on 2 CPU cores: fine-tune the shipped model's DiT on small slices, then let the gate decide.
-    "demo": Profile("gpu-quick", qm9_rows=2_000, mp20_rows=300, minutes={"dit": 1.5}, steps=None, samples=200,
-                    sample_steps=50),
-    # The nightly job: full data, the champion's DiT trained on for two CPU hours (its VAE trains on GPU leases).
-    "nightly": Profile("gpu-quick", qm9_rows=None, mp20_rows=None, minutes={"dit": 120.0}, steps=None, samples=1000,
-                       sample_steps=None),
+    # A few minutes on 2 CPU cores: fine-tune the shipped models on small slices, then let each gate decide.
+    "demo": Profile(qm9_rows=2_000, mp20_rows=300, plans={
+        "adit": Plan("gpu-quick", minutes={"dit": 1.5}, steps=None, samples=200, sample_steps=50,
+                     datasets=("qm9", "mp20")),
+        "gfmdiff": Plan("cpu", minutes={"denoiser": 1.0}, steps=None, samples=100, sample_steps=50,
+                        datasets=("qm9",))}),
+    # The nightly job: full data; the champions trained on for two CPU hours (ADiT's VAE trains on GPU leases).
+    "nightly": Profile(qm9_rows=None, mp20_rows=None, plans={
+        "adit": Plan("gpu-quick", minutes={"dit": 120.0}, steps=None, samples=1000, sample_steps=None,
+                     datasets=("qm9", "mp20")),
+        "gfmdiff": Plan("cpu", minutes={"denoiser": 120.0}, steps=None, samples=1000, sample_steps=None,
+                        datasets=("qm9",))}),
 }
+DATASET_ORDER = ("qm9", "mp20")   # the datasets a profile curates (those its plans sample), in this order
 
 
 class InjectedFailure(RuntimeError):
     """Raised on purpose by ``fail_at`` to exercise retries and clean failure."""
 
 
+class BranchFailed(ChemgenError):
+    """One or more model branches failed; ``result`` is the flow's result (every branch's outcome)."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message, result)   # both in args, so that the exception pickles with its result
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def _maybe_fail(step: str, fail_at: str | None) -> None:
     if fail_at == step:
         raise InjectedFailure(f"injected failure in task {step!r}")
+
+
+def _fail_at_for(model: str, fail_at: str | None) -> str | None:
+    """The step ``fail_at`` injects a failure into in ``model``'s branch: ``"gfmdiff:register"`` targets that
+    model's branch only, ``"register"`` every branch."""
+    if fail_at is None or ":" not in fail_at:
+        return fail_at
+    target, step = fail_at.split(":", 1)
+    return step if target == model else None
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -80,16 +125,19 @@ def curate_dataset(name: str, limit: int | None, data_dir: str | None = None) ->
 
 
 @task(name="resolve-champion", retries=0)
-def resolve_champion(model: str, config: str, name: str, tags: dict[str, str]) -> dict[str, Any]:
-    """The champion (its version and a pinned URI) and the checkpoint a challenger continues: the champion's
-    own lineage when it is one of this model and config, else the checkpoint that ships with chemgen. Before
-    there is a champion, the shipped checkpoint is registered as the first one (tag ``shipped``)."""
+def resolve_champion(model: str, config: str, name: str, tags: dict[str, str]) -> dict[str, Any] | None:
+    """The champion (its version and a pinned URI) and the checkpoint a challenger continues (``init``: the
+    champion's own lineage when it is one of this model and config, else the checkpoint that ships with
+    chemgen, else None). Before there is a champion, the shipped checkpoint is registered as the first one
+    (tag ``shipped``); None when there is neither a champion nor a shipped checkpoint."""
     from chemgen.generation.jobs import register, registered_lineage
-    from chemgen.generation.runs import shipped_model
 
     champion = tracking.version_by_alias(name, tracking.CHAMPION)
     if champion is None:
-        version = register(shipped_model(model), name, alias=tracking.CHAMPION, tags=tags)
+        shipped = _shipped_or_none(model)
+        if shipped is None:
+            return None
+        version = register(shipped, name, alias=tracking.CHAMPION, tags=tags)
         tracking.client().set_model_version_tag(name, version.version, "shipped", "true")
         champion = tracking.version_by_alias(name, tracking.CHAMPION)
     uri = f"models:/{name}/{champion.version}"
@@ -177,66 +225,170 @@ def registered_name(profile: str, model: str = "adit") -> str:
 
 
 # ---------------------------------------------------------------------------- the flow
-@flow(name="nightly-retrain", log_prints=True)
-def nightly_retrain(profile: str = "demo", model_name: str | None = None, data_dir: str | None = None,
-                    fail_at: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Retrain a model on freshly curated data and register it; see the module docstring.
+class _TaskFailed(Exception):
+    def __init__(self, task_name: str, error: BaseException) -> None:
+        super().__init__(task_name, error)
+        self.task_name, self.error = task_name, error
 
-    ``overrides`` changes fields of the profile (e.g. ``{"steps": {"dit": 5}, "init": None}``); ``fail_at``
-    injects a failure into one task (``train``, ``sample-molecule``, ``sample-crystal``, ``register``)
-    to exercise retries.
+
+def _run(task_: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a task; a failed task (after its retries) becomes `_TaskFailed`, naming the task, for its branch."""
+    state = task_(*args, return_state=True, **kwargs)
+    if not state.is_completed():
+        raise _TaskFailed(task_.name, state.result(raise_on_failure=False))
+    return state.result()
+
+
+def _branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str, str], run_dir: Any,
+            tags: dict[str, str], fail_at: str | None) -> dict[str, Any]:
+    """One model's branch: resolve the champion -> train -> sample and score both -> register and gate.
+
+    Returns its outcome (``status``: registered, skipped or failed, with ``task`` and ``error``); never raises
+    for a failed task, so that the flow goes on with the other branches."""
+    start = time.perf_counter()
+    outcome: dict[str, Any] = {"model": model, "name": name, "config": plan.config, "status": "running"}
+    try:
+        with tracking.run(f"retrain-{model}", tags={**tags, "model": model, "registered_name": name},
+                          nested=True) as run:
+            outcome["mlflow_run_id"] = run.info.run_id
+            tracking.log_params({f"plan.{k}": v for k, v in vars(plan).items()})
+            tags = {**tags, "mlflow.parentRunId": run.info.run_id, "model": model}
+            champion = None
+            if plan.init == "champion":
+                champion = _run(resolve_champion, model, plan.config, name, tags)
+                reason = _no_init_reason(model, plan.config, name, profile, champion)
+                if reason:   # never train from scratch when the plan says to continue the champion
+                    tracking.log_params({"skipped": reason[:500]})
+                    outcome.update(status="skipped", reason=reason, champion=champion)
+                    return outcome
+            outcome["champion"] = champion
+            trained = outcome["train"] = _run(
+                train_model, model, plan.config, str(run_dir / "train"), champion["init"] if champion else None,
+                plan.minutes, plan.steps, versions, tags, fail_at)
+            metrics: dict[str, float] = {}
+            for dataset in plan.datasets:
+                metrics.update(_run(sample_and_score, trained["model_dir"], dataset, plan.samples, plan.sample_steps,
+                                    str(run_dir / f"samples-{dataset}"), versions, tags, "challenger", fail_at))
+            outcome["metrics"] = metrics
+            if champion is None:
+                existing = tracking.version_by_alias(name, tracking.CHAMPION)
+                if existing is not None:  # a scratch plan with a champion already: score it here too
+                    champion = outcome["champion"] = {"version": str(existing.version),
+                                                      "uri": f"models:/{name}/{existing.version}"}
+            champion_metrics: dict[str, float] | None = None
+            if champion is not None:
+                champion_metrics = {}
+                for dataset in plan.datasets:
+                    # the downloaded lineage when there is one (no second registry load), else the pinned URI
+                    champion_metrics.update(_run(sample_and_score, champion.get("model_dir") or champion["uri"],
+                                                 dataset, plan.samples, plan.sample_steps,
+                                                 str(run_dir / f"champion-{dataset}"), versions, tags, "champion"))
+            outcome["champion_metrics"] = champion_metrics
+            tracking.log_metrics(metrics)
+            if champion_metrics:
+                tracking.log_metrics({f"champion/{k}": v for k, v in champion_metrics.items()})
+            # Versions are compared only within one evaluation context (gates.py): both were scored just now.
+            context = {"profile": profile, "config": plan.config, "samples": str(plan.samples),
+                       "sample_steps": str(plan.sample_steps), "seed": "0",
+                       "datasets": ",".join(f"{d}@{versions[d]}" for d in plan.datasets), "scoring": SCORING_VERSION}
+            outcome["registration"] = _run(register_and_gate, trained["model_dir"], name, metrics, champion_metrics,
+                                           plan.samples, context, tags, fail_at,
+                                           champion["version"] if champion else None)
+            outcome["status"] = "registered"
+    except Exception as error:  # noqa: BLE001  (reported in the result; the other branches go on)
+        failed = error if isinstance(error, _TaskFailed) else _TaskFailed("nightly-retrain", error)
+        outcome.update(status="failed", task=failed.task_name,
+                       error=f"{type(failed.error).__name__}: {failed.error}")
+    finally:
+        outcome["seconds"] = time.perf_counter() - start
+    return outcome
+
+
+def _no_init_reason(model: str, config: str, name: str, profile: str, champion: dict[str, Any] | None) -> str | None:
+    """Why a plan that continues the champion cannot (nothing of this model and config to continue), or None."""
+    from chemgen.generation.protocol import model_spec
+    from chemgen.generation.runs import shipped_lineage
+
+    shipped = shipped_lineage(model_spec(model).shipped_config)
+    if champion is None:
+        return (f"no champion registered as {name} and no shipped lineage at {shipped}: the {profile} profile "
+                f"continues the champion and does not train {model} from scratch")
+    if champion["init"] is None:
+        return (f"neither the champion ({name} version {champion['version']}) nor the shipped lineage at {shipped} "
+                f"is a {model} {config} lineage to continue: the {profile} profile does not train from scratch")
+    return None
+
+
+@flow(name="nightly-retrain", log_prints=True)
+def nightly_retrain(profile: str = "demo", models: list[str] | None = None, model_names: dict[str, str] | None = None,
+                    data_dir: str | None = None, fail_at: str | None = None,
+                    overrides: dict[str, Any] | None = None) -> Any:
+    """Curate once, then retrain, register and gate every model of the profile; see the module docstring.
+
+    ``models`` runs only these branches (default: every plan of the profile); ``model_names`` registers a model
+    under another name (default: `registered_name`). ``overrides`` changes fields of the profile
+    (``qm9_rows``, ``mp20_rows``) and of a model's plan (``{"adit": {"steps": {"dit": 5}, "init": None}}``).
+    ``fail_at`` injects a failure into one task (``train``, ``sample-molecule``, ``sample-crystal``,
+    ``register``) of every branch, or of one model's branch (``"gfmdiff:register"``), to exercise retries and
+    isolation.
+
+    Returns the result: the curated datasets and each branch's outcome (``branches``; ``failed`` lists the
+    branches that failed, with their task and error). When a branch failed, the flow run ends Failed, with
+    that result, only after every branch has finished (see the end of this function).
     """
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-    plan = replace(PROFILES[profile], **(overrides or {}))
-    model_name = model_name or registered_name(profile, plan.model)
+    overrides = dict(overrides or {})
+    base = PROFILES[profile]
+    plans = dict(base.plans)
+    for model in [key for key in overrides if key not in ("qm9_rows", "mp20_rows")]:
+        if model not in plans:
+            raise UsageError(f"unknown override {model!r}: a profile field (qm9_rows, mp20_rows) or a model of "
+                             f"the profile ({', '.join(plans)})")
+        plans[model] = replace(plans[model], **overrides.pop(model))
+    unknown = [m for m in models or () if m not in plans]
+    if unknown:
+        raise UsageError(f"the {profile} profile has no plan for {', '.join(unknown)} (it has {', '.join(plans)})")
+    plans = {m: p for m, p in plans.items() if models is None or m in models}
+    chosen = replace(base, plans=plans, **overrides)
+    names = {m: (model_names or {}).get(m) or registered_name(profile, m) for m in plans}
     start = time.perf_counter()
     run_dir = chemgen_home() / "runs" / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}-{str(flow_run.id)[:8]}"
     with tracking.run("nightly-retrain", tags={"prefect.flow_run_id": str(flow_run.id), "profile": profile,
-                                               "model": plan.model}) as run:
-        tracking.log_params({f"profile.{k}": v for k, v in vars(plan).items()})
+                                               "models": ",".join(plans)}) as run:
+        tracking.log_params({"profile.qm9_rows": chosen.qm9_rows, "profile.mp20_rows": chosen.mp20_rows,
+                             "profile.models": ",".join(plans)})
         tags = {"mlflow.parentRunId": run.info.run_id, "prefect.flow_run_id": str(flow_run.id)}
-        datasets = [curate_dataset(name, limit, data_dir) for name, limit in
-                    (("qm9", plan.qm9_rows), ("mp20", plan.mp20_rows))]
+        # Curated once for every branch: a failure here fails the flow (no branch has data to train on).
+        needed = [d for d in DATASET_ORDER if any(d in p.datasets for p in plans.values())]
+        rows = {"qm9": chosen.qm9_rows, "mp20": chosen.mp20_rows}
+        datasets = [curate_dataset(name, rows[name], data_dir) for name in needed]
         # The exact versions curated here travel to training and scoring (a slice never becomes LATEST).
         versions = {d["name"]: d["version"] for d in datasets}
         for d in datasets:
             from chemgen.data.store import read_manifest
 
             tracking.log_dataset_manifest(read_manifest(d["name"], d["version"]))
-        champion = resolve_champion(plan.model, plan.config, model_name, tags) if plan.init == "champion" else None
-        trained = train_model(plan.model, plan.config, str(run_dir / "train"), champion["init"] if champion else None,
-                              plan.minutes, plan.steps, versions, tags, fail_at)
-        metrics: dict[str, float] = {}
-        champion_metrics: dict[str, float] | None = None
-        for dataset in plan.datasets:
-            metrics.update(sample_and_score(trained["model_dir"], dataset, plan.samples, plan.sample_steps,
-                                            str(run_dir / f"samples-{dataset}"), versions, tags, "challenger",
-                                            fail_at))
-        if champion is None:
-            existing = tracking.version_by_alias(model_name, tracking.CHAMPION)
-            if existing is not None:  # a scratch profile with a champion already: score it here too
-                champion = {"version": str(existing.version), "uri": f"models:/{model_name}/{existing.version}"}
-        if champion is not None:
-            champion_metrics = {}
-            for dataset in plan.datasets:
-                # the downloaded lineage when there is one (no second registry load), else the pinned URI
-                champion_metrics.update(sample_and_score(champion.get("model_dir") or champion["uri"], dataset,
-                                                         plan.samples, plan.sample_steps,
-                                                         str(run_dir / f"champion-{dataset}"), versions, tags,
-                                                         "champion"))
-        tracking.log_metrics(metrics)
-        if champion_metrics:
-            tracking.log_metrics({f"champion/{k}": v for k, v in champion_metrics.items()})
-        # Versions are compared only within one evaluation context (gates.py): both were scored just now.
-        context = {"profile": profile, "config": plan.config, "samples": str(plan.samples),
-                   "sample_steps": str(plan.sample_steps), "seed": "0",
-                   "datasets": ",".join(f"{d['name']}@{d['version']}" for d in datasets),
-                   "scoring": SCORING_VERSION}
-        registration = register_and_gate(trained["model_dir"], model_name, metrics, champion_metrics, plan.samples,
-                                         context, tags, fail_at, champion["version"] if champion else None)
+        # One branch after the other (2 cores; MLflow's active run is per thread), each under its own name.
+        branches = {m: _branch(m, p, names[m], profile, versions, run_dir / m, tags, _fail_at_for(m, fail_at))
+                    for m, p in plans.items()}
+        failed = [{"model": m, "task": b["task"], "error": b["error"]} for m, b in branches.items()
+                  if b["status"] == "failed"]
+        if failed:
+            import mlflow
+
+            mlflow.set_tag("failed_branches", ",".join(f["model"] for f in failed))
         tracking.log_metrics({"flow_seconds": time.perf_counter() - start})
-        return {"datasets": datasets, "metrics": metrics, "champion_metrics": champion_metrics,
-                "champion": champion, "registration": registration, "run_dir": str(run_dir),
-                "mlflow_run_id": run.info.run_id, "seconds": time.perf_counter() - start, "train": trained,
-                "model": plan.model}
+    result = {"profile": profile, "datasets": datasets, "branches": branches, "failed": failed,
+              "run_dir": str(run_dir), "mlflow_run_id": run.info.run_id, "seconds": time.perf_counter() - start}
+    if not failed:
+        return result
+    # A failed branch must not stop the others, so its tasks' failures are caught as states above (return_state)
+    # rather than raised through the flow; the flow run's final state then says that a branch failed by
+    # returning a Failed state (Prefect's way to set a flow's final state explicitly) once every branch has
+    # finished. Its data is a BranchFailed holding the whole result: calling the flow raises it (``.result``),
+    # and ``return_state=True`` gives the state, whose ``result(raise_on_failure=False)`` is that exception.
+    tracking.client().set_terminated(run.info.run_id, "FAILED")
+    message = (f"{len(failed)} of {len(branches)} branches failed: "
+               + "; ".join(f"{f['model']} in task {f['task']!r}: {f['error']}" for f in failed))
+    return Failed(message=message, data=BranchFailed(message, result))

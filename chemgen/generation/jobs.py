@@ -96,7 +96,8 @@ def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os
     train_pack, val_pack, manifests = training_packs(train_config, store, versions)
     data = [f"{m['name']}@{m['version']}" for m in manifests]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokens = tokens_per_batch or (65_536 if device.startswith("cuda") else 16 * train_config.batch_size)
+    tokens = tokens_per_batch or (model_spec(model).gpu_tokens_per_batch if device.startswith("cuda")
+                                  else 16 * train_config.batch_size)
     start = time.perf_counter()
     with tracking.run(f"{model}-{config.name}", tags={"model": model, **(tags or {})},
                       nested=tracking.active_run_id() is not None) as run:

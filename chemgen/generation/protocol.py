@@ -39,6 +39,8 @@ class ModelSpec:
     sample_datasets: tuple[str, ...]  # what a training run samples and scores, in order
     metadata: dict[str, str] = field(default_factory=dict)   # logged with every registered version
     run_scorers: tuple[str, ...] = ()  # "module:function"s scoring a run folder's model-specific files
+    peak_lr: float = 8e-4         # the WSD schedule's peak when a run names none: the same in every run of a lineage
+    gpu_tokens_per_batch: int = 65_536   # padded atoms per step on a GPU when a run names none
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -46,6 +48,13 @@ MODELS: dict[str, ModelSpec] = {
                       "adit-gpu-quick", ("qm9", "mp20"),
                       {"architecture": "ADiT", "paper": "Joshi et al., All-atom Diffusion Transformers, ICML 2025"},
                       ("chemgen.models.adit.diagnostics:score_run_reconstructions",)),
+    # GFMDiff's triplet track holds (B, N, N, N) tensors: far fewer atoms per step than ADiT's transformer
+    "gfmdiff": ModelSpec("gfmdiff", "chemgen.models.gfmdiff.model:GFMDiff",
+                         "chemgen.models.gfmdiff.config:GFMDiffConfig", "chemgen-gfmdiff", "gfmdiff-cpu", ("qm9",),
+                         {"architecture": "GFMDiff",
+                          "paper": "Xu et al., Geometric-Facilitated Denoising Diffusion Model for 3D Molecule "
+                                   "Generation, AAAI 2024"},
+                         peak_lr=5e-4, gpu_tokens_per_batch=8_192),
 }
 
 

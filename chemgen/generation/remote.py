@@ -31,7 +31,7 @@ import torch
 
 from chemgen.data.tensors import TensorPack
 from chemgen.generation.protocol import generator_class, model_spec
-from chemgen.generation.training import DEFAULT_LR, finish_run, save_samples, stage_values, train_stages
+from chemgen.generation.training import finish_run, save_samples, stage_values, train_stages
 
 
 def per_stage(text: str, stages: tuple[str, ...], default: float | None, what: str) -> dict[str, float]:
@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--init", type=Path, default=None, help="lineage to continue (absent or empty: a new one)")
     parser.add_argument("--minutes", required=True, help="training minutes per stage, e.g. vae=2.5,dit=4 (0 skips)")
-    parser.add_argument("--lr", default="", help=f"WSD peak per stage, e.g. vae=8e-4 (default {DEFAULT_LR})")
-    parser.add_argument("--tokens-per-batch", type=int, default=65_536, help="padded atoms per step")
+    parser.add_argument("--lr", default="", help="WSD peak per stage, e.g. vae=8e-4 (default: the model's peak_lr, "
+                                                 "chemgen.generation.protocol.MODELS)")
+    parser.add_argument("--tokens-per-batch", type=int, default=None,
+                        help="padded atoms per step (default: the model's gpu_tokens_per_batch)")
     parser.add_argument("--compile", nargs="?", const="all", default="",
                         help="torch.compile the stages named (e.g. dit), or every stage without a value (measured on "
                              "an H100: 217 s of compilation for 1.45x the VAE's eager throughput, which a stage of a "
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
     config = load_config(args.config, args.model)
     stages = tuple(generator_class(args.model).stage_names)
     minutes = per_stage(args.minutes, stages, None, "minutes")
-    rates = per_stage(args.lr, stages, DEFAULT_LR, "lr")
+    rates = per_stage(args.lr, stages, spec.peak_lr, "lr")
     compiled = set(stages) if args.compile == "all" else {s for s in args.compile.split(",") if s}
     if compiled - set(stages):
         raise SystemExit(f"--compile: {', '.join(sorted(compiled - set(stages)))} is not a stage of {args.model}")
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> Path:
     data_versions = [d for d in args.data.split(",") if d]
     print(json.dumps({"model": args.model, "config": config.name, "train_systems": len(train)}), flush=True)
     model, report = train_stages(args.model, config, train, val, args.out, init=args.init, minutes=minutes, lr=rates,
-                                 tokens_per_batch=args.tokens_per_batch, compile=compiled, stop_at=stop_at,
+                                 tokens_per_batch=args.tokens_per_batch or spec.gpu_tokens_per_batch,
+                                 compile=compiled, stop_at=stop_at,
                                  data_versions=data_versions, log=lambda line: print(line, flush=True),
                                  progress_bar=args.progress)
     for dataset in spec.sample_datasets:

@@ -25,12 +25,11 @@ from chemgen.data.tensors import TensorPack
 from chemgen.errors import UsageError
 from chemgen.generation import lineage
 from chemgen.generation.lineage import LineageError
-from chemgen.generation.protocol import generator_class
+from chemgen.generation.protocol import generator_class, model_spec
 from chemgen.generation.resident import ResidentBatches
 from chemgen.generation.trainer import EMA, WSDSchedule, fit
 
 OVERSAMPLE = {"mp20": 3}  # ADiT's joint training sees MP-20 about 3x as often as its size alone gives
-DEFAULT_LR = 8e-4         # the WSD peak: the same in every run of a lineage
 WARMUP_STEPS = 300
 DECAY_FRACTION = 0.2
 MONITOR_SYSTEMS = 128     # held-out systems of each kind the in-stage monitor measures
@@ -116,7 +115,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
             monitor = None if monitor_batch is None else (lambda n=name: model.stage_monitor(n, monitor_batch))
             every = getattr(getattr(config, f"{name}_train", None), "val_every_steps", None)
             result = fit(stage.loss, stage.parameters, data,
-                         schedule=WSDSchedule(lr.get(name, DEFAULT_LR), WARMUP_STEPS, DECAY_FRACTION),
+                         schedule=WSDSchedule(lr.get(name, model_spec(model_name).peak_lr), WARMUP_STEPS, DECAY_FRACTION),
                          minutes=budget_minutes or None, max_steps=budget_steps or None,
                          weight_decay=stage.weight_decay, grad_clip=stage.grad_clip, ema=ema,
                          compile=compile if isinstance(compile, bool) else name in compile,
