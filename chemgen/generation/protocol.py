@@ -39,6 +39,8 @@ class ModelSpec:
     sample_datasets: tuple[str, ...]  # what a training run samples and scores, in order
     metadata: dict[str, str] = field(default_factory=dict)   # logged with every registered version
     run_scorers: tuple[str, ...] = ()  # "module:function"s scoring a run folder's model-specific files
+    # How samples are drawn, as (context key, dotted config path): part of the gate's evaluation context
+    sampling_settings: tuple[tuple[str, str], ...] = (("sampling_steps", "flow.num_steps"), ("cfg_scale", "flow.cfg_scale"))
     peak_lr: float = 8e-4         # the WSD schedule's peak when a run names none: the same in every run of a lineage
     gpu_tokens_per_batch: int = 65_536   # padded atoms per step on a GPU when a run names none
 
@@ -54,6 +56,7 @@ MODELS: dict[str, ModelSpec] = {
                          {"architecture": "GFMDiff",
                           "paper": "Xu et al., Geometric-Facilitated Denoising Diffusion Model for 3D Molecule "
                                    "Generation, AAAI 2024"},
+                         sampling_settings=(("sampling_steps", "diffusion.num_steps"),),
                          peak_lr=5e-4, gpu_tokens_per_batch=8_192),
 }
 

@@ -24,7 +24,7 @@ from chemgen.dense import DATASET_KIND, DEFAULT_DATASET
 from chemgen.gates import Evaluation, GateDecision, decide, gate_metrics_for
 from chemgen.generation import lineage
 from chemgen.generation.lineage import LineageError
-from chemgen.generation.protocol import _import, model_spec
+from chemgen.generation.protocol import ModelSpec, _import, model_spec
 from chemgen.scoring import SCORING_VERSION
 
 SHIPPED_ROOT: Path | None = None   # tests point it elsewhere; None: `chemgen.paths.shipped_weights_dir()`
@@ -95,9 +95,20 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
         scores.update(_import(scorer)(run_dir))
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
     context = {"samples": str(min(samples.values())), "seed": "1000", "data": ",".join(sorted(manifest.get("data", []))),
-               "sampling_steps": str(manifest["config"]["flow"]["num_steps"]),
-               "cfg_scale": str(manifest["config"]["flow"]["cfg_scale"]), "scoring": SCORING_VERSION}
+               **sampling_context(spec, manifest["config"]), "scoring": SCORING_VERSION}
     return {"scores": scores, "samples": min(samples.values()), "context": context, "report": report}
+
+
+def sampling_context(spec: ModelSpec, config: dict[str, Any]) -> dict[str, str]:
+    """How a run's samples were drawn (ADiT: ODE steps and guidance; GFMDiff: ancestral steps), read from its
+    config by the model's `ModelSpec.sampling_settings`."""
+    context = {}
+    for key, dotted in spec.sampling_settings:
+        value: Any = config
+        for part in dotted.split("."):
+            value = value[part]
+        context[key] = str(value)
+    return context
 
 
 def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any],

@@ -58,3 +58,16 @@ def test_cli_samples_and_scores_from_the_registry(registered, tmp_path):
     wrong = runner.invoke(app, ["sample", "gfmdiff", "--model", "models:/chemgen-gfmdiff-test@challenger",
                                 "--kind", "molecule", "--solver", "heun", "--n", "1", "--no-score"])
     assert wrong.exit_code == 1 and "ancestrally" in wrong.output
+
+
+def test_a_run_is_scored_and_promoted_through_the_shared_import(registered, tmp_path):
+    """`chemgen train import` on a GFMDiff run: EDM scores of its samples, the context of its ancestral sampler
+    (no guidance), then the gate: an empty target takes it as the first checkpoint, the same run again is kept."""
+    shipped = tmp_path / "shipped"
+    first = runner.invoke(app, ["train", "import", str(registered / "run"), "--samples", "4", "--into", str(shipped)])
+    assert first.exit_code == 0, first.output
+    manifest = lineage.read_manifest(shipped)
+    assert manifest["model"] == "gfmdiff" and "molecule/edm/validity" in manifest["scores"]
+    assert manifest["evaluation"]["context"]["sampling_steps"] == "20" and "cfg_scale" not in manifest["evaluation"]["context"]
+    again = runner.invoke(app, ["train", "import", str(registered / "run"), "--samples", "4", "--into", str(shipped)])
+    assert again.exit_code == 0 and "kept the shipped checkpoint" in again.output.replace("\n", " ")
