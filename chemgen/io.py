@@ -51,15 +51,20 @@ class StructureFileError(ChemgenError, ValueError):
 
 
 # ---------------------------------------------------------------------------- atomic writes
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared and committed files private
+    os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would make shared and committed files private
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -92,7 +92,7 @@ def save(folder: str | os.PathLike, groups: Mapping[str, Mapping[str, torch.Tens
     the manifest. Returns the manifest."""
     from safetensors.torch import save_file
 
-    from chemgen.io import atomic_write
+    from chemgen.io import atomic_write, default_file_mode
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def save(folder: str | os.PathLike, groups: Mapping[str, Mapping[str, torch.Tens
         tmp = folder / f".tmp-shard-{i}-{os.getpid()}.safetensors"
         try:
             save_file(shard, str(tmp), metadata={"format": FORMAT})
-            os.chmod(tmp, 0o666 & ~_umask())   # safetensors creates 0600: shipped and shared files must be readable
+            os.chmod(tmp, default_file_mode())   # safetensors creates 0600: shipped and shared files must be readable
             digest = _sha256(tmp)
             name = f"weights-{digest[:12]}.safetensors"
             os.replace(tmp, folder / name)
@@ -196,8 +196,3 @@ def runs(folder: str | os.PathLike) -> list[dict[str, Any]]:
                 raise LineageError(f"{path}: line {number} is not JSON ({err})") from err
     return out
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

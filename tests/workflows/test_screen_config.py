@@ -20,10 +20,30 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from chemgen.scoring import hull
 
 
-def test_the_screening_flow_runs_on_a_bounded_thread_pool():
-    runner = screen.crystal_screening.task_runner
-    assert isinstance(runner, ThreadPoolTaskRunner)
-    assert 1 <= runner._max_workers <= (os.cpu_count() or 1)  # Prefect's default is sys.maxsize
+def test_the_screening_flows_thread_pool_runs_no_more_tasks_than_cores():
+    """Prefect's default pool has sys.maxsize threads: the screening flow's own runner, given three more
+    0.2 s tasks than there are cores, runs at most one per core at a time (and more than one when it can)."""
+    assert isinstance(screen.crystal_screening.task_runner, ThreadPoolTaskRunner)
+    lock = threading.Lock()
+    running, peak = [0], [0]
+
+    @task(cache_policy=NO_CACHE)
+    def busy(i: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return i
+
+    @flow(task_runner=screen.crystal_screening.task_runner.duplicate())
+    def fan_out(n: int) -> list[int]:
+        return [f.result() for f in busy.map(range(n))]
+
+    cores = os.cpu_count() or 1
+    assert fan_out(cores + 3) == list(range(cores + 3))
+    assert peak[0] == min(cores, screen.MAX_THREADS) and screen.MAX_THREADS <= cores
     assert screen.DEFAULT_WORKERS >= 1
 
 
