@@ -408,6 +408,9 @@ def _train_model(model: str):
             help="Register the trained model in MLflow under this name (alias challenger).")] = None,
         tokens_per_batch: Annotated[Optional[int], typer.Option(
             help="Padded atoms per step (default: 65,536 on a GPU, 16 x the config's batch size on CPU).")] = None,
+        sampling_steps: Annotated[Optional[int], typer.Option(
+            help="Sampling steps of the scored samples (default: the config's; recorded in the evaluation "
+                 "context, so use the shipped lineage's to be compared with it).")] = None,
         store: StoreDir = None,
         data: DataVersions = None,
     ) -> None:
@@ -429,6 +432,7 @@ def _train_model(model: str):
             raise CommandLineError(f"give --minutes or --steps for at least one of the stages {', '.join(stages)}")
         _at_least("--samples", samples, 1 if promote else 0)  # the gate compares sample scores
         _at_least("--tokens-per-batch", tokens_per_batch, 1)
+        _at_least("--sampling-steps", sampling_steps, 1)
         versions = _versions(data)
         start = init if init is not None or fresh else shipped_lineage(cfg.name)
         start = start if start is not None and lineage.is_lineage(start) else None
@@ -443,7 +447,8 @@ def _train_model(model: str):
         if samples > 0:
             trained = jobs.load_lineage_model(outcome.model_dir)
             for dataset in spec.sample_datasets:
-                save_samples(trained, dataset, samples, out / f"samples_{dataset}.pt", 500, seed=1000)
+                save_samples(trained, dataset, samples, out / f"samples_{dataset}.pt", 500, seed=1000,
+                             num_steps=sampling_steps)
         if promote:
             train_import(out, into=into or start or shipped_lineage(cfg.name), store=store)
         if register:
@@ -542,13 +547,23 @@ def train_import(run: Annotated[Path, typer.Argument(help="Run folder (a GPU lea
 def train_rescore(run: Annotated[Path, typer.Argument(help="The run folder that produced the shipped checkpoint.")],
                   into: Annotated[Optional[Path], typer.Option(
                       callback=_folder, help="Shipped lineage (default: models/weights/<config>).")] = None,
-                  store: StoreDir = None) -> None:
+                  store: StoreDir = None,
+                  resample: Annotated[Optional[int], typer.Option(
+                      help="Draw this many new samples of the shipped checkpoint (seed 1000) into RUN and score "
+                           "those: moves the lineage to a new evaluation context.")] = None,
+                  sampling_steps: Annotated[Optional[int], typer.Option(
+                      help="With --resample: sampling steps (default: the config's).")] = None) -> None:
     """Re-score the shipped checkpoint's samples under today's scoring (after a scoring change), so the
-    gate can compare new runs with it; only the manifest's scores change."""
+    gate can compare new runs with it; only the manifest's scores change. With --resample, the checkpoint
+    is evaluated on new samples instead (e.g. more of them, or fewer sampling steps)."""
     from chemgen.generation.runs import rescore_shipped
     from chemgen.scoring.report import print_metrics
 
-    scored = rescore_shipped(run, store, into)
+    _at_least("--resample", resample, 1)
+    _at_least("--sampling-steps", sampling_steps, 1)
+    if sampling_steps is not None and resample is None:
+        raise CommandLineError("--sampling-steps draws new samples: give --resample N too")
+    scored = rescore_shipped(run, store, into, resample=resample, num_steps=sampling_steps)
     print_metrics(scored["scores"], console, title=f"shipped checkpoint re-scored from {run}")
 
 

@@ -57,3 +57,55 @@ def test_requests_name_a_dataset_or_a_kind():
     assert resolve_dataset("perov5") == ("perov5", "crystal") and resolve_dataset("qm9") == ("qm9", "molecule")
     with pytest.raises(ValueError, match="unknown dataset or kind 'protein'"):
         resolve_dataset("protein")
+
+
+def test_a_models_extras_travel_with_their_systems(qm9_systems, mp20_systems, tmp_path):
+    """Per-atom and per-system extras (DiffSpectra's charges, bonds, spectra) follow every operation the
+    shared layer does: subset, concat, dense padding, save/load, resident buckets and their draws."""
+    from chemgen.data.tensors import PackError
+    from chemgen.errors import UsageError
+    from chemgen.generation.resident import ResidentBatches
+
+    systems = [*qm9_systems[:12], *mp20_systems[:3]]
+    base = TensorPack.from_systems(systems)
+    pack = base.with_extras(atom__z_copy=base.atomic_numbers.clone(),
+                            atom__neighbours=torch.arange(base.atomic_numbers.numel() * 4).view(-1, 4),
+                            system__label=torch.arange(len(base), dtype=torch.float32)[:, None].repeat(1, 81))
+    assert sorted(pack.extras) == ["atom/neighbours", "atom/z_copy", "system/label"]
+
+    def consistent(batch, labels):
+        assert torch.equal(batch.extras["atom/z_copy"], batch.atomic_numbers)   # rows and padding line up
+        assert torch.equal(batch.extras["system/label"][:, 0], torch.as_tensor(labels, dtype=torch.float32))
+        assert (batch.extras["atom/neighbours"][~batch.mask] == 0).all()
+
+    index = torch.tensor([13, 2, 7])
+    consistent(pack.dense(index), index)
+    part = pack.subset(index)
+    consistent(part.dense(torch.arange(3)), index)
+    both = TensorPack.concat([part, pack.subset(torch.tensor([0]))])
+    consistent(both.dense(torch.arange(4)), [13, 2, 7, 0])
+    with pytest.raises(ValueError, match="different extras"):
+        TensorPack.concat([part, base.subset(torch.tensor([0]))])
+
+    for compress in (False, True):
+        loaded = TensorPack.load(pack.save(tmp_path / f"p{compress}.pt", compress=compress))
+        assert all(torch.equal(loaded.extras[k], v) for k, v in pack.extras.items())
+
+    batch = pack.dense(index).select(torch.tensor([2, 0])).crop_atoms(20).pad_atoms(32)
+    assert batch.mask.shape[1] == batch.extras["atom/neighbours"].shape[1] == 32
+    consistent(batch, [7, 13])
+    resident = ResidentBatches(pack, "cpu", tokens_per_batch=64, edges=(12,), multiple_of=1)
+    for _ in range(5):
+        drawn = resident.sample()
+        assert torch.equal(drawn.extras["atom/z_copy"], drawn.atomic_numbers)
+        label = drawn.extras["system/label"][:, 0].long()
+        assert torch.equal(pack.num_atoms[label], drawn.num_atoms)   # each row's extras are its own system's
+
+    with pytest.raises(UsageError, match="atom/<name> or system/<name>"):
+        base.with_extras(bonds=torch.zeros(len(base)))
+    with pytest.raises(ValueError, match="expected 15 rows"):
+        base.with_extras(system__label=torch.zeros(4))
+    torch.save({**torch.load(tmp_path / "pFalse.pt", weights_only=True), "extras": {"bonds": torch.zeros(15)}},
+               tmp_path / "bad.pt")
+    with pytest.raises(PackError, match="bad.pt: .*atom/<name> or system/<name>"):
+        TensorPack.load(tmp_path / "bad.pt")

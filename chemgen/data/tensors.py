@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from chemgen.atoms import AtomicSystem
-from chemgen.dense import DenseBatch, dataset_label
+from chemgen.dense import DenseBatch, dataset_label, extra_kind
 from chemgen.errors import ChemgenError
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -42,14 +42,28 @@ class TensorPack:
     pbc: torch.Tensor             # (S,) bool
     dataset_idx: torch.Tensor     # (S,) long, chemgen.dense.DATASET_INDEX
     spacegroup: torch.Tensor | None = None  # (S,) long, international number of crystals (0: none or unknown)
+    # A model's own tensors, "atom/<name>" (A, ...) or "system/<name>" (S, ...): `chemgen.dense.EXTRA_KINDS`
+    extras: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.spacegroup is None:
             object.__setattr__(self, "spacegroup", torch.zeros(len(self.num_atoms), dtype=torch.long))
+        object.__setattr__(self, "extras", dict(self.extras or {}))
         object.__setattr__(self, "offsets", torch.cat([torch.zeros(1, dtype=torch.long), self.num_atoms.cumsum(0)]))
         if int(self.offsets[-1]) != self.atomic_numbers.numel():
             raise ValueError(f"pack is inconsistent: num_atoms sums to {int(self.offsets[-1])} "
                              f"but there are {self.atomic_numbers.numel()} atoms")
+        for name, tensor in self.extras.items():
+            rows = self.atomic_numbers.numel() if extra_kind(name) == "atom" else len(self.num_atoms)
+            if tensor.dim() == 0 or tensor.shape[0] != rows:
+                raise ValueError(f"pack is inconsistent: extra {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {rows} rows")
+
+    def with_extras(self, **extras: torch.Tensor) -> TensorPack:
+        """The same systems with more of a model's own tensors (names as ``atom__charge`` -> "atom/charge")."""
+        named = {k.replace("__", "/", 1): v for k, v in extras.items()}
+        return TensorPack(**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"},
+                          extras={**self.extras, **named})
 
     def __len__(self) -> int:
         return int(self.num_atoms.numel())
@@ -75,14 +89,20 @@ class TensorPack:
 
     @classmethod
     def concat(cls, packs: Sequence[TensorPack]) -> TensorPack:
-        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in packs]) for f in fields(cls)})
+        names = {frozenset(p.extras) for p in packs}
+        if len(names) > 1:
+            raise ValueError(f"cannot concatenate packs with different extras: {sorted(map(sorted, names))}")
+        extras = {k: torch.cat([p.extras[k] for p in packs]) for k in packs[0].extras}
+        return cls(**{f.name: torch.cat([getattr(p, f.name) for p in packs]) for f in fields(cls) if f.name != "extras"},
+                   extras=extras)
 
     def subset(self, index: torch.Tensor) -> TensorPack:
         index = torch.as_tensor(index, dtype=torch.long)
         atoms = torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in index.tolist()])
+        extras = {k: v[atoms] if extra_kind(k) == "atom" else v[index] for k, v in self.extras.items()}
         return TensorPack(self.atomic_numbers[atoms], self.pos[atoms], self.frac_coords[atoms],
                           self.num_atoms[index], self.cell[index], self.pbc[index], self.dataset_idx[index],
-                          self.spacegroup[index])
+                          self.spacegroup[index], extras)
 
     def dense(self, index: torch.Tensor | Sequence[int]) -> DenseBatch:
         """Padded tensors of the systems at ``index``: (B, N_max, ...) with a mask."""
@@ -95,8 +115,14 @@ class TensorPack:
         types = torch.where(mask, self.atomic_numbers[atom], torch.zeros_like(atom))
         pos = self.pos[atom] * mask[..., None]
         frac = self.frac_coords[atom] * mask[..., None]
+
+        def padded(t: torch.Tensor) -> torch.Tensor:   # an atom extra, zero at padding
+            values = t[atom]
+            return values * mask.view(*mask.shape, *(1,) * (values.dim() - 2)).to(values.dtype)
+
+        extras = {k: padded(v) if extra_kind(k) == "atom" else v[index] for k, v in self.extras.items()}
         return DenseBatch(types, pos, frac, mask, self.cell[index], self.pbc[index], self.dataset_idx[index], counts,
-                          self.spacegroup[index])
+                          self.spacegroup[index], extras)
 
     def held_out(self, per_kind: int, seed: int = 0) -> DenseBatch:
         """Up to ``per_kind`` molecules and ``per_kind`` crystals, drawn at random (fixed by ``seed``), padded:
@@ -126,6 +152,8 @@ class TensorPack:
                    "spacegroup": self.spacegroup.to(torch.uint8),
                    "cell": self.cell[self.pbc],                     # molecules' cells are zero
                    "frac_coords": self.frac_coords[periodic]}       # molecules' fractional coordinates too
+        if self.extras:
+            payload["extras"] = dict(self.extras)
         molecule_pos = self.pos[~periodic]
         if molecule_pos.numel() == 0 or molecule_pos.abs().max() < POS_RANGE:
             payload["molecule_pos_q"] = torch.round(molecule_pos * POS_STEPS_PER_ANGSTROM).to(torch.int16)
@@ -161,7 +189,11 @@ class TensorPack:
             missing.append("molecule_pos")
         if missing:
             raise PackError(f"{path}: tensor pack lacks {missing}")
-        values = {name: payload[name].long() for name in ("num_atoms", "dataset_idx", "atomic_numbers")}
+        values: dict[str, Any] = {name: payload[name].long() for name in ("num_atoms", "dataset_idx", "atomic_numbers")}
+        extras = payload.get("extras", {})
+        if not isinstance(extras, dict) or not all(isinstance(v, torch.Tensor) for v in extras.values()):
+            raise PackError(f"{path}: the pack's extras are not a dict of tensors")
+        values["extras"] = extras
         values["pbc"] = payload["pbc"]
         if "spacegroup" in payload:  # packs written before space groups were kept have none
             values["spacegroup"] = payload["spacegroup"].long()
@@ -184,7 +216,10 @@ class TensorPack:
             cells = torch.repeat_interleave(values["cell"], values["num_atoms"], dim=0)        # (A, 3, 3)
             pos[periodic_atoms] = (frac[periodic_atoms, None, :] @ cells[periodic_atoms]).squeeze(1)
             values["pos"] = pos
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as err:   # extras named or shaped wrongly
+            raise PackError(f"{path}: {err}") from None
 
     def atom_is_periodic(self) -> torch.Tensor:
         return torch.repeat_interleave(self.pbc, self.num_atoms)

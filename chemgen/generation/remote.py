@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> Path:
                         help="kept free under the deadline for diagnostics, saving and sampling")
     parser.add_argument("--samples", type=int, default=2000, help="samples of each dataset")
     parser.add_argument("--sample-batch", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=None, help="ODE steps (default: config)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampling steps of the scored samples: ODE steps (ADiT), ancestral steps (GFMDiff); "
+                             "default: the config's. Recorded in the evaluation context.")
     parser.add_argument("--data", default="", help="comma-separated dataset versions of the packs (name@version)")
     parser.add_argument("--progress", action="store_true", help="Lightning's progress bar (interactive runs)")
     args = parser.parse_args(argv)

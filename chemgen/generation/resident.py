@@ -48,7 +48,7 @@ class ResidentBatches:
             lower = edge
             if len(members) == 0:
                 continue
-            dense = _pad_to(pack.dense(members), edge)
+            dense = pack.dense(members).pad_atoms(edge)
             batch = dense.to(self.device)
             draw = torch.repeat_interleave(torch.arange(len(members)), repeats[members]).to(self.device)
             batch_size = max(multiple_of, tokens_per_batch // edge // multiple_of * multiple_of)
@@ -78,17 +78,5 @@ class ResidentBatches:
     @staticmethod
     def draw(bucket: Bucket) -> DenseBatch:
         pick = bucket.draw[torch.randint(len(bucket.draw), (bucket.batch_size,), device=bucket.draw.device)]
-        return DenseBatch(**{k: v[pick] for k, v in vars(bucket.batch).items()})
+        return bucket.batch.select(pick)
 
-
-def _pad_to(batch: DenseBatch, size: int) -> DenseBatch:
-    """Pad the atom axis of a dense batch to ``size`` (a bucket's fixed width)."""
-    extra = size - batch.mask.shape[1]
-    if extra == 0:
-        return batch
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, extra))
-
-    return DenseBatch(pad(batch.atomic_numbers), pad(batch.pos), pad(batch.frac_coords), pad(batch.mask),
-                      batch.cell, batch.pbc, batch.dataset_idx, batch.num_atoms, batch.spacegroup)

@@ -55,6 +55,12 @@ def load_samples(path: str | os.PathLike, limit: int | None = None) -> SimpleNam
     return SimpleNamespace(**{k: payload[k][:limit] for k in keys})
 
 
+def sampling_overrides(path: str | os.PathLike) -> dict[str, Any]:
+    """The sampling settings a samples file records (`save_samples`'s keyword arguments; none in older files)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(payload.get("sampling", {})) if isinstance(payload, dict) else {}
+
+
 def score_samples(path: str | os.PathLike, dataset: str, versions: dict[str, str],
                   store: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
                   limit: int | None = None) -> dict[str, float]:
@@ -82,32 +88,41 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     spec = model_spec(manifest.get("model", "adit"))
     versions = dict(ref.split("@", 1) for ref in manifest.get("data", []))
     scores: dict[str, float] = {}
-    samples = {}
+    samples, sample_paths = {}, {}
     for dataset in spec.sample_datasets:
         kind = DATASET_KIND[dataset]
         path = run_dir / f"samples_{dataset}.pt"
         if not path.is_file() and dataset == DEFAULT_DATASET[kind]:
             path = run_dir / f"samples_{kind}.pt"   # runs from before samples were named by dataset
+        sample_paths[dataset] = path
         samples[kind] = int(load_samples(path, limit).mask.shape[0])
         metrics = score_samples(path, dataset, versions, store, out_dir=run_dir / "scores", limit=limit)
         scores.update({f"{kind}/{k}": float(v) for k, v in metrics.items()})
     for scorer in spec.run_scorers:   # the model's own diagnostics files (ADiT: VAE reconstructions)
         scores.update(_import(scorer)(run_dir))
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
+    drawn: dict[str, Any] = {}
+    for dataset in spec.sample_datasets:
+        drawn.update(sampling_overrides(sample_paths[dataset]))
     context = {"samples": str(min(samples.values())), "seed": "1000", "data": ",".join(sorted(manifest.get("data", []))),
-               **sampling_context(spec, manifest["config"]), "scoring": SCORING_VERSION}
+               **sampling_context(spec, manifest["config"], drawn), "scoring": SCORING_VERSION}
     return {"scores": scores, "samples": min(samples.values()), "context": context, "report": report}
 
 
-def sampling_context(spec: ModelSpec, config: dict[str, Any]) -> dict[str, str]:
-    """How a run's samples were drawn (ADiT: ODE steps and guidance; GFMDiff: ancestral steps), read from its
-    config by the model's `ModelSpec.sampling_settings`."""
+# A context key of `ModelSpec.sampling_settings` -> the `generate` argument that overrides the config's value
+SAMPLING_ARGUMENTS = {"sampling_steps": "num_steps", "cfg_scale": "cfg_scale", "solver": "solver"}
+
+
+def sampling_context(spec: ModelSpec, config: dict[str, Any], drawn: dict[str, Any] | None = None) -> dict[str, str]:
+    """How a run's samples were drawn (ADiT: ODE steps and guidance; GFMDiff: ancestral steps): read from its
+    config by the model's `ModelSpec.sampling_settings`, unless the samples file records another value."""
     context = {}
     for key, dotted in spec.sampling_settings:
         value: Any = config
         for part in dotted.split("."):
             value = value[part]
-        context[key] = str(value)
+        override = (drawn or {}).get(SAMPLING_ARGUMENTS.get(key, key))
+        context[key] = str(override if override is not None else value)
     return context
 
 
@@ -137,13 +152,18 @@ def promote_run(run_dir: str | os.PathLike, scored: dict[str, Any],
 
 
 def rescore_shipped(run_dir: str | os.PathLike, store: str | os.PathLike | None = None,
-                    target: str | os.PathLike | None = None) -> dict[str, Any]:
+                    target: str | os.PathLike | None = None, resample: int | None = None,
+                    **sampling: Any) -> dict[str, Any]:
     """Re-score the shipped checkpoint under today's scoring, from the samples of the run that produced it.
 
     When scoring changes (`chemgen.scoring.SCORING_VERSION`), the shipped checkpoint's recorded scores
     belong to another context and the gate would refuse every challenger. The run folder that was
     promoted still holds the checkpoint's samples: they are scored again (the same count as before)
     and only the manifest's scores and evaluation are replaced, atomically; the weights are untouched.
+
+    ``resample`` moves the lineage to a new evaluation context instead: the shipped checkpoint draws that
+    many samples again (seed 1000, as a training run does; ``sampling`` as for `save_samples`, e.g.
+    ``num_steps``) into the run folder, and those are scored.
     """
     from chemgen.io import atomic_write
 
@@ -154,7 +174,14 @@ def rescore_shipped(run_dir: str | os.PathLike, store: str | os.PathLike | None 
     if produced["steps"] != shipped["steps"] or produced.get("data") != shipped.get("data"):
         raise lineage.LineageError(f"{run_dir} did not produce {target}: steps {produced['steps']} vs "
                                    f"{shipped['steps']}, data {produced.get('data')} vs {shipped.get('data')}")
-    scored = score_run(run_dir, store, limit=shipped.get("evaluation", {}).get("samples"))
+    if resample is not None:
+        from chemgen.generation.jobs import load_lineage_model
+        from chemgen.generation.training import save_samples
+
+        model = load_lineage_model(target)
+        for dataset in model_spec(produced.get("model", "adit")).sample_datasets:
+            save_samples(model, dataset, resample, run_dir / f"samples_{dataset}.pt", 500, seed=1000, **sampling)
+    scored = score_run(run_dir, store, limit=resample or shipped.get("evaluation", {}).get("samples"))
     shipped.update(scores=scored["scores"], evaluation={"samples": scored["samples"], "context": scored["context"]})
     with atomic_write(target / "manifest.json") as handle:
         json.dump(shipped, handle, indent=1)

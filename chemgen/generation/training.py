@@ -159,7 +159,10 @@ def finish_run(folder: str | Path, report: dict[str, Any], wall_minutes: float) 
 
 def save_samples(model: Any, dataset: str, n: int, path: Path, batch_size: int, seed: int,
                  **sampling: Any) -> dict[str, float]:
-    """Generate n samples in batches (seed + i for batch i); save padded tensors; return throughput."""
+    """Generate n samples in batches (seed + i for batch i); save padded tensors; return throughput.
+
+    The file records the sampling settings given here (e.g. ``num_steps``), so that a run sampled with other
+    settings than its config's is scored in its own evaluation context (`chemgen.generation.runs.score_run`)."""
     chunks, start = [], time.perf_counter()
     for i, first in enumerate(range(0, n, batch_size)):
         decoded = model.generate(min(batch_size, n - first), dataset, seed=seed + i, **sampling)
@@ -176,6 +179,7 @@ def save_samples(model: Any, dataset: str, n: int, path: Path, batch_size: int, 
 
     merged = {k: torch.cat([pad(c[k]) for c in chunks]) for k in chunks[0]}
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": 1, "dataset": dataset, **merged}, tmp)
+    settings = {k: v for k, v in sampling.items() if v is not None}
+    torch.save({"format": 1, "dataset": dataset, "sampling": settings, **merged}, tmp)
     tmp.replace(path)
     return {"samples": n, "seconds": seconds, "samples_per_second": n / seconds}

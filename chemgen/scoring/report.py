@@ -20,7 +20,7 @@ import pandas as pd
 
 from chemgen import io as structure_io
 from chemgen.atoms import AtomicSystem
-from chemgen.errors import UsageError
+from chemgen.errors import ChemgenError, UsageError
 from chemgen.io import StructureFileError, atomic_write
 
 KINDS = ("molecule", "crystal")
@@ -36,6 +36,9 @@ def read_structures(path: str | os.PathLike, kind: str) -> tuple[list[AtomicSyst
     path = Path(path)
     if kind not in KINDS:
         raise UsageError(f"kind must be one of {KINDS}, got {kind!r}")
+    if path.suffix == ".pt" and path.is_file():   # a training run's samples_<dataset>.pt
+        systems, reasons = _run_samples(path, kind)
+        return _check_kind(systems, reasons, kind, path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if _is_structure_file(p))
         if not files:
@@ -46,6 +49,24 @@ def read_structures(path: str | os.PathLike, kind: str) -> tuple[list[AtomicSyst
     systems = [None if isinstance(r, StructureFileError) else r for r in records]
     reasons = [str(r) if isinstance(r, StructureFileError) else None for r in records]
     return _check_kind(systems, reasons, kind, path)
+
+
+def _run_samples(path: Path, kind: str) -> tuple[list[AtomicSystem | None], list[str | None]]:
+    """The samples a training run saved (`chemgen.generation.training.save_samples`), read with
+    ``weights_only`` (tensors only, never arbitrary pickles); a sample the decoder could not turn into a
+    structure is scored invalid with its reason."""
+    from chemgen.generation.records import split_failures, to_systems
+    from chemgen.generation.runs import load_samples
+
+    try:
+        decoded = load_samples(path)
+    except ChemgenError:
+        raise StructureFileError(path, "not a chemgen samples file (a dict of padded atomic_numbers, pos, mask, "
+                                       "... tensors)") from None
+    except Exception as err:   # not a torch file, truncated, or a pickle of objects weights_only refuses
+        raise StructureFileError(path, f"not a chemgen samples file (torch cannot read it as tensors only: "
+                                       f"{type(err).__name__})") from None
+    return split_failures(to_systems(decoded, "qm9" if kind == "molecule" else "mp20"))
 
 
 def _folder_file_records(path: Path) -> list[AtomicSystem | StructureFileError]:

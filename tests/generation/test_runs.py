@@ -113,3 +113,33 @@ def test_rescore_updates_only_the_shipped_scores_and_refuses_another_run(tmp_pat
     assert load_lineage_model(target).config.name == "adit-tiny"   # shards still verify
     with pytest.raises(lineage.LineageError, match="did not produce"):
         runs.rescore_shipped(_run(tmp_path, "b", 2), target=target)
+
+
+def test_resample_moves_the_shipped_evaluation_to_the_samples_own_context(tmp_path, monkeypatch):
+    """`chemgen train rescore RUN --resample N --sampling-steps S`: the shipped checkpoint draws N new samples
+    with S steps; the evaluation context is read from what the samples file records, not from the config."""
+    from chemgen.generation import runs
+    from chemgen.io import StructureFileError
+    from chemgen.scoring.report import read_structures
+
+    target = tmp_path / "shipped"
+    run_a = _run(tmp_path, "a", 1)
+    promote_run(run_a, _scored(0.50, context={**CONTEXT, "samples": "1000"}), target)
+    before = lineage.read_manifest(target)
+    configured = str(before["config"]["flow"]["num_steps"])
+    assert configured != "2"
+    monkeypatch.setattr(runs, "score_samples", lambda path, *args, **kwargs: {"edm/validity": 0.25})
+    scored = runs.rescore_shipped(run_a, target=target, resample=3, num_steps=2)
+    after = lineage.read_manifest(target)
+    assert scored["samples"] == after["evaluation"]["samples"] == 3
+    assert after["evaluation"]["context"]["sampling_steps"] == "2" and after["evaluation"]["context"]["samples"] == "3"
+    assert after["scores"]["molecule/edm/validity"] == 0.25 and after["content_hash"] == before["content_hash"]
+    assert runs.sampling_overrides(run_a / "samples_qm9.pt") == {"num_steps": 2}
+
+    molecules, reasons = read_structures(run_a / "samples_qm9.pt", "molecule")   # `chemgen score` reads run samples
+    assert len(molecules) == len(reasons) == 3
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04not a torch file")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "weights.pt")
+    for bad in ("junk.pt", "weights.pt"):
+        with pytest.raises(StructureFileError, match=f"{bad}: not a chemgen samples file"):
+            read_structures(tmp_path / bad, "molecule")

@@ -33,7 +33,6 @@ from chemgen.models.gfmdiff.gfloss import gfloss
 
 MAX_ATOMS = 64   # size of the number-of-atoms histogram (QM9 <= 29), as ADiT's
 MONITOR_T = (0.1, 0.5, 0.9)
-PER_ATOM = ("atomic_numbers", "pos", "frac_coords", "mask")   # DenseBatch fields with an atom axis
 
 
 @dataclass
@@ -171,8 +170,7 @@ class GFMDiff(nn.Module):
         by_size = torch.argsort(batch.mask.sum(-1).cpu(), stable=True)   # chunks of similar size pad little
         for chunk in by_size.split(chunk_size):
             width = int(batch.mask[chunk.to(device)].sum(-1).max())
-            part = DenseBatch(**{k: v[chunk.to(v.device), :width] if k in PER_ATOM else v[chunk.to(v.device)]
-                                 for k, v in vars(batch).items()})
+            part = batch.select(chunk).crop_atoms(width)
             for step in steps.tolist():
                 eps = self.diffusion.noise(part.mask, generator=generator).to(part.pos.device)
                 terms = self.loss_terms(part, torch.full((len(chunk),), step, device=part.pos.device), eps)
@@ -186,7 +184,7 @@ class GFMDiff(nn.Module):
         keep = ~batch.pbc
         if not bool(keep.any()):
             return None
-        return DenseBatch(**{k: v[keep] for k, v in vars(batch).items()})
+        return batch.select(keep)
 
     def checkpoint_groups(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"dynamics": self.dynamics.state_dict(), "num_atoms_histogram": {"counts": self.num_atoms_histogram}}

@@ -1,0 +1,1 @@
+"""DiffSpectra: spectrum-conditioned 3D molecule diffusion (SpecFormer encoder + Diffusion Molecule Transformer)."""
