@@ -369,8 +369,8 @@ def convert(
 
 
 Config = Annotated[Optional[str], typer.Option(
-    help="A shipped config (chemgen/configs: adit tiny, cpu, gpu-quick, dit-s, dit-b; gfmdiff tiny, cpu, gpu) or a "
-         "YAML path (default: the config of the model's shipped checkpoint).")]
+    help="A shipped config (chemgen/configs: adit tiny, cpu, gpu-quick, dit-s, dit-b; gfmdiff and diffspectra tiny, "
+         "cpu, gpu) or a YAML path (default: the config of the model's shipped checkpoint).")]
 
 
 DataVersions = Annotated[Optional[list[str]], typer.Option(
@@ -431,6 +431,9 @@ def _train_model(model: str):
         if not minute_budget and not step_budget:
             raise CommandLineError(f"give --minutes or --steps for at least one of the stages {', '.join(stages)}")
         _at_least("--samples", samples, 1 if promote else 0)  # the gate compares sample scores
+        if not spec.sample_datasets and (promote or samples):
+            raise CommandLineError(f"{model} samples no dataset unconditionally, so its runs have nothing to score: "
+                                   "--samples and --promote do not apply")
         _at_least("--tokens-per-batch", tokens_per_batch, 1)
         _at_least("--sampling-steps", sampling_steps, 1)
         versions = _versions(data)
@@ -502,9 +505,10 @@ def _sample_model(model: str):
 def _register_model_commands() -> None:
     from chemgen.generation.protocol import MODELS
 
-    for name in MODELS:
+    for name, spec in MODELS.items():
         train_app.command(name)(_train_model(name))
-        sample_app.command(name)(_sample_model(name))
+        if spec.sample_datasets:   # a conditional model (DiffSpectra) samples through its own command
+            sample_app.command(name)(_sample_model(name))
 
 
 @train_app.command("packs")
@@ -517,7 +521,7 @@ def train_packs(out: Annotated[Path, typer.Option(callback=_folder, help="Folder
     from chemgen.generation.protocol import model_spec
 
     cfg = load_config(config or _checked(model_spec, model).shipped_config, model)
-    refs = write_packs(_first_train_config(cfg), out, store, _versions(data))
+    refs = write_packs(_first_train_config(cfg), out, store, _versions(data), model=model)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in sorted(out.glob("*.pt")))
     console.print(f"packs of {', '.join(refs)} in {out}: {sizes}")
 
@@ -678,6 +682,55 @@ def score(
     if unreadable:
         console.print(f"[yellow]{unreadable} item(s) could not be read and were scored invalid (see per_sample.csv)[/]")
     console.print(f"wrote {paths['json']}, {paths['csv']} and {len(paths) - 2} plot(s)")
+
+
+@app.command("elucidate")
+def elucidate(
+    files: Annotated[list[str], typer.Argument(
+        help="One molecule's spectra: an IR and/or a Raman file, JCAMP-DX (.jdx/.dx) or two-column CSV with units "
+             "in the header. Write ir:FILE or raman:FILE when the file does not say its kind.")],
+    model: Annotated[Optional[str], typer.Option(
+        help="DiffSpectra lineage folder or models:/NAME@ALIAS (default: the shipped models/weights/diffspectra-cpu).")] = None,
+    formula: Annotated[Optional[str], typer.Option(
+        help="Molecular formula, e.g. C7H8O2: fixes every sample's atom count and keeps only candidates of it.")] = None,
+    samples: Annotated[int, typer.Option(help="Molecules sampled for the query.")] = 100,
+    steps: Annotated[Optional[int], typer.Option(help="Ancestral sampling steps (default: the model's config).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler (the same seed gives the same samples).")] = 0,
+    top_k: Annotated[int, typer.Option(help="Candidates kept, best first.")] = 10,
+    rerank: Annotated[bool, typer.Option(
+        help="Re-rank by the similarity of each candidate's GFN2-xTB spectra to the query's (seconds a candidate).")] = True,
+    out: Annotated[Path, typer.Option(callback=_folder, help="Folder for candidates.csv, candidates.sdf, "
+                                                             "candidate-NN.png and query.json.")] = Path("elucidation"),
+) -> None:
+    """Candidate structures for a molecule's IR and/or Raman spectrum (DiffSpectra), ranked: a table here, and
+    CSV, 3D SDF, one PNG per candidate overlaying the query on its computed spectrum, and a JSON summary."""
+    from chemgen.elucidation import run
+
+    _at_least("--samples", samples, 1)
+    _at_least("--top-k", top_k, 1)
+    _at_least("--steps", steps, 1)
+    if samples > run.MAX_SAMPLES:
+        raise CommandLineError(f"--samples must be at most {run.MAX_SAMPLES:,}, got {samples:,}")
+    run.check_formula(formula)   # before any file is read or model loaded
+    result = run.elucidate(files, model, out, formula=formula, num_samples=samples, num_steps=steps, seed=seed,
+                           top_k=top_k, rerank=rerank)
+    ranking = result.ranking
+    table = Table(title=f"{result.name}: candidates ({', '.join(result.summary['files'])}"
+                        + (f", {ranking.formula}" if ranking.formula else "") + ")", title_justify="left")
+    for column in ("rank", "SMILES", "InChIKey", "count", "similarity"):
+        table.add_column(column, justify="right" if column in ("rank", "count", "similarity") else "left")
+    for c in ranking:
+        similarity = f"{c.similarity:.3f}" if c.similarity is not None else ("failed" if c.failure else "-")
+        table.add_row(str(c.rank), c.smiles, c.inchikey, str(c.count), similarity)
+    if ranking:
+        console.print(table)
+    else:
+        invalid = ", ".join(f"{n} {why}" for why, n in ranking.invalid.most_common()) or "none invalid"
+        console.print(f"[yellow]no candidate among {ranking.num_samples} samples[/] ({ranking.num_valid} valid, "
+                      f"{ranking.num_formula_match} of the formula; {invalid})", highlight=False)
+    console.print(f"{ranking.num_valid} of {ranking.num_samples} samples valid"
+                  + (f", {ranking.num_formula_match} of formula {ranking.formula}" if ranking.formula else "")
+                  + f"; wrote {len(result.files)} file(s) to {out} in {result.summary['seconds']:.1f} s", highlight=False)
 
 
 @flows_app.command("serve")

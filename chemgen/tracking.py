@@ -108,7 +108,8 @@ def _metric_name(key: str) -> str:
 
 
 def log_dataset_manifest(manifest: dict[str, Any], context: str = "train") -> None:
-    """Record a curated dataset version as a run input (name, version, content hash)."""
+    """Record a curated dataset version as a run input (name, version, content hash); a manifest with a
+    ``source_folder`` (data kept outside the curated store, e.g. the spectra store) names that folder."""
     import mlflow
     import warnings
 
@@ -117,7 +118,8 @@ def log_dataset_manifest(manifest: dict[str, Any], context: str = "train") -> No
 
     with warnings.catch_warnings():  # MLflow warns that a local path fits two equivalent source classes
         warnings.simplefilter("ignore")
-        source = resolve_dataset_source(str(chemgen_home() / "datasets" / manifest["name"] / manifest["version"]))
+        source = resolve_dataset_source(manifest.get("source_folder")
+                                        or str(chemgen_home() / "datasets" / manifest["name"] / manifest["version"]))
     dataset = MetaDataset(source=source, name=f"{manifest['name']}@{manifest['version']}",
                           digest=manifest["content_hash"][:36])
     mlflow.log_input(dataset, context=context)

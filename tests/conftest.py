@@ -66,3 +66,30 @@ def mp20_systems(data_dir: Path):
 
     frame = pd.read_csv(MP20_DIR / "test.csv.gz", nrows=30)
     return [s for _, s in iter_crystals("mp20", frame, "test")]
+
+
+# Real molecules of the committed spectra store (datasets/spectra/qm9-xtb), by GDB index: small ones, for
+# DiffSpectra's end-to-end tests. 4220 is held out for validation (its index is a multiple of 20).
+SPECTRA_STORE = Path(__file__).resolve().parents[1] / "datasets" / "spectra" / "qm9-xtb"
+SMALL_SPECTRA_MOLECULES = {4: "C#C", 24: "C#CC#N", 27: "O=CC#N", 4220: "FC1=CN=NN=N1"}
+
+
+@pytest.fixture(scope="session")
+def small_spectra_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A spectra store of the `SMALL_SPECTRA_MOLECULES` rows of the committed one, as one shard: the folder to
+    set CHEMGEN_SPECTRA_DIR to (it holds qm9-xtb/)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from chemgen.spectra import shards
+
+    table = shards.read_table(SPECTRA_STORE, only_ok=True)
+    table = table.filter(pc.is_in(table.column("qm9_index"), pa.array(list(SMALL_SPECTRA_MOLECULES), pa.int32())))
+    rows = sorted(table.to_pylist(), key=lambda r: list(SMALL_SPECTRA_MOLECULES).index(r["qm9_index"]))
+    assert [r["smiles"] for r in rows] == list(SMALL_SPECTRA_MOLECULES.values())
+    for order, row in enumerate(rows):
+        row["order"] = order
+    root = tmp_path_factory.mktemp("spectra")
+    (root / "qm9-xtb").mkdir()
+    shards.write_shard(root / "qm9-xtb", 0, len(rows), rows, shards.scan(SPECTRA_STORE)[0].metadata)
+    return root

@@ -139,6 +139,7 @@ OUT_FOLDER_COMMANDS = [
     ["data", "prepare", "mp20", "--store", "{file}"],
     ["data", "info", "mp20", "--plot", "{file}"],
     ["flows", "screen", "--out", "{file}"],
+    ["elucidate", "{x}", "--out", "{file}"],
 ]
 
 
@@ -186,8 +187,24 @@ def test_an_output_file_that_is_a_folder_is_named(tmp_path, mp20_systems):
     (["data", "prepare", "qm9-spectra", "--until", "25:99", "--out", "{tmp}/x"], "error: --until '25:99': expected HH:MM"),
     (["spectra", "compute", "--out", "{tmp}"], "error: give molecule files or --smiles"),
     (["run", "--profile", "weekly"], "error: unknown profile 'weekly'"),
+    (["train", "diffspectra", "--steps", "denoiser=1", "--samples", "5"],
+     "error: diffspectra samples no dataset unconditionally, so its runs have nothing to score"),
+    (["train", "diffspectra", "--steps", "denoiser=1", "--promote"], "error: diffspectra samples no dataset"),
+    (["train", "diffspectra", "--steps", "dit=1"], "error: --steps: 'dit=1' is not STAGE=NUMBER; the stages are "
+                                                   "specformer, denoiser"),
+    (["train", "packs", "--out", "{tmp}", "--model", "diffspectra", "--store", "{tmp}/store"],
+     "error: DiffSpectra trains on the spectra store"),
+    (["elucidate", "{tmp}/q.jdx", "--samples", "0"], "error: --samples must be at least 1, got 0"),
+    (["elucidate", "{tmp}/q.jdx", "--samples", "20000"], "error: --samples must be at most 10,000, got 20,000"),
+    (["elucidate", "{tmp}/q.jdx", "--top-k", "0"], "error: --top-k must be at least 1, got 0"),
+    (["elucidate", "{tmp}/q.jdx", "--steps", "0"], "error: --steps must be at least 1, got 0"),
+    (["elucidate", "{tmp}/q.jdx", "--formula", "C2H2Cl"],
+     "error: molecular formula 'C2H2Cl': DiffSpectra's molecules are made of H, C, N, O, F (QM9's elements), not Cl"),
+    (["elucidate", "{tmp}/q.jdx", "--formula", "C10H22O"], "error: molecular formula 'C10H22O' has 33 atoms"),
+    (["elucidate", "{tmp}/q.jdx", "--formula", "C2H3+"], "error: molecular formula 'C2H3+': charges are not supported"),
+    (["elucidate", "{tmp}/q.jdx"], "error: {tmp}/q.jdx: no such file"),
 ])
 def test_bad_option_values_are_one_line_errors(tmp_path, args, message):
     result = runner.invoke(app, [a.format(tmp=tmp_path) for a in args], env={"COLUMNS": "400"})
-    assert result.exit_code == 1 and result.output.startswith(message), result.output
+    assert result.exit_code == 1 and result.output.startswith(message.format(tmp=tmp_path)), result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -98,7 +98,8 @@ class TensorPack:
 
     def subset(self, index: torch.Tensor) -> TensorPack:
         index = torch.as_tensor(index, dtype=torch.long)
-        atoms = torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in index.tolist()])
+        atoms = torch.cat([torch.arange(self.offsets[i], self.offsets[i + 1]) for i in index.tolist()]
+                          + [torch.zeros(0, dtype=torch.long)])   # an empty index gives an empty pack
         extras = {k: v[atoms] if extra_kind(k) == "atom" else v[index] for k, v in self.extras.items()}
         return TensorPack(self.atomic_numbers[atoms], self.pos[atoms], self.frac_coords[atoms],
                           self.num_atoms[index], self.cell[index], self.pbc[index], self.dataset_idx[index],

@@ -19,18 +19,21 @@ from chemgen import tracking
 from chemgen.config import ConfigError, TrainConfig, load_config
 from chemgen.data.tensors import PACK_FORMAT, TensorPack, pack_from_store
 from chemgen.generation import lineage
-from chemgen.generation.protocol import config_type, generator_class, model_spec
-
-PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
-
+from chemgen.generation.protocol import _import, config_type, generator_class, model_spec
 
 # ---------------------------------------------------------------------------- data
 def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = None,
-                   versions: dict[str, str] | None = None) -> tuple[TensorPack, TensorPack, list[dict[str, Any]]]:
-    """Train and validation packs of the configured datasets (LATEST, or ``versions[name]``), cached per version."""
+                   versions: dict[str, str] | None = None, model: str | None = None
+                   ) -> tuple[TensorPack, TensorPack, list[dict[str, Any]]]:
+    """Train and validation packs of the configured datasets (LATEST, or ``versions[name]``), cached per version,
+    and the manifests of the dataset versions they hold. A model with a `ModelSpec.pack_builder` (``model``
+    named) gets its packs from that instead: its own data, in the same shape."""
     from chemgen.data.store import read_manifest
     from chemgen.paths import chemgen_home
 
+    builder = model_spec(model).pack_builder if model is not None else None
+    if builder is not None:
+        return _import(builder)(train_config, store, versions)
     manifests = [read_manifest(name, (versions or {}).get(name), root=store) for name in train_config.datasets]
     packs: dict[str, list[TensorPack]] = {"train": [], "valid": []}
     for manifest in manifests:
@@ -49,14 +52,15 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
 
 
 def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: str | os.PathLike | None = None,
-                versions: dict[str, str] | None = None, val_per_kind: int | None = 1000) -> list[str]:
+                versions: dict[str, str] | None = None, val_per_kind: int | None = 1000,
+                model: str | None = None) -> list[str]:
     """``train.pt``, ``val.pt`` and ``data.txt`` (the ``name@version`` of each dataset) for a machine that has
     only torch (`chemgen.generation.remote`); returns the dataset versions. ``val.pt`` keeps only the
     ``val_per_kind`` molecules and crystals the diagnostics use (the packs travel in a 64 MiB tree)."""
     from chemgen.io import atomic_write
 
     out_dir = Path(out_dir)
-    train_pack, val_pack, manifests = training_packs(train_config, store, versions)
+    train_pack, val_pack, manifests = training_packs(train_config, store, versions, model)
     if val_per_kind is not None:
         val_pack = val_pack.subset(val_pack.held_out_index(val_per_kind))
     train_pack.save(out_dir / "train.pt", compress=True)   # they travel within a 64 MiB tree
@@ -93,7 +97,7 @@ def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os
     config = load_config(config, model) if isinstance(config, (str, Path)) else config
     train_config = _first_train_config(config)
     out_dir = Path(out_dir)
-    train_pack, val_pack, manifests = training_packs(train_config, store, versions)
+    train_pack, val_pack, manifests = training_packs(train_config, store, versions, model)
     data = [f"{m['name']}@{m['version']}" for m in manifests]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokens = tokens_per_batch or (model_spec(model).gpu_tokens_per_batch if device.startswith("cuda")
@@ -143,22 +147,17 @@ def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dic
     If anything fails after the version exists, the version is deleted again: the registry
     never keeps a half-registered model.
     """
-    import mlflow
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    import importlib
 
-    from chemgen.generation.pyfunc import OUTPUT_COLUMNS
+    import mlflow
 
     model_dir = Path(model_dir)
     model = load_model(model_dir)  # fail before anything is registered if the folder is incomplete
     spec = model_spec(lineage.read_manifest(model_dir)["model"])
     name = name or spec.registered_name
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "dataset", required=False), ColSpec("string", "kind", required=False),
-                       ColSpec("long", "n"), ColSpec("long", "seed", required=False),
-                       ColSpec("long", "num_steps", required=False), ColSpec("double", "cfg_scale", required=False),
-                       ColSpec("string", "solver", required=False)]),
-        outputs=Schema([ColSpec("long" if c in ("request", "sample", "num_atoms") else "string", c) for c in OUTPUT_COLUMNS]))
+    # the model's pyfunc module: logged as code, with the signature of the requests it answers
+    pyfunc_module = importlib.import_module(spec.pyfunc)
+    signature = pyfunc_module.signature()
     import chemgen
 
     del model
@@ -166,7 +165,7 @@ def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dic
         if metrics:
             tracking.log_metrics(metrics)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_FILE), artifacts={"model_dir": str(model_dir)},
+            name="model", python_model=str(pyfunc_module.__file__), artifacts={"model_dir": str(model_dir)},
             signature=signature, pip_requirements=[f"chemgen=={chemgen.__version__}", "torch==2.13.0"],
             metadata={"model": spec.name, **spec.metadata})
     version = mlflow.register_model(info.model_uri, name)

@@ -8,7 +8,10 @@ samples, and exposes its weights as named groups of tensors for lineages.
 
 `MODELS` maps a model's name to its `ModelSpec` (where its class and config type live, the name it
 registers under, its shipped lineage), so that every shared command imports only the model asked for.
-Adding a model means its folder and one entry here.
+Adding a model means its folder and one entry here. A model that trains on other data than the curated store
+names its `ModelSpec.pack_builder`; one that answers other requests than "n structures of a dataset" names its
+own `ModelSpec.pyfunc`; one that samples no dataset unconditionally has empty ``sample_datasets`` (no
+``chemgen sample MODEL``, and nothing for a run to score).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ class ModelSpec:
     sampling_settings: tuple[tuple[str, str], ...] = (("sampling_steps", "flow.num_steps"), ("cfg_scale", "flow.cfg_scale"))
     peak_lr: float = 8e-4         # the WSD schedule's peak when a run names none: the same in every run of a lineage
     gpu_tokens_per_batch: int = 65_536   # padded atoms per step on a GPU when a run names none
+    # "module:function" building (train pack, validation pack, dataset manifests) from a train config, the store
+    # and pinned versions, as `chemgen.generation.jobs.training_packs` does from the curated store; None: that
+    pack_builder: str | None = None
+    # the module logged as the registry pyfunc ("models from code"): a `PythonModel` set with
+    # ``mlflow.models.set_model`` and a ``signature()`` of its requests and answers
+    pyfunc: str = "chemgen.generation.pyfunc"
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -58,6 +67,18 @@ MODELS: dict[str, ModelSpec] = {
                                    "Generation, AAAI 2024"},
                          sampling_settings=(("sampling_steps", "diffusion.num_steps"),),
                          peak_lr=5e-4, gpu_tokens_per_batch=8_192),
+    # Conditional only: it samples molecules for given spectra (`chemgen elucidate`), so a run samples no dataset
+    # and its packs come from the spectra store, not the curated QM9 store.
+    "diffspectra": ModelSpec("diffspectra", "chemgen.models.diffspectra.model:DiffSpectra",
+                             "chemgen.models.diffspectra.config:DiffSpectraConfig", "chemgen-diffspectra",
+                             "diffspectra-cpu", (),
+                             {"architecture": "DiffSpectra",
+                              "paper": "Wang et al., DiffSpectra: Molecular Structure Elucidation from Spectra "
+                                       "using Diffusion Models, 2025"},
+                             sampling_settings=(("sampling_steps", "diffusion.num_steps"),),
+                             peak_lr=2e-4, gpu_tokens_per_batch=4_096,
+                             pack_builder="chemgen.models.diffspectra.packs:training_packs",
+                             pyfunc="chemgen.generation.elucidation_pyfunc"),
 }
 
 

@@ -30,6 +30,20 @@ OUTPUT_COLUMNS = ["request", "sample", "dataset", "kind", "formula", "num_atoms"
 MAX_SAMPLES_PER_REQUEST = 10_000
 
 
+def signature() -> Any:
+    """The registered model's signature: the request columns in, one row per structure out."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "dataset", required=False), ColSpec("string", "kind", required=False),
+                       ColSpec("long", "n"), ColSpec("long", "seed", required=False),
+                       ColSpec("long", "num_steps", required=False), ColSpec("double", "cfg_scale", required=False),
+                       ColSpec("string", "solver", required=False)]),
+        outputs=Schema([ColSpec("long" if c in ("request", "sample", "num_atoms") else "string", c)
+                        for c in OUTPUT_COLUMNS]))
+
+
 def structure_rows(systems: list, kind: str) -> list[dict[str, Any]]:
     """Identifiers and file texts for generated records (and `Failure`s)."""
     from rdkit import rdBase

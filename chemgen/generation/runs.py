@@ -86,6 +86,9 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     run_dir = Path(run_dir)
     manifest = lineage.read_manifest(run_dir / "lineage")
     spec = model_spec(manifest.get("model", "adit"))
+    if not spec.sample_datasets:   # nothing to score, so no gate can compare its runs (DiffSpectra, for now)
+        raise LineageError(f"{run_dir}: a run of {spec.name}, which samples no dataset unconditionally: there are "
+                           f"no samples to score or gate; use its lineage ({run_dir / 'lineage'}) directly")
     versions = dict(ref.split("@", 1) for ref in manifest.get("data", []))
     scores: dict[str, float] = {}
     samples, sample_paths = {}, {}
