@@ -281,15 +281,17 @@ def test_without_a_model_the_error_says_how_to_train_one(small_spectra_store, tm
 
 
 def test_a_model_of_another_kind_is_refused(small_spectra_store, tmp_path):
-    from chemgen.generation.runs import shipped_lineage
+    from chemgen.models.gfmdiff import GFMDiff, preset
 
-    gfmdiff = shipped_lineage("gfmdiff-cpu")
-    if not lineage.is_lineage(gfmdiff):
-        pytest.skip("no shipped GFMDiff lineage in this checkout")
+    model = GFMDiff(preset("tiny"))   # a real lineage of another model, written here
+    gfmdiff = tmp_path / "gfmdiff-lineage"
+    lineage.save(gfmdiff, model.checkpoint_groups(),
+                 {"model": "gfmdiff", "config": model.config.to_dict(), "steps": {"denoiser": 0}, "data": []})
     files, _ = write_query(tmp_path, small_spectra_store, ACETYLENE, kinds=("ir",))
     done = runner.invoke(app, ["elucidate", str(files[0]), "--model", str(gfmdiff), "--out", str(tmp_path / "out")],
                          env={"COLUMNS": "400"})
-    assert done.exit_code == 1 and "a gfmdiff-cpu model, which samples no molecules for spectra" in done.output
+    assert done.exit_code == 1 and "a gfmdiff-tiny model, which samples no molecules for spectra" in done.output
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------- the registry pyfunc

@@ -19,7 +19,7 @@ from chemgen import tracking
 from chemgen.config import ConfigError, TrainConfig, load_config
 from chemgen.data.tensors import PACK_FORMAT, TensorPack, pack_from_store
 from chemgen.generation import lineage
-from chemgen.generation.protocol import _import, config_type, generator_class, model_spec
+from chemgen.generation.protocol import import_object, config_type, generator_class, model_spec
 
 # ---------------------------------------------------------------------------- data
 def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = None,
@@ -33,7 +33,7 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
 
     builder = model_spec(model).pack_builder if model is not None else None
     if builder is not None:
-        return _import(builder)(train_config, store, versions)
+        return import_object(builder)(train_config, store, versions)
     manifests = [read_manifest(name, (versions or {}).get(name), root=store) for name in train_config.datasets]
     packs: dict[str, list[TensorPack]] = {"train": [], "valid": []}
     for manifest in manifests:

@@ -135,15 +135,15 @@ def model_spec(model: str) -> ModelSpec:
     return MODELS[model]
 
 
-def _import(path: str) -> Any:
+def import_object(path: str) -> Any:
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
 
 
 def generator_class(model: str) -> type:
     """The class registered under ``model`` (imported on demand)."""
-    return _import(model_spec(model).generator)
+    return import_object(model_spec(model).generator)
 
 
 def config_type(model: str) -> type:
-    return _import(model_spec(model).config_type)
+    return import_object(model_spec(model).config_type)

@@ -24,7 +24,7 @@ from chemgen.dense import DATASET_KIND, DEFAULT_DATASET
 from chemgen.gates import Evaluation, GateDecision, decide, gate_metrics_for
 from chemgen.generation import lineage
 from chemgen.generation.lineage import LineageError
-from chemgen.generation.protocol import ModelSpec, _import, model_spec
+from chemgen.generation.protocol import ModelSpec, import_object, model_spec
 from chemgen.scoring import SCORING_VERSION
 
 SHIPPED_ROOT: Path | None = None   # tests point it elsewhere; None: `chemgen.paths.shipped_weights_dir()`
@@ -102,7 +102,7 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
         metrics = score_samples(path, dataset, versions, store, out_dir=run_dir / "scores", limit=limit)
         scores.update({f"{kind}/{k}": float(v) for k, v in metrics.items()})
     for scorer in spec.run_scorers:   # the model's own diagnostics files (ADiT: VAE reconstructions)
-        scores.update(_import(scorer)(run_dir))
+        scores.update(import_object(scorer)(run_dir))
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
     drawn: dict[str, Any] = {}
     for dataset in spec.sample_datasets:

@@ -59,20 +59,12 @@ def skeleton_key(inchikey: str) -> str:
 
 
 def perceive_graph(numbers: np.ndarray, positions: np.ndarray):
-    """An RDKit molecule of the atoms with bonds and formal charges perceived from the geometry (neutral)."""
-    from rdkit import Chem
-    from rdkit.Chem import rdDetermineBonds
-    from rdkit.Geometry import Point3D
+    """An RDKit molecule of the atoms with bonds and formal charges perceived from the geometry (neutral):
+    `chemgen.bonds.rdkit_determine_bonds`, the scoring's ``rdkit`` protocol; raises its BondPerceptionError."""
+    from chemgen.atoms import AtomicSystem
+    from chemgen.bonds import rdkit_determine_bonds
 
-    mol = Chem.RWMol()
-    for z in numbers:
-        mol.AddAtom(Chem.Atom(int(z)))
-    conformer = Chem.Conformer(len(numbers))
-    for i, (x, y, z) in enumerate(np.asarray(positions, dtype=float)):
-        conformer.SetAtomPosition(i, Point3D(x, y, z))
-    mol.AddConformer(conformer, assignId=True)
-    rdDetermineBonds.DetermineBonds(mol, charge=0)
-    return mol.GetMol()
+    return rdkit_determine_bonds(AtomicSystem.molecule(np.asarray(numbers), np.asarray(positions, dtype=float)))
 
 
 def spectra_pack(folder: str | Path | None = None, split: str | None = None, limit: int | None = None):
@@ -81,6 +73,7 @@ def spectra_pack(folder: str | Path | None = None, split: str | None = None, lim
     get the saved pack)."""
     from rdkit import Chem
 
+    from chemgen.bonds import BondPerceptionError
     from chemgen.data.tensors import TensorPack
     from chemgen.dense import dataset_label
     from chemgen.models.diffspectra.graphs import GraphEncodingError, mol_to_tensors
@@ -97,7 +90,7 @@ def spectra_pack(folder: str | Path | None = None, split: str | None = None, lim
         xyz = np.asarray(row["positions"], dtype=np.float64).reshape(-1, 3)
         try:
             mol = perceive_graph(z, xyz)
-        except Exception:   # RDKit's perception raises plain exceptions for geometries it cannot assign
+        except BondPerceptionError:
             report.left_out["bonds not perceived"] += 1
             continue
         if skeleton_key(Chem.MolToInchiKey(mol)) != skeleton_key(row["inchikey"]):
