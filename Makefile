@@ -9,7 +9,7 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export CHEMGEN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs
+.PHONY: install run test check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs diffspectra-packs
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -102,3 +102,9 @@ spectra-wheels: install
 # Tensor packs for a GPU lease (carry .packs/full; the command is in models/README.md, "Next GPU run").
 gpu-packs: install
 	$(VENV)/bin/chemgen train packs --model adit --config gpu-quick --out .packs/full
+
+# DiffSpectra's packs for a GPU lease (carry .packs/diffspectra; models/gpu/diffspectra-ablation.sh): the training
+# and validation packs of the spectra store and 300 test molecules as the elucidation benchmark's queries.
+diffspectra-packs: install
+	$(VENV)/bin/chemgen train packs --model diffspectra --config cpu --out .packs/diffspectra
+	$(PY) -m chemgen.elucidation.benchmark queries --out .packs/diffspectra/test.pt --num 300

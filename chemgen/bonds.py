@@ -183,10 +183,13 @@ def rdkit_determine_bonds(system: AtomicSystem, charge: int = 0) -> Mol:
     if system.pbc:
         raise BondPerceptionError("rdDetermineBonds handles molecules only; this system is periodic")
     mol = system.replace(bonds=None).to_rdkit()
+    from rdkit import rdBase
+
     try:
-        rdDetermineBonds.DetermineConnectivity(mol, charge=charge)
-        rdDetermineBonds.DetermineBondOrders(mol, charge=charge, embedChiral=False)
-        Chem.SanitizeMol(mol)
+        with rdBase.BlockLogs():   # the error below carries RDKit's message; its log would repeat it per molecule
+            rdDetermineBonds.DetermineConnectivity(mol, charge=charge)
+            rdDetermineBonds.DetermineBondOrders(mol, charge=charge, embedChiral=False)
+            Chem.SanitizeMol(mol)
     except (ValueError, RuntimeError) as err:  # RDKit's sanitize errors derive from ValueError
         raise BondPerceptionError(f"rdDetermineBonds: {err}") from err
     return mol

@@ -42,6 +42,11 @@ GATES: dict[str, tuple[str, ...]] = {
     # Not EDM validity: it keeps a molecule's largest fragment, so an untrained GFMDiff's scattered atoms score
     # 48 % "valid" (as one-atom fragments, 35 % unique); atom stability rises with quality from the start.
     "chemgen-gfmdiff": ("molecule/edm/atom_stability", "molecule/edm/molecule_stability", "molecule/edm/valid_and_unique"),
+    # The elucidation benchmark (IR + Raman queries of held-out test molecules, chemgen.elucidation.benchmark).
+    # Valid candidates first: they rise from the start of training, while top-k accuracy stays at 0 until the
+    # model is far along; top-10 and top-1 must not get worse. The sample count is the number of queries,
+    # which is conservative for the valid fraction (measured on queries x candidates samples).
+    "chemgen-diffspectra": ("elucidation/valid_samples", "elucidation/top10_accuracy", "elucidation/top1_accuracy"),
 }
 ALPHA = 0.05                                   # one-sided
 TAG_PREFIX = "gate.metric."

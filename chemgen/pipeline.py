@@ -23,7 +23,8 @@ from chemgen.errors import UsageError
 SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "molecule/edm/molecule_stability",
                    "molecule/edm/uniqueness", "molecule/edm/novelty", "crystal/cdvae/struct_valid",
                    "crystal/cdvae/comp_valid", "crystal/cdvae/valid", "crystal/adit/unique_rate",
-                   "crystal/adit/novel_rate", "crystal/adit/undetermined_rate")
+                   "crystal/adit/novel_rate", "crystal/adit/undetermined_rate", "elucidation/valid_samples",
+                   "elucidation/top1_accuracy", "elucidation/top10_accuracy", "elucidation/mean_tanimoto_top1")
 
 
 def run_main(profile: str = "demo", data_dir: Path | None = None, console: Console | None = None,
@@ -122,6 +123,8 @@ def shipped_summary(model: str = "adit") -> str | None:
     steps = ", ".join(f"{k} {v:,} steps" for k, v in manifest.get("steps", {}).items())
     quality = ", ".join(f"{label} {100 * scores[key]:.1f} %" for key, label in (
         ("molecule/edm/molecule_stability", "QM9 EDM molecule stability"), ("molecule/edm/validity", "EDM validity"),
-        ("crystal/cdvae/valid", "MP-20 validity")) if key in scores)
+        ("crystal/cdvae/valid", "MP-20 validity"), ("elucidation/valid_samples", "valid candidates"),
+        ("elucidation/top1_accuracy", "elucidation top-1")) if key in scores)
     return (f"{folder.relative_to(folder.parents[2])} ({steps}): {quality or 'not scored'}"
-            + (f" on {evaluation['samples']:,} samples of each kind" if evaluation.get("samples") else ""))
+            + (f" on {evaluation['samples']:,} {'test queries' if 'benchmark_queries' in evaluation.get('context', {}) else 'samples of each kind'}"
+               if evaluation.get("samples") else ""))

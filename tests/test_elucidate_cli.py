@@ -116,7 +116,7 @@ def test_training_reads_the_spectra_store_and_holds_out_by_gdb_index(trained, sm
     assert run.data.tags["dataset.qm9-xtb"].startswith(version) and "denoiser/train/loss" in run.data.metrics
     # a run has nothing to score: import says so instead of failing inside the scorer
     imported = runner.invoke(app, ["train", "import", str(trained.parent)])
-    assert imported.exit_code == 1 and "samples no dataset unconditionally" in imported.output
+    assert imported.exit_code == 1 and "has no candidates.pt" in imported.output
 
 
 # ---------------------------------------------------------------------------- elucidate, end to end

@@ -2,8 +2,11 @@
 -> register -> gate.
 
 One flow run curates the datasets every model needs, once, then runs a branch for each model of the
-profile (ADiT, GFMDiff), each under its own registered name (``chemgen-adit``, ``chemgen-gfmdiff``; with
-``-<profile>`` outside ``nightly``) and its own gate (`chemgen.gates.GATES`). A branch's challenger continues
+profile (ADiT, GFMDiff, DiffSpectra), each under its own registered name (``chemgen-adit``, ``chemgen-gfmdiff``,
+``chemgen-diffspectra``; with ``-<profile>`` outside ``nightly``) and its own gate (`chemgen.gates.GATES`).
+DiffSpectra trains on the spectra store (``qm9-xtb``, computed in the background, not curated here) and is
+scored by the elucidation benchmark (`chemgen.elucidation.benchmark.run_benchmark`: IR + Raman queries of
+held-out test molecules) instead of unconditional samples. A branch's challenger continues
 the registry's champion (or, before there is one, the lineage that ships with chemgen, registered first as
 the champion) on the freshly curated data; plans that train from scratch start from random weights. A
 model with neither a champion nor a shipped lineage is skipped, with the reason in the result, rather than
@@ -35,6 +38,7 @@ from chemgen.scoring import SCORING_VERSION
 from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
 
 RETRIES = 1
+SPECTRA_DATASET = "qm9-xtb"   # DiffSpectra's data: the spectra store, versioned by its content hash
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Plan:
     sample_steps: int | None                   # sampling steps (None: the config's)
     datasets: tuple[str, ...]                  # what the branch samples and scores (and the flow curates)
     init: str | None = "champion"              # "champion": continue the champion (or the shipped model); None: scratch
+    queries: int = 0                           # elucidation benchmark queries (DiffSpectra; samples: candidates each)
+    limit: int | None = None                   # training molecules per dataset (None: the config's)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,11 @@ PROFILES = {
                      datasets=("qm9", "mp20")),
         # GFMDiff samples at about 0.07 s per molecule and step on one core: 50 molecules x 20 steps
         "gfmdiff": Plan("cpu", minutes={"denoiser": 0.5}, steps=None, samples=50, sample_steps=20,
-                        datasets=("qm9",))}),
+                        datasets=("qm9",)),
+        # 500 molecules of the spectra store (their graphs are perceived on each new store version, 30 ms each);
+        # 8 test queries x 4 candidates at 20 of the 1,000 steps: the flow's plumbing, not the paper's protocol
+        "diffspectra": Plan("cpu", minutes={"denoiser": 0.5}, steps=None, samples=4, sample_steps=20,
+                            datasets=(SPECTRA_DATASET,), queries=8, limit=500)}),
     # The nightly job: full data; the champions trained on for two CPU hours (ADiT's VAE trains on GPU leases).
     "nightly": Profile(qm9_rows=None, mp20_rows=None, plans={
         "adit": Plan("gpu-quick", minutes={"dit": 120.0}, steps=None, samples=1000, sample_steps=None,
@@ -74,7 +84,11 @@ PROFILES = {
         # EDM's T = 500 for 1,000 molecules is about 10 core-hours on a CPU: the nightly gate compares champion and
         # challenger at 100 steps on 500 molecules (both alike); the paper's protocol runs on GPU leases
         "gfmdiff": Plan("cpu", minutes={"denoiser": 120.0}, steps=None, samples=500, sample_steps=100,
-                        datasets=("qm9",))}),
+                        datasets=("qm9",)),
+        # 100 test queries x 10 candidates at 100 steps is about 30 minutes per model on one core; the paper's
+        # 1,000 steps on every test molecule runs on GPU leases (models/gpu/diffspectra-ablation.sh)
+        "diffspectra": Plan("cpu", minutes={"denoiser": 120.0}, steps=None, samples=10, sample_steps=100,
+                            datasets=(SPECTRA_DATASET,), queries=100)}),
 }
 DATASET_ORDER = ("qm9", "mp20")   # the datasets a profile curates (those its plans sample), in this order
 
@@ -173,12 +187,20 @@ def _continues(folder: Any, model: str, config: str) -> bool:
 @task(name="train", retries=RETRIES, retry_delay_seconds=1)
 def train_model(model: str, config: str, out_dir: str, init: str | None, minutes: dict[str, float] | None,
                 steps: dict[str, int] | None, versions: dict[str, str], tags: dict[str, str],
-                fail_at: str | None = None) -> dict[str, Any]:
-    """Every stage of the model; a retry resumes the run folder (finished stages are kept)."""
+                fail_at: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Every stage of the model; a retry resumes the run folder (finished stages are kept). ``limit`` trains on
+    the first molecules of each dataset only (the config keeps its name, so lineages still continue)."""
+    import dataclasses
+
+    from chemgen.config import TrainConfig, load_config
     from chemgen.generation.jobs import train
 
     _maybe_fail("train", fail_at)
-    outcome = train(model, config, out_dir, init=init, minutes=minutes, steps=steps, versions=versions,
+    loaded = load_config(config, model)
+    if limit is not None:
+        loaded = dataclasses.replace(loaded, **{k: dataclasses.replace(v, limit_per_dataset=limit)
+                                                for k, v in vars(loaded).items() if isinstance(v, TrainConfig)})
+    outcome = train(model, loaded, out_dir, init=init, minutes=minutes, steps=steps, versions=versions,
                     progress=False, tags=tags, device="cpu")
     return {"model_dir": str(outcome.model_dir), "run_id": outcome.run_id, "steps": outcome.steps,
             "seconds": outcome.seconds}
@@ -199,6 +221,39 @@ def sample_and_score(model_dir: str, dataset: str, n: int, num_steps: int | None
                                  versions=versions)
         tracking.log_metrics({"samples_per_second": result["samples_per_second"]})
     return {f"{kind}/{k}": v for k, v in result["metrics"].items()}
+
+
+@task(name="elucidate-and-score", retries=RETRIES, retry_delay_seconds=1)
+def elucidate_and_score(model_dir: str, queries: int, n: int, num_steps: int | None, out_dir: str,
+                        tags: dict[str, str], role: str = "challenger", fail_at: str | None = None) -> dict[str, float]:
+    """DiffSpectra's evaluation: the elucidation benchmark on ``queries`` test molecules, ``n`` candidates each."""
+    from chemgen.elucidation.benchmark import run_benchmark
+    from chemgen.generation.jobs import load_model
+
+    _maybe_fail("sample-elucidation", fail_at)
+    with tracking.run(f"elucidate-{role}", tags={**tags, "role": role}, parent_run_id=tags.get("mlflow.parentRunId")):
+        start = time.perf_counter()
+        metrics = run_benchmark(load_model(model_dir), queries, n, num_steps, out_dir)
+        tracking.log_metrics({**metrics, "benchmark_seconds": time.perf_counter() - start})
+    return metrics
+
+
+def _evaluate(model_dir: str, dataset: str, plan: Plan, out_dir: str, versions: dict[str, str],
+              tags: dict[str, str], role: str, fail_at: str | None = None) -> dict[str, float]:
+    """Score one model on one of the plan's datasets: unconditional samples, or DiffSpectra's benchmark."""
+    if dataset == SPECTRA_DATASET:
+        return _run(elucidate_and_score, model_dir, plan.queries, plan.samples, plan.sample_steps, out_dir, tags,
+                    role, fail_at)
+    return _run(sample_and_score, model_dir, dataset, plan.samples, plan.sample_steps, out_dir, versions, tags,
+                role, fail_at)
+
+
+def spectra_store_version() -> str:
+    """The spectra store's version as DiffSpectra's training records it (its content hash, 12 digits)."""
+    from chemgen.data.spectra import default_folder
+    from chemgen.models.diffspectra.packs import store_version
+
+    return store_version(default_folder())[0]
 
 
 @task(name="register-and-gate", retries=0)
@@ -265,13 +320,15 @@ def _branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str,
                     outcome.update(status="skipped", reason=reason, champion=champion)
                     return outcome
             outcome["champion"] = champion
+            if SPECTRA_DATASET in plan.datasets:   # not curated by the flow: the store as it is on disk now
+                versions = {**versions, SPECTRA_DATASET: spectra_store_version()}
             trained = outcome["train"] = _run(
                 train_model, model, plan.config, str(run_dir / "train"), champion["init"] if champion else None,
-                plan.minutes, plan.steps, versions, tags, fail_at)
+                plan.minutes, plan.steps, {d: versions[d] for d in plan.datasets}, tags, fail_at, plan.limit)
             metrics: dict[str, float] = {}
             for dataset in plan.datasets:
-                metrics.update(_run(sample_and_score, trained["model_dir"], dataset, plan.samples, plan.sample_steps,
-                                    str(run_dir / f"samples-{dataset}"), versions, tags, "challenger", fail_at))
+                metrics.update(_evaluate(trained["model_dir"], dataset, plan, str(run_dir / f"samples-{dataset}"),
+                                         versions, tags, "challenger", fail_at))
             outcome["metrics"] = metrics
             if champion is None:
                 existing = tracking.version_by_alias(name, tracking.CHAMPION)
@@ -283,19 +340,21 @@ def _branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str,
                 champion_metrics = {}
                 for dataset in plan.datasets:
                     # the downloaded lineage when there is one (no second registry load), else the pinned URI
-                    champion_metrics.update(_run(sample_and_score, champion.get("model_dir") or champion["uri"],
-                                                 dataset, plan.samples, plan.sample_steps,
-                                                 str(run_dir / f"champion-{dataset}"), versions, tags, "champion"))
+                    champion_metrics.update(_evaluate(champion.get("model_dir") or champion["uri"], dataset, plan,
+                                                      str(run_dir / f"champion-{dataset}"), versions, tags,
+                                                      "champion"))
             outcome["champion_metrics"] = champion_metrics
             tracking.log_metrics(metrics)
             if champion_metrics:
                 tracking.log_metrics({f"champion/{k}": v for k, v in champion_metrics.items()})
             # Versions are compared only within one evaluation context (gates.py): both were scored just now.
             context = {"profile": profile, "config": plan.config, "samples": str(plan.samples),
+                       **({"queries": str(plan.queries)} if plan.queries else {}),
                        "sample_steps": str(plan.sample_steps), "seed": "0",
                        "datasets": ",".join(f"{d}@{versions[d]}" for d in plan.datasets), "scoring": SCORING_VERSION}
+            # the gate's sample count: queries for the benchmark (the n of its top-k rates), else samples
             outcome["registration"] = _run(register_and_gate, trained["model_dir"], name, metrics, champion_metrics,
-                                           plan.samples, context, tags, fail_at,
+                                           plan.queries or plan.samples, context, tags, fail_at,
                                            champion["version"] if champion else None)
             outcome["status"] = "registered"
     except Exception as error:  # noqa: BLE001  (reported in the result; the other branches go on)

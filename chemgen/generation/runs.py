@@ -86,9 +86,8 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     run_dir = Path(run_dir)
     manifest = lineage.read_manifest(run_dir / "lineage")
     spec = model_spec(manifest.get("model", "adit"))
-    if not spec.sample_datasets:   # nothing to score, so no gate can compare its runs (DiffSpectra, for now)
-        raise LineageError(f"{run_dir}: a run of {spec.name}, which samples no dataset unconditionally: there are "
-                           f"no samples to score or gate; use its lineage ({run_dir / 'lineage'}) directly")
+    if not spec.sample_datasets:   # DiffSpectra: its elucidation benchmark's candidates, not unconditional samples
+        return _score_benchmark_run(run_dir, spec, manifest)
     versions = dict(ref.split("@", 1) for ref in manifest.get("data", []))
     scores: dict[str, float] = {}
     samples, sample_paths = {}, {}
@@ -110,6 +109,22 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     context = {"samples": str(min(samples.values())), "seed": "1000", "data": ",".join(sorted(manifest.get("data", []))),
                **sampling_context(spec, manifest["config"], drawn), "scoring": SCORING_VERSION}
     return {"scores": scores, "samples": min(samples.values()), "context": context, "report": report}
+
+
+def _score_benchmark_run(run_dir: Path, spec: ModelSpec, manifest: dict[str, Any]) -> dict[str, Any]:
+    """`score_run` for a model scored by the elucidation benchmark (``<run>/candidates.pt``); its sample count
+    is the number of queries."""
+    path = run_dir / "candidates.pt"
+    if not path.is_file():
+        raise LineageError(f"{run_dir}: a run of {spec.name} is scored by the elucidation benchmark, and it has no "
+                           f"candidates.pt (sample them with the GPU command's --benchmark, or `python -m "
+                           f"chemgen.models.diffspectra.candidates --model {run_dir / 'lineage'} ...`)")
+    from chemgen.elucidation.benchmark import score_run_candidates
+
+    scores, context, queries = score_run_candidates(path)
+    report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
+    context.update(data=",".join(sorted(manifest.get("data", []))), scoring=SCORING_VERSION)
+    return {"scores": scores, "samples": queries, "context": context, "report": report}
 
 
 # A context key of `ModelSpec.sampling_settings` -> the `generate` argument that overrides the config's value
@@ -177,6 +192,10 @@ def rescore_shipped(run_dir: str | os.PathLike, store: str | os.PathLike | None 
     if produced["steps"] != shipped["steps"] or produced.get("data") != shipped.get("data"):
         raise lineage.LineageError(f"{run_dir} did not produce {target}: steps {produced['steps']} vs "
                                    f"{shipped['steps']}, data {produced.get('data')} vs {shipped.get('data')}")
+    if resample is not None and not model_spec(produced.get("model", "adit")).sample_datasets:
+        raise LineageError(f"{produced.get('model')} is scored by the elucidation benchmark: sample the shipped "
+                           f"checkpoint's candidates into {run_dir / 'candidates.pt'} (python -m "
+                           "chemgen.models.diffspectra.candidates) and rescore without --resample")
     if resample is not None:
         from chemgen.generation.jobs import load_lineage_model
         from chemgen.generation.training import save_samples

@@ -209,6 +209,42 @@ def test_a_model_with_nothing_to_continue_is_skipped_not_trained_from_scratch(fi
         nightly_retrain.fn(profile="demo", overrides={"diffspectra": {}})
 
 
+def test_diffspectra_branch_trains_benchmarks_registers_and_gates(tmp_path_factory, monkeypatch):
+    """DiffSpectra's branch: it curates nothing (it trains on the spectra store), continues its shipped lineage
+    (here a tiny one), scores challenger and champion with the elucidation benchmark on the same test queries,
+    registers under its own name and gates on the benchmark's metrics."""
+    import dataclasses
+    import shutil
+
+    from chemgen.config import TrainConfig, load_config
+    from chemgen.generation import lineage, runs
+    from chemgen.generation.jobs import train
+
+    config = load_config("tiny", "diffspectra")
+    config = dataclasses.replace(config, **{k: dataclasses.replace(v, limit_per_dataset=24)
+                                            for k, v in vars(config).items() if isinstance(v, TrainConfig)})
+    root = tmp_path_factory.mktemp("weights-diffspectra")
+    outcome = train("diffspectra", config, root / "run", steps={"specformer": 2, "denoiser": 2}, tokens_per_batch=128,
+                    progress=False, device="cpu")
+    shutil.copytree(outcome.model_dir, root / "diffspectra-cpu")
+    monkeypatch.setattr(runs, "SHIPPED_ROOT", root)
+    name = "chemgen-diffspectra-flowtest"
+    plan = {"config": "tiny", "minutes": None, "steps": {"denoiser": 2}, "samples": 2, "sample_steps": 3,
+            "queries": 3, "limit": 24}
+    result = nightly_retrain(profile="demo", models=["diffspectra"], model_names={"diffspectra": name},
+                             overrides={"diffspectra": plan})
+    branch = result["branches"]["diffspectra"]
+    assert branch["status"] == "registered", branch.get("error") or branch.get("reason")
+    assert result["datasets"] == [] and not result["failed"]
+    assert lineage.read_manifest(branch["train"]["model_dir"])["steps"] == {"specformer": 2, "denoiser": 4}
+    gate = gates.gate_metrics_for(name)
+    assert set(gate) <= set(branch["metrics"]) and set(branch["metrics"]) == set(branch["champion_metrics"])
+    assert branch["metrics"]["elucidation/queries"] == 3
+    assert all(0.0 <= branch["metrics"][k] <= 1.0 for k in gate)
+    registration = branch["registration"]
+    assert registration["champion_before"] is not None and set(gates.recorded(name, registration["version"])) == set(gate)
+
+
 def test_curate_flow_is_a_no_op_on_unchanged_input(first_run, mp20_slice_dir):
     first = curate_all(datasets=["mp20"], data_dir=str(mp20_slice_dir))
     again = curate_all(datasets=["mp20"], data_dir=str(mp20_slice_dir))

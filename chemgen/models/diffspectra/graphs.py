@@ -150,8 +150,11 @@ def graph_to_mol(pos: torch.Tensor | np.ndarray, atom_types: torch.Tensor | np.n
         conformer.SetAtomPosition(k, Point3D(x, y, z))
     mol = rw.GetMol()
     mol.AddConformer(conformer, assignId=True)
+    from rdkit import rdBase
+
     try:
-        Chem.SanitizeMol(mol)
+        with rdBase.BlockLogs():   # a generated graph RDKit rejects is answered with None, not printed
+            Chem.SanitizeMol(mol)
     except Exception:  # noqa: BLE001 - any sanitisation failure means "not a valid molecule"
         return None
     return mol
