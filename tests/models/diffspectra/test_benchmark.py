@@ -126,6 +126,16 @@ def test_the_gpu_command_trains_and_samples_benchmark_candidates_without_the_che
     scored = score_candidates(candidates, queries, top_k=2)
     for entry in scored["settings"].values():
         assert 0.0 <= entry["metrics"]["top1_accuracy"] <= entry["metrics"]["top2_accuracy"] <= 1.0
+    # the candidates command samples a trained lineage on the GPU machine too (no chemistry stack), a setting at a time
+    sampler = script.replace("chemgen.generation.remote", "chemgen.models.diffspectra.candidates")
+    again = tmp_path / "again.pt"
+    done = subprocess.run([sys.executable, "-c", sampler, "candidates", "--model", str(out / "lineage"), "--queries",
+                           str(packs / "test.pt"), "--out", str(again), "--limit", "2", "--samples", "1", "--steps", "2",
+                           "--settings", "ir,raman"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resampled = load_candidates(again)
+    assert list(resampled["settings"]) == ["ir", "raman"] and resampled["qm9_index"].tolist() == (
+        queries.extras["system/qm9_index"][:2].tolist())
     # back here, `chemgen train import`'s scoring and gate: the queries are rebuilt from the store by index
     from chemgen.gates import gate_metrics_for
     from chemgen.generation.runs import promote_run, score_run
