@@ -137,8 +137,8 @@ def test_one_flow_registers_and_gates_each_model_under_its_own_name(gfmdiff_weig
 
     monkeypatch.setattr(runs, "SHIPPED_ROOT", gfmdiff_weights)
     names = {"adit": "chemgen-adit-both", "gfmdiff": "chemgen-gfmdiff-both"}
-    state = nightly_retrain(profile="demo", model_names=names, data_dir=str(mp20_slice_dir), return_state=True,
-                            overrides={**ROWS, "adit": QUICK_ADIT, "gfmdiff": QUICK_GFMDIFF})
+    state = nightly_retrain(profile="demo", models=list(names), model_names=names, data_dir=str(mp20_slice_dir),
+                            return_state=True, overrides={**ROWS, "adit": QUICK_ADIT, "gfmdiff": QUICK_GFMDIFF})
     assert state.is_completed(), state.message
     result = state.result()
     assert [d["name"] for d in result["datasets"]] == ["qm9", "mp20"] and not result["failed"]
@@ -173,8 +173,9 @@ def test_a_failed_branch_does_not_block_the_other(gfmdiff_weights, mp20_slice_di
 
     monkeypatch.setattr(runs, "SHIPPED_ROOT", gfmdiff_weights)
     names = {"adit": "chemgen-adit-isolated", "gfmdiff": "chemgen-gfmdiff-isolated"}
-    state = nightly_retrain(profile="demo", model_names=names, data_dir=str(mp20_slice_dir), return_state=True,
-                            fail_at="gfmdiff:register", overrides={**ROWS, "adit": QUICK_ADIT, "gfmdiff": QUICK_GFMDIFF})
+    state = nightly_retrain(profile="demo", models=list(names), model_names=names, data_dir=str(mp20_slice_dir),
+                            return_state=True, fail_at="gfmdiff:register",
+                            overrides={**ROWS, "adit": QUICK_ADIT, "gfmdiff": QUICK_GFMDIFF})
     assert state.is_failed() and state.message.startswith("1 of 2 branches failed: gfmdiff")
     error = state.result(raise_on_failure=False)
     assert isinstance(error, BranchFailed)
@@ -205,8 +206,8 @@ def test_a_model_with_nothing_to_continue_is_skipped_not_trained_from_scratch(fi
     assert branch["status"] == "skipped" and "no shipped lineage" in branch["reason"] and not result["failed"]
     assert "train" not in branch and versions("chemgen-gfmdiff-none") == []
     assert [d["name"] for d in result["datasets"]] == ["qm9"]   # only what the branches sample is curated
-    with pytest.raises(Exception, match="unknown override 'diffspectra'"):
-        nightly_retrain.fn(profile="demo", overrides={"diffspectra": {}})
+    with pytest.raises(Exception, match="unknown override 'schnet'"):
+        nightly_retrain.fn(profile="demo", overrides={"schnet": {}})
 
 
 def test_diffspectra_branch_trains_benchmarks_registers_and_gates(tmp_path_factory, monkeypatch):
