@@ -87,7 +87,7 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     manifest = lineage.read_manifest(run_dir / "lineage")
     spec = model_spec(manifest.get("model", "adit"))
     if not spec.sample_datasets:   # DiffSpectra: its elucidation benchmark's candidates, not unconditional samples
-        return _score_benchmark_run(run_dir, spec, manifest)
+        return _score_benchmark_run(run_dir, spec)
     versions = dict(ref.split("@", 1) for ref in manifest.get("data", []))
     scores: dict[str, float] = {}
     samples, sample_paths = {}, {}
@@ -111,7 +111,7 @@ def score_run(run_dir: str | os.PathLike, store: str | os.PathLike | None = None
     return {"scores": scores, "samples": min(samples.values()), "context": context, "report": report}
 
 
-def _score_benchmark_run(run_dir: Path, spec: ModelSpec, manifest: dict[str, Any]) -> dict[str, Any]:
+def _score_benchmark_run(run_dir: Path, spec: ModelSpec) -> dict[str, Any]:
     """`score_run` for a model scored by the elucidation benchmark (``<run>/candidates.pt``); its sample count
     is the number of queries."""
     path = run_dir / "candidates.pt"
@@ -123,7 +123,9 @@ def _score_benchmark_run(run_dir: Path, spec: ModelSpec, manifest: dict[str, Any
 
     scores, context, queries = score_run_candidates(path)
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
-    context.update(data=",".join(sorted(manifest.get("data", []))), scoring=SCORING_VERSION)
+    # no training-data version in the context: the queries are fixed test molecules (their identity is in it),
+    # while the spectra store a lineage trains on grows from run to run
+    context.update(scoring=SCORING_VERSION)
     return {"scores": scores, "samples": queries, "context": context, "report": report}
 
 
