@@ -227,17 +227,22 @@ class MaskedBatchNorm(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        real = x.reshape(-1, x.shape[-1]) if mask is None else x[mask]                          # (n, d)
-        if self.training and len(real) > 1:
-            mean = real.mean(0)
-            var = real.var(0, unbiased=False)
-            with torch.no_grad():
-                n = len(real)
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
-                self.num_batches_tracked += 1
-        else:
-            mean, var = self.running_mean, self.running_var
+        if not self.training:
+            return (x - self.running_mean) * torch.rsqrt(self.running_var + self.eps) * self.weight + self.bias
+        # Masked sums rather than x[mask]: boolean indexing would wait for the GPU to count the real tokens,
+        # once per layer and step. A batch of fewer than two real tokens uses the running statistics.
+        weight = (torch.ones(x.shape[:-1], device=x.device) if mask is None else mask.float())[..., None]
+        n = weight.sum()
+        batch = n > 1
+        mean = (x.float() * weight).sum((0, 1)) / n.clamp_min(1)
+        var = (((x.float() - mean) ** 2) * weight).sum((0, 1)) / n.clamp_min(1)
+        with torch.no_grad():
+            step = self.momentum * batch.float()
+            self.running_mean.lerp_(mean.detach(), step)
+            self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), step)
+            self.num_batches_tracked += batch.long()
+        mean = torch.where(batch, mean, self.running_mean)
+        var = torch.where(batch, var, self.running_var)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -432,9 +437,10 @@ class SpecFormer(nn.Module):
         h, embedding = self.encode(list(masked), present)
         loss = embedding.new_zeros(())
         for target, hidden, head, tokens in zip(patches, masks, self.reconstruct_heads, self.token_slices):
-            if hidden.any():
-                error = (head(h[:, tokens]) - target).square().mean(-1)                         # (B, N_m)
-                loss = loss + error[hidden].mean()
+            # masked sums, not error[hidden]: no wait for the GPU; a modality absent from the batch adds 0
+            error = (head(h[:, tokens]) - target).square().mean(-1)                             # (B, N_m)
+            weight = hidden.to(error.dtype)
+            loss = loss + (error * weight).sum() / weight.sum().clamp_min(1)
         return MaskedReconstruction(loss, embedding)
 
 
