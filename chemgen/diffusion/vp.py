@@ -323,9 +323,13 @@ class JointVP:
 
     def sample_t(self, batch_size: int, device: torch.device | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """t ~ U(train_eps, 1), float64."""
-        u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
-        return (u * (1 - self.config.train_eps) + self.config.train_eps).to(device)
+        """t ~ U(train_eps, 1), float64; drawn on ``device`` unless a (CPU) generator fixes it, since a copy
+        from the host would wait for the GPU at every training step."""
+        if generator is None:
+            u = torch.rand(batch_size, dtype=torch.float64, device=device)
+        else:
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64).to(device)
+        return u * (1 - self.config.train_eps) + self.config.train_eps
 
     # ------------------------------------------------------------------ the loss
     def loss(self, denoise: JointDenoiser, z0: GraphState, mask: torch.Tensor, cond: torch.Tensor | None = None,
