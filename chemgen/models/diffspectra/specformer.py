@@ -232,10 +232,10 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         # Masked sums rather than x[mask]: boolean indexing would wait for the GPU to count the real tokens,
         # once per layer and step. A batch of fewer than two real tokens uses the running statistics.
         weight = (torch.ones(x.shape[:-1], device=x.device) if mask is None else mask.float())[..., None]
-        n = weight.sum()
+        n, tokens = weight.sum(), tuple(range(x.dim() - 1))
         batch = n > 1
-        mean = (x.float() * weight).sum((0, 1)) / n.clamp_min(1)
-        var = (((x.float() - mean) ** 2) * weight).sum((0, 1)) / n.clamp_min(1)
+        mean = (x.float() * weight).sum(tokens) / n.clamp_min(1)
+        var = (((x.float() - mean) ** 2) * weight).sum(tokens) / n.clamp_min(1)
         with torch.no_grad():
             step = self.momentum * batch.float()
             self.running_mean.lerp_(mean.detach(), step)
