@@ -12,13 +12,15 @@ export CHEMGEN_DATA_DIR ?= $(abspath ../shared/data)
 .PHONY: install run test check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs diffspectra-packs
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml package-lock.json
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "chemgen needs Python 3.11, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	# matminer (CrystalNN / Magpie featurizers for COV-R/COV-P) pins pandas<3 in its metadata but the
 	# featurizers chemgen uses run on pandas 3 (tests/scoring/test_crystals.py checks them): install it alone.
 	$(PY) -m pip install --quiet --no-deps matminer==0.10.1
+	# 3Dmol.js for the web app's 3D views, from the npm package (package-lock.json pins it); never from a CDN
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $@
 
 run: install

@@ -93,3 +93,18 @@ def small_spectra_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "qm9-xtb").mkdir()
     shards.write_shard(root / "qm9-xtb", 0, len(rows), rows, shards.scan(SPECTRA_STORE)[0].metadata)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_references(tmp_path_factory, data_dir):
+    """CHGNet elemental references fitted on 40 MP-20 val rows (the full fit takes minutes)."""
+    from pymatgen.core import Structure
+
+    from chemgen.scoring.hull import chgnet_energies_per_atom, fit_elemental_references
+
+    rows = pd.read_csv(data_dir / "mp_20" / "val.csv.gz", nrows=40)
+    energies = chgnet_energies_per_atom([Structure.from_str(c, fmt="cif") for c in rows.cif])
+    refs = fit_elemental_references(rows.pretty_formula, energies, rows.formation_energy_per_atom)
+    path = tmp_path_factory.mktemp("refs") / "refs.json"
+    refs.to_json(path)
+    return path

@@ -12,7 +12,8 @@ The model is resolved once (a registry URI is downloaded to its lineage folder),
 uses every core torch is given. A query that fails (a bad upload, a formula the model cannot sample, any
 error) is reported with its error and the others go on; nothing of another query is lost, and a failed
 query's folder is left as it was (the library checks everything before it writes). The flow's result lists
-every query's status, folder and top candidate, and is written to ``<out_dir>/batch.json``.
+every query's status, folder and top candidate, and is written to ``<out_dir>/batch.json``. The run's progress
+(`workflows.progress`) moves once the model is resolved and after each query.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prefect.runtime import flow_run
 
 from chemgen.errors import ChemgenError, UsageError
 from chemgen.paths import chemgen_home
+from workflows.progress import FlowProgress
 
 QUERY_KEYS = ("files", "formula", "name")
 
@@ -94,15 +96,18 @@ def _queries(queries: Any) -> list[tuple[str, dict[str, Any], str | None]]:
 def elucidate_batch(queries: list[dict[str, Any]], model: str | None = None, out_dir: str | None = None,
                     samples: int = 100, steps: int | None = None, seed: int = 0, top_k: int = 10,
                     rerank: bool = True) -> dict[str, Any]:
-    """Elucidate every query (module docstring); returns ``{"out_dir", "model", "queries": [...], "failed"}``,
-    each query as ``{"name", "status": "done" | "failed", "out_dir", "error", "top", ...}``."""
+    """Elucidate every query (module docstring); returns ``{"out_dir", "model", "queries": [...], "failed",
+    "flow_run_id"}``, each query as ``{"name", "status": "done" | "failed", "out_dir", "error", "top", ...}``."""
     planned = _queries(queries)
+    progress = FlowProgress("resolving the model")
     start = time.perf_counter()
     run_id = str(flow_run.id or "local")[:8]
     out = Path(out_dir) if out_dir else chemgen_home() / "elucidation" / f"batch-{time.strftime('%Y%m%d-%H%M%S')}-{run_id}"
     model_dir = resolve_model(model)   # a model that cannot be found fails the batch: no query could run
+    # the model's share is a guess (a download, or nothing): the queries take the rest, in equal steps
+    progress.update(0.05, f"model resolved; {len(planned)} queries to run")
     results = []
-    for name, query, problem in planned:
+    for i, (name, query, problem) in enumerate(planned, start=1):
         outcome: dict[str, Any] = {"name": name, "files": query.get("files"), "formula": query.get("formula"),
                                    "out_dir": str(out / name), "status": "failed", "error": problem, "top": None}
         if problem is None:
@@ -118,12 +123,15 @@ def elucidate_batch(queries: list[dict[str, Any]], model: str | None = None, out
         if outcome["status"] == "failed":
             print(f"{name}: failed: {outcome['error']}")
         results.append(outcome)
+        progress.update(0.05 + 0.9 * i / len(planned), f"query {i} of {len(planned)} done")
     result = {"out_dir": str(out), "model": model_dir, "queries": results,
               "failed": [r["name"] for r in results if r["status"] == "failed"],
-              "seconds": round(time.perf_counter() - start, 2)}
+              "seconds": round(time.perf_counter() - start, 2),
+              "flow_run_id": str(flow_run.id) if flow_run.id else None}
     from chemgen.io import atomic_write
 
     with atomic_write(out / "batch.json") as handle:
         json.dump(result, handle, indent=1)
         handle.write("\n")
+    progress.update(1.0, f"done: {len(results) - len(result['failed'])} of {len(results)} queries elucidated")
     return result

@@ -13,6 +13,7 @@ from chemgen.spectra.broadening import GRID_CM1, broaden
 from chemgen.spectra.files import Spectrum, write_jcamp
 from chemgen.spectra.shards import read_table
 from workflows.elucidate import elucidate_batch
+from workflows.progress import read_progress
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,5 @@ def test_the_good_query_completes_and_the_bad_ones_report_their_errors(lineage_d
     assert not (out / "broken").exists() and not (out / "acetylene_2").exists()
     assert result["failed"] == ["broken", "nothing", "acetylene_2"]
     assert json.loads((out / "batch.json").read_text()) == json.loads(json.dumps(result))
+    # the run's progress artifact, for the web app: done once batch.json is written
+    assert read_progress(result["flow_run_id"]) == (1.0, "done: 1 of 4 queries elucidated")

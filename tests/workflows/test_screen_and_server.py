@@ -30,26 +30,19 @@ def tiny_model_dir(tmp_path_factory, qm9_systems, mp20_systems):
 
 
 @pytest.fixture(scope="module")
-def small_references(tmp_path_factory, data_dir):
-    """CHGNet elemental references fitted on 40 MP-20 val rows (the full fit takes minutes)."""
-    from pymatgen.core import Structure
-
-    from chemgen.scoring.hull import chgnet_energies_per_atom, fit_elemental_references
-
-    rows = pd.read_csv(data_dir / "mp_20" / "val.csv.gz", nrows=40)
-    energies = chgnet_energies_per_atom([Structure.from_str(c, fmt="cif") for c in rows.cif])
-    refs = fit_elemental_references(rows.pretty_formula, energies, rows.formation_energy_per_atom)
-    path = tmp_path_factory.mktemp("refs") / "refs.json"
-    refs.to_json(path)
-    return path
-
-
-def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, small_references, tmp_path, mp20_slice_dir):
+def novelty_reference(mp20_slice_dir):
+    """MP-20's slice curated into the test store: the training split novelty is judged against."""
     from chemgen.data import BUILDERS
     from chemgen.data.store import curate
+
+    curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)
+
+
+def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, small_references, tmp_path,
+                                                               novelty_reference):
+    from workflows.progress import read_progress
     from workflows.screen import crystal_screening
 
-    curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)  # novelty reference
     result = crystal_screening(n=8, model=str(tiny_model_dir), relax_steps=5, references_path=str(small_references),
                                out_dir=str(tmp_path / "screen"), chunk=4, sigma=0.06, workers=2)
     table = pd.read_csv(tmp_path / "screen" / "candidates.csv")
@@ -69,6 +62,104 @@ def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, s
     names = [r.name.rsplit("-", 1)[0] for r in runs]
     assert names.count("load-hull-and-references") == 1
     assert names.count("relax-and-hull") == -(-int(table.valid.sum()) // 4)
+    # for the web app: the new columns (the tiny model's 8 samples are seldom valid: the CIFs and space groups
+    # are checked on real crystals below), and the run's progress
+    assert {"in_chemical_system", "space_group", "space_group_number", "cif"} <= set(table.columns)
+    assert table.in_chemical_system.all()  # no chemical system: every candidate is in
+    _assert_cifs_and_space_groups(table, tmp_path / "screen")
+    assert read_progress(result["flow_run_id"]) == (1.0, f"done: {result['n_metastable_sun']} metastable S.U.N. of 8")
+
+
+# CuNi, Li2Mn2O4, AlAu4, Ga4Te4 of the MP-20 test rows (`mp20_systems`)
+REAL_CRYSTALS = (2, 5, 7, 0)
+
+
+@pytest.fixture()
+def real_crystals_generated(monkeypatch, mp20_systems):
+    """The flow's generator replaced by four real MP-20 crystals and a decoding failure: the tiny model's samples
+    are seldom valid, and these give the table valid candidates, some relaxed, some not."""
+    from prefect import task
+
+    from chemgen.generation.records import Failure
+    from workflows import screen
+
+    picked = [mp20_systems[i] for i in REAL_CRYSTALS]
+    assert [s.formula for s in picked] == ["CuNi", "Li2Mn2O4", "AlAu4", "Ga4Te4"]
+
+    @task(name="generate-crystals")
+    def generate(model: str, n: int, seed: int, num_steps: int | None) -> list:
+        return [*picked, Failure(len(picked), "no lattice")]
+
+    monkeypatch.setattr(screen, "generate", generate)
+    return [*picked, None]
+
+
+def _screen_real_crystals(out, references, chemical_system: str) -> tuple[dict, pd.DataFrame]:
+    from workflows.screen import crystal_screening
+
+    result = crystal_screening(n=5, model="unused", relax_steps=5, references_path=str(references),
+                               out_dir=str(out), chunk=1, sigma=0.06, workers=2, chemical_system=chemical_system)
+    return result, pd.read_csv(out / "candidates.csv").set_index("index", drop=False).sort_index()
+
+
+def test_crystal_screening_relaxes_only_the_candidates_of_its_chemical_system(real_crystals_generated,
+                                                                               small_references, tmp_path,
+                                                                               novelty_reference):
+    """Cu-Li-Mn-Ni-O: CuNi and Li2Mn2O4 are relaxed (one chunk each), AlAu4 and Ga4Te4 only reported; every valid
+    one has its CIF (relaxed where it was) and space group."""
+    from workflows.progress import read_progress
+
+    result, table = _screen_real_crystals(tmp_path / "screen", small_references, "O-Mn-Li-Cu-Ni-O")
+    assert table.in_chemical_system.tolist() == [True, True, False, False, False]
+    assert table.valid[[0, 1]].all() and not table.valid[4]
+    assert table.relax_status.notna().tolist() == (table.valid & table.in_chemical_system).tolist()
+    assert not (table.metastable | table.msun)[~table.in_chemical_system].any()
+    _assert_cifs_and_space_groups(table, tmp_path / "screen", generated=real_crystals_generated)
+    assert table.space_group.notna().tolist() == table.valid.tolist()  # spglib finds every real crystal's group
+    report = (tmp_path / "screen" / "report.md").read_text()
+    assert "Chemical system: Cu-Li-Mn-Ni-O" in report.split("## Top candidates")[0]
+    runs = tracking.client().search_runs([tracking.experiment_id(tracking.DEFAULT_EXPERIMENT)],
+                                         f"tags.`prefect.flow_run_id` = '{result['flow_run_id']}'")
+    assert [r.data.params["chemical_system"] for r in runs] == ["Cu-Li-Mn-Ni-O"]
+    assert read_progress(result["flow_run_id"]) == (1.0, f"done: {result['n_metastable_sun']} metastable S.U.N. of 5")
+
+
+def test_crystal_screening_in_a_chemical_system_no_candidate_is_made_of(real_crystals_generated, small_references,
+                                                                        tmp_path, novelty_reference):
+    """He-Ne: nothing is relaxed, nothing is in the system, and every candidate is still reported, with its CIF
+    and space group as generated."""
+    result, table = _screen_real_crystals(tmp_path / "screen", small_references, "He-Ne")
+    assert len(table) == 5 and not table.in_chemical_system.any() and table.valid.sum() >= 2
+    assert table.relax_status.isna().all() and table.e_above_hull.isna().all() and not table.msun.any()
+    assert result["n_metastable_sun"] == 0 and result["metrics"]["chgnet_mp20/n_relaxed"] == 0
+    _assert_cifs_and_space_groups(table, tmp_path / "screen", generated=real_crystals_generated)
+
+
+def _assert_cifs_and_space_groups(table: pd.DataFrame, out, generated: list | None = None) -> None:
+    """Every valid candidate, and only those, has ``cifs/candidate-<index>.cif``, which reads back as that
+    candidate (as generated where it was not relaxed); a space group given is a real one, symbol and number
+    agreeing, and as spglib gives it for the CIF's structure."""
+    import numpy as np
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    from chemgen import io as structure_io
+
+    valid = table[table.valid]
+    assert (valid.cif == "cifs/candidate-" + valid["index"].astype(str) + ".cif").all()
+    assert table[~table.valid].cif.isna().all() and table[~table.valid].space_group.isna().all()
+    assert sorted(p.name for p in (out / "cifs").iterdir()) == sorted(f"candidate-{i}.cif" for i in valid["index"])
+    for row in valid.itertuples():
+        [system] = structure_io.read(out / row.cif)
+        assert system.material_id == f"candidate-{row.index}" and system.num_atoms == row.num_atoms
+        if generated is not None and pd.isna(row.relax_status):
+            assert np.allclose(system.cell, generated[row.index].cell, atol=1e-4)
+        if pd.notna(row.space_group):
+            analyzer = SpacegroupAnalyzer(system.to_pymatgen(), symprec=0.1)
+            assert (row.space_group, row.space_group_number) == (analyzer.get_space_group_symbol(),
+                                                                 analyzer.get_space_group_number())
+            assert SpaceGroup(row.space_group).int_number == row.space_group_number
+    assert table.space_group.isna().equals(table.space_group_number.isna())
 
 
 def _free_port() -> int:

@@ -17,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from chemgen.errors import UsageError
 from chemgen.scoring import hull
 
 
@@ -63,14 +64,26 @@ def test_bounded_map_keeps_at_most_workers_tasks_in_flight():
             running[0] -= 1
         return i * i
 
+    done = []
+
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=6))
     def fan_out(workers: int) -> list[int]:
-        return screen.bounded_map(slow, [(i,) for i in range(6)], workers)
+        return screen.bounded_map(slow, [(i,) for i in range(6)], workers, on_done=lambda *d: done.append(d))
 
     assert fan_out(2) == [0, 1, 4, 9, 16, 25]
     assert peak[0] == 2
+    assert done == [(i, 6) for i in range(1, 7)]  # once per task, as each finishes
     with pytest.raises(ValueError, match="workers must be at least 1"):
         screen.bounded_map(slow, [(1,)], 0)
+
+
+def test_a_chemical_system_is_a_set_of_element_symbols():
+    assert screen.parse_chemical_system("Li-Fe-O") == ("Fe", "Li", "O")
+    assert screen.parse_chemical_system("O-Li") == screen.parse_chemical_system("Li-O-Li") == ("Li", "O")
+    assert screen.parse_chemical_system(None) is None
+    for bad, named in (("Li-Xx", "'Xx'"), ("Li--O", "''"), ("li-O", "'li'"), ("D-O", "'D'")):
+        with pytest.raises(UsageError, match=named):
+            screen.parse_chemical_system(bad)
 
 
 def test_the_dask_dashboard_listens_on_this_machine_only():

@@ -1,0 +1,314 @@
+"""The FastAPI app of ``chemgen serve``: server-rendered pages over jobs (Prefect flow runs) and the registry.
+
+Pages: ``/`` (recent jobs), ``/elucidate`` (upload spectra), ``/screen`` (start a crystal screening),
+``/jobs/{id}`` (a job's progress, then its results), ``/models`` (the registry). JSON: ``/api/jobs/{id}``,
+``POST /api/elucidate`` and ``POST /api/screen`` (the forms' twins), ``/healthz``.
+
+Uploads are checked before a job exists: size and count limits, a known file type, then chemgen's own spectrum
+reader on the stored copy (an error names the file as the user called it and the problem, HTTP 400 / 413).
+Stored files get server-made names; only job ids (32 hex digits) and files listed inside a job's folder are ever
+looked up from a URL.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from chemgen.errors import ChemgenError
+from chemgen.web import jobs, registry
+from chemgen.web.settings import WebSettings
+
+HERE = Path(__file__).parent
+SPECTRUM_SUFFIXES = (".jdx", ".dx", ".jcamp", ".csv", ".txt", ".tsv")
+UPLOAD_KINDS = {"ir": "IR", "raman": "Raman"}
+DOWNLOAD_TYPES = {".csv": "text/csv", ".sdf": "chemical/x-mdl-sdfile", ".cif": "chemical/x-cif",
+                  ".png": "image/png", ".md": "text/markdown", ".json": "application/json"}
+
+
+class UploadProblem(ChemgenError, ValueError):
+    """An upload the server refuses; ``status`` is the HTTP status it answers with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------- uploads
+async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    """The file's bytes, refusing more than ``limit`` without reading the rest."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise UploadProblem(f"{upload.filename}: larger than the {limit / 1e6:.0f} MB limit per file", 413)
+    return data
+
+
+def _stored_name(index: int, filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    if suffix not in SPECTRUM_SUFFIXES:
+        raise UploadProblem(f"{filename}: unknown spectrum file type {suffix or '(none)'!r}; upload JCAMP-DX "
+                            f"({', '.join(SPECTRUM_SUFFIXES[:3])}) or CSV ({', '.join(SPECTRUM_SUFFIXES[3:])})", 415)
+    return f"uploads/file-{index}{suffix}"
+
+
+def _check_query(staging: Path, uploads: list[dict[str, str]], formula: str | None) -> None:
+    """chemgen's reader on the stored copies; its message names the stored file, shown as the user's name."""
+    from chemgen.elucidation.run import QueryFile, check_formula, read_query
+
+    try:
+        check_formula(formula)
+        read_query([QueryFile(staging / u["stored"], u["kind"]) for u in uploads])
+    except ChemgenError as error:
+        message = str(error)
+        for u in uploads:
+            message = message.replace(str(staging / u["stored"]), u["name"])
+        raise UploadProblem(message) from None
+
+
+async def _elucidation_job(request: Request) -> str:
+    settings: WebSettings = request.app.state.settings
+    form = await request.form(max_files=settings.max_files, max_fields=10)
+    choices = await run_in_threadpool(registry.job_models, "elucidation")
+    model = str(form.get("model") or next(iter(choices)))
+    if model not in choices:
+        raise UploadProblem(f"unknown model {model!r}; choose one of the list")
+    formula = str(form.get("formula") or "").strip() or None
+    files = [(kind, form.get(kind)) for kind in UPLOAD_KINDS]
+    files = [(kind, f) for kind, f in files if isinstance(f, UploadFile) and f.filename]
+    if not files:
+        raise UploadProblem("no spectrum uploaded: give an IR and/or a Raman spectrum (JCAMP-DX or CSV)")
+    job_id, staging = jobs.new_staging(settings.jobs_dir)
+    try:
+        uploads = []
+        for index, (kind, upload) in enumerate(files, start=1):
+            display = Path(upload.filename).name[:120]
+            stored = _stored_name(index, display)
+            (staging / stored).write_bytes(await _read_upload(upload, settings.max_upload_bytes))
+            uploads.append({"name": display, "kind": kind, "stored": stored})
+        await run_in_threadpool(_check_query, staging, uploads, formula)
+        params = {**settings.elucidation, "formula": formula,
+                  "model": await run_in_threadpool(registry.resolve_job_model, "elucidation", model)}
+        label = " + ".join(f"{UPLOAD_KINDS[u['kind']]}: {u['name']}" for u in uploads)
+        folder = jobs.commit_job(staging, "elucidation", params, label + (f" ({formula})" if formula else ""),
+                                 uploads, settings.workers)
+    except BaseException:
+        jobs.discard_staging(staging)
+        raise
+    if settings.start_jobs:
+        jobs.start_runner(folder)
+    return job_id
+
+
+async def _screening_job(request: Request) -> str:
+    from workflows.screen import parse_chemical_system
+
+    settings: WebSettings = request.app.state.settings
+    form = await request.form(max_files=0, max_fields=10)
+    choices = await run_in_threadpool(registry.job_models, "screening")
+    model = str(form.get("model") or next(iter(choices)))
+    if model not in choices:
+        raise UploadProblem(f"unknown model {model!r}; choose one of the list")
+    try:
+        n = int(str(form.get("n") or "20"))
+    except ValueError:
+        raise UploadProblem(f"number of candidates must be a whole number, got {form.get('n')!r}") from None
+    if not 1 <= n <= settings.max_screening_candidates:
+        raise UploadProblem(f"number of candidates must be 1 to {settings.max_screening_candidates}, got {n}")
+    system = str(form.get("chemical_system") or "").strip() or None
+    if system is not None:
+        parse_chemical_system(system)  # a UsageError names the symbol
+    params = {**settings.screening, "n": n, "chemical_system": system,
+              "model": await run_in_threadpool(registry.resolve_job_model, "screening", model)}
+    label = f"{n} crystals from {choices[model].split(' (')[0]}" + (f", {system}" if system else "")
+    job_id, staging = jobs.new_staging(settings.jobs_dir)
+    folder = jobs.commit_job(staging, "screening", params, label, workers=settings.workers)
+    if settings.start_jobs:
+        jobs.start_runner(folder)
+    return job_id
+
+
+# ---------------------------------------------------------------------------- results
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _depiction(smiles: str) -> str:
+    """An RDKit SVG of the molecule (escaped text when RDKit cannot parse it)."""
+    from rdkit import Chem
+    from rdkit.Chem.Draw import rdMolDraw2D
+
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        return f"<span class='muted'>{html.escape(smiles)}</span>"
+    drawer = rdMolDraw2D.MolDraw2DSVG(180, 140)
+    drawer.DrawMolecule(mol)
+    drawer.FinishDrawing()
+    svg = drawer.GetDrawingText()
+    return svg[svg.find("<svg"):]  # without the XML declaration, to sit inline
+
+
+def _sdf_blocks(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [b.strip("\n") + "\n" for b in path.read_text().split("$$$$") if b.strip()]
+
+
+def elucidation_results(folder: Path) -> dict[str, Any]:
+    result = jobs.read_json(folder / "result.json")
+    query = result["queries"][0]
+    out = Path(query["out_dir"])
+    rel = out.relative_to(folder) if out.is_relative_to(folder) else Path("out") / out.name
+    rows = _read_csv(folder / rel / "candidates.csv")
+    blocks = _sdf_blocks(folder / rel / "candidates.sdf")
+    for row, block in zip(rows, blocks, strict=False):
+        row["molblock"] = block
+    for row in rows:
+        row["svg"] = _depiction(row.get("smiles", ""))
+        row["image_path"] = f"{rel}/{row['image']}" if row.get("image") else ""
+    return {"query": query, "candidates": rows, "dir": str(rel), "model": result.get("model")}
+
+
+def screening_results(folder: Path) -> dict[str, Any]:
+    result = jobs.read_json(folder / "result.json")
+    rows = _read_csv(folder / "out" / "candidates.csv")
+    metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
+    return {"candidates": rows, "metrics": metrics, "columns": list(rows[0]) if rows else [],
+            "plot": "out/e_above_hull.png" if (folder / "out" / "e_above_hull.png").is_file() else None}
+
+
+# ---------------------------------------------------------------------------- app
+def create_app(settings: WebSettings | None = None) -> FastAPI:
+    settings = settings or WebSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        if settings.start_jobs:
+            jobs.resume_submitted(settings.jobs_dir)
+            jobs.warm_up_prefect()
+        yield
+
+    app = FastAPI(title="chemgen", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    app.state.settings = settings
+    templates = Jinja2Templates(directory=HERE / "templates")
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"settings": settings, **context}, status_code=status)
+
+    def _with_states(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "state": jobs.job_state(settings.jobs_dir / r["id"]).state} for r in records]
+
+    def wants_json(request: Request) -> bool:
+        return request.url.path.startswith("/api/")
+
+    @app.exception_handler(UploadProblem)
+    async def upload_problem(request: Request, error: UploadProblem) -> Response:
+        if wants_json(request):
+            return JSONResponse({"error": str(error)}, status_code=error.status)
+        return page(request, "error.html", error.status, title="This upload cannot be used", message=str(error))
+
+    @app.exception_handler(ChemgenError)
+    async def chemgen_error(request: Request, error: ChemgenError) -> Response:
+        status = 404 if isinstance(error, (jobs.JobNotFoundError, LookupError)) else 400
+        if wants_json(request):
+            return JSONResponse({"error": str(error)}, status_code=status)
+        return page(request, "error.html", status, title="Not found" if status == 404 else "Bad request",
+                    message=str(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        if wants_json(request):
+            return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+        return page(request, "error.html", error.status_code, title=f"Error {error.status_code}",
+                    message=str(error.detail))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> Response:
+        return page(request, "index.html", recent=_with_states(jobs.list_jobs(settings.jobs_dir, limit=20)))
+
+    # Each kind of job: its form page, the form's POST (a redirect to the job) and the same POST as JSON
+    for path, kind, make_job in (("elucidate", "elucidation", _elucidation_job), ("screen", "screening", _screening_job)):
+        _job_routes(app, path, kind, make_job, page, _with_states)
+
+    @app.get("/api/jobs/{job_id}")
+    def job_api(job_id: str) -> dict[str, Any]:
+        folder = jobs.job_dir(settings.jobs_dir, job_id)
+        return {"job": jobs.read_json(folder / "job.json"), **asdict(jobs.job_state(folder, jobs.prefect_flow_run))}
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(request: Request, job_id: str) -> Response:
+        folder = jobs.job_dir(settings.jobs_dir, job_id)
+        record = jobs.read_json(folder / "job.json")
+        state = jobs.job_state(folder, jobs.prefect_flow_run)
+        results = None
+        if state.state == "completed":
+            results = (elucidation_results if record["kind"] == "elucidation" else screening_results)(folder)
+        return page(request, f"job_{record['kind']}.html", job=record, state=state, results=results,
+                    threedmol=settings.threedmol_js is not None)
+
+    @app.get("/jobs/{job_id}/files/{relative:path}")
+    def job_file(job_id: str, relative: str) -> Response:
+        folder = jobs.job_dir(settings.jobs_dir, job_id)
+        path = jobs.safe_file(folder / "out", relative.removeprefix("out/"))
+        inline = path.suffix == ".png"
+        return FileResponse(path, media_type=DOWNLOAD_TYPES.get(path.suffix, "application/octet-stream"),
+                            filename=None if inline else f"{job_id[:8]}-{path.name}")
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models_page(request: Request) -> Response:
+        from chemgen import tracking
+
+        return page(request, "models.html", models=registry.models(settings.mlflow_ui_url),
+                    tracking_uri=tracking.tracking_uri())
+
+    @app.get("/models/{name}", response_class=HTMLResponse)
+    def model_page(request: Request, name: str) -> Response:
+        return page(request, "model.html", model=registry.model(name, settings.mlflow_ui_url))
+
+    @app.get("/vendor/3Dmol-min.js")
+    def threedmol() -> Response:
+        if settings.threedmol_js is None or not settings.threedmol_js.is_file():
+            raise HTTPException(404, "3Dmol.js is not installed: `make install` (npm package 3dmol) or set "
+                                     "CHEMGEN_3DMOL_JS to its 3Dmol-min.js")
+        return FileResponse(settings.threedmol_js, media_type="text/javascript")
+
+    return app
+
+
+def _job_routes(app: FastAPI, path: str, kind: str, make_job: Any, page: Any, with_states: Any) -> None:
+    settings: WebSettings = app.state.settings
+
+    def form(request: Request) -> Response:
+        return page(request, f"{path}.html", models=registry.job_models(kind),
+                    recent=with_states(jobs.list_jobs(settings.jobs_dir, kind, 10)))
+
+    async def submit(request: Request) -> Response:
+        return RedirectResponse(f"/jobs/{await make_job(request)}", status_code=303)
+
+    async def submit_json(request: Request) -> Response:
+        job_id = await make_job(request)
+        return JSONResponse({"job": job_id, "url": f"/jobs/{job_id}"}, status_code=202)
+
+    app.add_api_route(f"/{path}", form, methods=["GET"], response_class=HTMLResponse, name=f"{path}-form")
+    app.add_api_route(f"/{path}", submit, methods=["POST"], name=f"{path}-submit")
+    app.add_api_route(f"/api/{path}", submit_json, methods=["POST"], name=f"{path}-api")

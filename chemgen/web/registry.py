@@ -1,0 +1,99 @@
+"""What the web pages show of the MLflow model registry: models, versions, aliases, gate metrics and decisions,
+and the models a user may pick for a job (only these: a form value outside them is refused, never a path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from chemgen import gates, tracking
+
+SHIPPED = "shipped"      # the form's value for the checkpoint that ships with chemgen (a folder the server knows)
+SHIPPED_CONFIGS = {"screening": "adit-gpu-quick", "elucidation": "diffspectra-cpu"}
+MODEL_PREFIXES = {"screening": "chemgen-adit", "elucidation": "chemgen-diffspectra"}
+
+
+@dataclass(frozen=True)
+class VersionView:
+    version: str
+    aliases: tuple[str, ...]
+    created: str
+    run_id: str | None
+    decision: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    ui_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelView:
+    name: str
+    description: str
+    versions: tuple[VersionView, ...]
+    ui_url: str | None = None
+
+    @property
+    def champion(self) -> str | None:
+        return next((v.version for v in self.versions if tracking.CHAMPION in v.aliases), None)
+
+
+def _ui(base: str | None, *parts: str) -> str | None:
+    return None if not base else base.rstrip("/") + "/#/models/" + "/".join(quote(p, safe="") for p in parts)
+
+
+def _version(name: str, found: Any, client: Any, ui: str | None) -> VersionView:
+    v = client.get_model_version(name, found.version)  # search results omit aliases
+    try:
+        metrics = gates.recorded(name, v.version)
+    except gates.GateError:
+        metrics = {}
+    return VersionView(str(v.version), tuple(v.aliases),
+                       datetime.fromtimestamp(v.creation_timestamp / 1000).isoformat(timespec="seconds"),
+                       v.run_id, v.tags.get(gates.DECISION_TAG, ""), metrics,
+                       _ui(ui, name, "versions", str(v.version)))
+
+
+def models(ui: str | None = None) -> list[ModelView]:
+    """Every registered model with its versions, newest version first."""
+    client = tracking.client()
+    views = []
+    for model in sorted(client.search_registered_models(), key=lambda m: m.name):
+        versions = sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: -int(v.version))
+        views.append(ModelView(model.name, model.description or "",
+                               tuple(_version(model.name, v, client, ui) for v in versions), _ui(ui, model.name)))
+    return views
+
+
+def model(name: str, ui: str | None = None) -> ModelView:
+    """One registered model; `tracking.RegistryError` if there is none of that name."""
+    tracking.require_model(name)
+    return next(m for m in models(ui) if m.name == name)
+
+
+def job_models(kind: str) -> dict[str, str]:
+    """{form value: label} of the models a job of ``kind`` may run: every alias of a registered model of that
+    family, then the shipped checkpoint."""
+    choices = {}
+    try:
+        for view in models():
+            if view.name.startswith(MODEL_PREFIXES[kind]):
+                for v in view.versions:
+                    for alias in v.aliases:
+                        choices[f"models:/{view.name}@{alias}"] = f"{view.name} @ {alias} (version {v.version})"
+    except Exception:  # noqa: BLE001 - an unreachable registry still leaves the shipped checkpoint
+        pass
+    choices[SHIPPED] = f"the checkpoint that ships with chemgen ({SHIPPED_CONFIGS[kind]})"
+    return choices
+
+
+def resolve_job_model(kind: str, value: str) -> str:
+    """The flow's ``model`` argument for a form value `job_models` offered: a registry URI, or the shipped
+    checkpoint's folder (found by the server, never named by the client)."""
+    if value not in job_models(kind):
+        raise KeyError(value)
+    if value == SHIPPED:
+        from chemgen.generation.runs import shipped_lineage
+
+        return str(shipped_lineage(SHIPPED_CONFIGS[kind]))
+    return value
