@@ -136,7 +136,8 @@ def test_an_elucidation_job_runs_as_a_prefect_flow_and_survives_a_server_restart
     settings = WebSettings(home=tmp_path / "web", elucidation=dict(ELUCIDATION))
     with TestClient(create_app(settings)) as client:
         files = {"ir": ("q.ir.jdx", uploads["ir"].read_bytes()), "raman": ("q.raman.jdx", uploads["raman"].read_bytes())}
-        job_id = client.post("/api/elucidate", files=files).json()["job"]
+        # the shipped checkpoint, by name: the default is the registry's first DiffSpectra alias, if any
+        job_id = client.post("/api/elucidate", files=files, data={"model": "shipped"}).json()["job"]
         assert client.get(f"/api/jobs/{job_id}").json()["state"] in ("queued", "running", "submitted")
     # a new server (the old one is gone) follows the same job: nothing was held in memory
     with TestClient(create_app(settings)) as client:

@@ -72,14 +72,17 @@ def follow_to_the_end(driver, base: str, job_url: str) -> dict:
 
 def test_a_chemist_uploads_a_spectrum_and_gets_ranked_candidates(browser, tmp_path, uploads):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     settings = WebSettings(home=tmp_path / "web", elucidation=dict(ELUCIDATION))
     with live_server(settings) as base:
         browser.get(f"{base}/elucidate")
         browser.find_element(By.NAME, "ir").send_keys(str(uploads["ir"]))
         browser.find_element(By.NAME, "raman").send_keys(str(uploads["raman"]))
+        Select(browser.find_element(By.NAME, "model")).select_by_value("shipped")
         browser.find_element(By.CSS_SELECTOR, "#elucidate-form button[type=submit]").click()
-        assert "/jobs/" in browser.current_url
+        WebDriverWait(browser, 120).until(ec.url_contains("/jobs/"))
         assert browser.find_element(By.ID, "state").text in ("submitted", "queued", "running")
         state = follow_to_the_end(browser, base, browser.current_url)
         assert state["state"] == "completed", state
@@ -99,7 +102,8 @@ def test_a_chemist_uploads_a_spectrum_and_gets_ranked_candidates(browser, tmp_pa
 def test_a_screening_team_starts_a_screen_and_browses_its_candidates(browser, tmp_path, mp20_slice_dir,
                                                                        small_references):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     from chemgen.data import BUILDERS
     from chemgen.data.store import curate
@@ -115,6 +119,7 @@ def test_a_screening_team_starts_a_screen_and_browses_its_candidates(browser, tm
         count.clear()
         count.send_keys("6")
         browser.find_element(By.CSS_SELECTOR, "#screen-form button[type=submit]").click()
+        WebDriverWait(browser, 120).until(ec.url_contains("/jobs/"))
         state = follow_to_the_end(browser, base, browser.current_url)
         assert state["state"] == "completed", state
         rows = browser.find_elements(By.CSS_SELECTOR, "#candidates tbody tr")
