@@ -20,6 +20,7 @@ process session and goes on while the server restarts).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,23 +191,47 @@ def _run_id(folder: Path) -> str | None:
 
 
 # One thread reads Prefect for the pages. Its first read starts Prefect's ephemeral server (20 s or more on busy
-# cores): a page waits at most PREFECT_WAIT_SECONDS and shows the job's files alone meanwhile.
+# cores): a page waits at most PREFECT_WAIT_SECONDS and shows the job's files alone meanwhile. Pages polling the
+# same run share one pending read, so polls faster than Prefect answers never pile up.
 _PREFECT_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-reader")
+_PENDING: dict[str, Future] = {}
+_PENDING_LOCK = threading.Lock()
 PREFECT_WAIT_SECONDS = 5.0
 
 
 def prefect_flow_run(flow_run_id: str, wait: float = PREFECT_WAIT_SECONDS) -> tuple[str, float | None, str] | None:
     """(state name, progress 0..1 or None, its description) of a flow run in the Prefect store, or None when the
     store cannot be read within ``wait`` seconds (the page then shows the job's files alone)."""
+    with _PENDING_LOCK:
+        future = _PENDING.get(flow_run_id)
+        if future is None:
+            future = _PENDING[flow_run_id] = _PREFECT_READER.submit(_read_flow_run, flow_run_id)
+            future.add_done_callback(lambda _: _forget(flow_run_id))
     try:
-        return _PREFECT_READER.submit(_read_flow_run, flow_run_id).result(timeout=wait)
+        return future.result(timeout=wait)
     except FutureTimeout:
         return None
 
 
+def _forget(flow_run_id: str) -> None:
+    with _PENDING_LOCK:
+        _PENDING.pop(flow_run_id, None)
+
+
 def warm_up_prefect() -> None:
     """Start the Prefect client (and the ephemeral server) in the reader thread before a page needs it."""
-    _PREFECT_READER.submit(_read_flow_run, str(uuid.UUID(int=0)))
+    _PREFECT_READER.submit(_hello)
+
+
+def _hello() -> None:
+    try:
+        from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.hello()
+    except Exception as error:  # noqa: BLE001 - the pages will say Prefect cannot be read, job by job
+        logging.getLogger(__name__).warning("Prefect is not reachable yet: %s", error)
 
 
 def _read_flow_run(flow_run_id: str) -> tuple[str, float | None, str] | None:
@@ -219,7 +244,8 @@ def _read_flow_run(flow_run_id: str) -> tuple[str, float | None, str] | None:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(uuid.UUID(flow_run_id))
         progress = read_progress(flow_run_id)
-    except Exception:  # noqa: BLE001 - a status page must render whatever Prefect does
+    except Exception as error:  # noqa: BLE001 - a status page must render whatever Prefect does
+        logging.getLogger(__name__).warning("cannot read flow run %s from Prefect: %s", flow_run_id, error)
         return None
     fraction, description = progress if progress is not None else (None, "")
     return (run.state.name if run.state else "unknown"), fraction, description

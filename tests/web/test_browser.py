@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chemgen.web import jobs
 from chemgen.web.settings import WebSettings
 from tests.web.conftest import ELUCIDATION, live_server, wait_finished
 
@@ -70,7 +71,7 @@ def follow_to_the_end(driver, base: str, job_url: str) -> dict:
     return state
 
 
-def test_a_chemist_uploads_a_spectrum_and_gets_ranked_candidates(browser, tmp_path, uploads):
+def test_a_chemist_uploads_spectra_and_gets_ranked_candidates_across_a_server_restart(browser, tmp_path, uploads):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -80,12 +81,18 @@ def test_a_chemist_uploads_a_spectrum_and_gets_ranked_candidates(browser, tmp_pa
         browser.get(f"{base}/elucidate")
         browser.find_element(By.NAME, "ir").send_keys(str(uploads["ir"]))
         browser.find_element(By.NAME, "raman").send_keys(str(uploads["raman"]))
+        # the shipped checkpoint, by name: the default is the registry's first DiffSpectra alias, if any
         Select(browser.find_element(By.NAME, "model")).select_by_value("shipped")
         browser.find_element(By.CSS_SELECTOR, "#elucidate-form button[type=submit]").click()
         WebDriverWait(browser, 120).until(ec.url_contains("/jobs/"))
         assert browser.find_element(By.ID, "state").text in ("submitted", "queued", "running")
-        state = follow_to_the_end(browser, base, browser.current_url)
-        assert state["state"] == "completed", state
+        job_id = browser.current_url.rsplit("/", 1)[1]
+    # the server stops while the job runs; a new one (another port) follows it: nothing was held in memory
+    with live_server(settings) as base:
+        state = follow_to_the_end(browser, base, f"{base}/jobs/{job_id}")
+        assert state["state"] == "completed", (state, (settings.jobs_dir / job_id / "runner.log").read_text()[-3000:])
+        found = jobs.prefect_flow_run(state["flow_run_id"], wait=120)   # a Prefect flow run, completed
+        assert found is not None and found[0] == "Completed"
         summary = browser.find_element(By.ID, "summary").text
         assert "5 candidates from 13 valid of 24 samples" in summary and "SDF" in summary
         rows = browser.find_elements(By.CSS_SELECTOR, "tr.candidate")
@@ -96,6 +103,11 @@ def test_a_chemist_uploads_a_spectrum_and_gets_ranked_candidates(browser, tmp_pa
         browser.find_elements(By.CSS_SELECTOR, "button.show3d")[2].click()
         assert browser.find_element(By.ID, "viewer3d").get_attribute("data-shown") == "candidate 3"
         assert browser.execute_script("return document.querySelector('tr.overlay img').naturalWidth") > 0
+        # the downloads: the ranking as CSV, the candidates in 3D as SDF
+        with httpx.Client(base_url=base) as http:
+            csv_rows = http.get(f"/jobs/{job_id}/files/out/query/candidates.csv").text.strip().splitlines()
+            assert csv_rows[0].startswith("rank,smiles,inchikey") and len(csv_rows) == 6
+            assert http.get(f"/jobs/{job_id}/files/out/query/candidates.sdf").text.count("M  END") == 5
         screenshot(browser, tmp_path, "elucidation")
 
 
