@@ -48,6 +48,7 @@ check-wheel: install
 	run "$$T/site/bin/chemgen" --help > /dev/null; \
 	run "$$PYBIN" -c 'import os, chemgen; assert chemgen.__file__.startswith(os.environ["PYTHONPATH"]), chemgen.__file__'; \
 	run "$$PYBIN" -c 'from chemgen.config import load_config; assert load_config("gpu-quick").name == "adit-gpu-quick"'; \
+	run "$$PYBIN" -c 'from chemgen.web.app import HERE, create_app; assert (HERE / "templates" / "base.html").is_file(); create_app()'; \
 	fails_with "not run from a source checkout" "$$PYBIN" -c 'from chemgen.paths import default_data_dir; default_data_dir()'; \
 	fails_with "CHEMGEN_WEIGHTS_DIR" "$$PYBIN" -c 'from chemgen.paths import shipped_weights_dir; shipped_weights_dir()'; \
 	fails_with "not run from a source checkout" "$$T/site/bin/chemgen" data prepare mp20 --limit 5 --store "$$T/store"; \
@@ -56,7 +57,7 @@ check-wheel: install
 	run env CHEMGEN_WEIGHTS_DIR="$(abspath models/weights)" "$$T/site/bin/chemgen" sample adit --kind qm9 --n 1 --steps 2 \
 	  --out "$$T/samples" --no-score > /dev/null; \
 	test -s "$$T/samples/samples.sdf"; \
-	echo "check-wheel: the installed wheel finds its configs, asks for CHEMGEN_DATA_DIR and CHEMGEN_WEIGHTS_DIR, reads both"
+	echo "check-wheel: the installed wheel finds its configs and web templates, asks for CHEMGEN_DATA_DIR and CHEMGEN_WEIGHTS_DIR, reads both"
 
 # prefect.yaml is generated from workflows/deploy.py (the one definition of the deployments); a test fails when
 # the committed file differs from what this writes.
