@@ -73,7 +73,7 @@ def model(name: str, ui: str | None = None) -> ModelView:
 
 def job_models(kind: str) -> dict[str, str]:
     """{form value: label} of the models a job of ``kind`` may run: every alias of a registered model of that
-    family, then the shipped checkpoint."""
+    family, champions first, then the shipped checkpoint."""
     choices = {}
     try:
         for view in models():
@@ -83,8 +83,10 @@ def job_models(kind: str) -> dict[str, str]:
                         choices[f"models:/{view.name}@{alias}"] = f"{view.name} @ {alias} (version {v.version})"
     except Exception:  # noqa: BLE001 - an unreachable registry still leaves the shipped checkpoint
         pass
-    choices[SHIPPED] = f"the checkpoint that ships with chemgen ({SHIPPED_CONFIGS[kind]})"
-    return choices
+    # the default (first) is a champion, the production name's before a profile's (chemgen-adit before -demo)
+    ordered = dict(sorted(choices.items(), key=lambda item: (not item[0].endswith("@champion"), len(item[0]), item[0])))
+    ordered[SHIPPED] = f"the checkpoint that ships with chemgen ({SHIPPED_CONFIGS[kind]})"
+    return ordered
 
 
 def resolve_job_model(kind: str, value: str) -> str:

@@ -152,3 +152,18 @@ def test_pages_polling_one_flow_run_share_one_prefect_read(monkeypatch):
         t.join()
     assert calls == ["run-a"] and answers == [("Running", 0.5, "half way")] * 8
     assert jobs.prefect_flow_run("run-a", wait=0.01) is None   # a new read, not answered in time: no state
+
+
+def test_the_default_model_is_a_champion_and_the_shipped_checkpoint_comes_last(monkeypatch):
+    from chemgen.web import registry
+
+    def version(number, *aliases):
+        return registry.VersionView(str(number), aliases, "", None, "")
+
+    views = [registry.ModelView("chemgen-adit-demo", "", (version(2, "champion"), version(1, "challenger"))),
+             registry.ModelView("chemgen-adit", "", (version(5, "challenger"), version(4, "champion"))),
+             registry.ModelView("chemgen-gfmdiff", "", (version(1, "champion"),))]
+    monkeypatch.setattr(registry, "models", lambda ui=None: views)
+    assert list(registry.job_models("screening")) == [
+        "models:/chemgen-adit@champion", "models:/chemgen-adit-demo@champion", "models:/chemgen-adit@challenger",
+        "models:/chemgen-adit-demo@challenger", "shipped"]
