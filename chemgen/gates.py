@@ -181,10 +181,11 @@ def record(name: str, version: str | int, evaluation: Evaluation) -> None:
 
 def recorded(name: str, version: str | int) -> dict[str, float]:
     """The gate metrics recorded on a version; a tag that is not a number raises `GateError` naming it."""
-    return _recorded_metrics(name, version, tracking.model_version(name, version).tags)
+    return recorded_in_tags(name, version, tracking.model_version(name, version).tags)
 
 
-def _recorded_metrics(name: str, version: str | int, tags: dict[str, str]) -> dict[str, float]:
+def recorded_in_tags(name: str, version: str | int, tags: dict[str, str]) -> dict[str, float]:
+    """The gate metrics in a version's tags (already fetched); `GateError` names a tag that is not a number."""
     metrics = {}
     for key, text in tags.items():
         if key.startswith(TAG_PREFIX):
@@ -207,7 +208,7 @@ def recorded_evaluation(name: str, version: str | int) -> Evaluation:
                         f"{CONTEXT_TAG} = {tags.get(CONTEXT_TAG)!r})") from None
     if not isinstance(context, dict):
         raise GateError(f"{name} version {version}: tag {CONTEXT_TAG} = {tags[CONTEXT_TAG]!r} is not a JSON object")
-    return Evaluation(_recorded_metrics(name, version, tags), samples, context)
+    return Evaluation(recorded_in_tags(name, version, tags), samples, context)
 
 
 def evaluate_and_promote(name: str, version: str | int, evaluation: Evaluation,

@@ -77,13 +77,20 @@ def _check_query(staging: Path, uploads: list[dict[str, str]], formula: str | No
         raise UploadProblem(message) from None
 
 
+def _chosen_model(form: Any, kind: str) -> tuple[str, str]:
+    """(the flow's model argument, its label) for the form's model, which must be one the form offered (default:
+    the first)."""
+    choices = registry.job_models(kind)
+    value = str(form.get("model") or next(iter(choices)))
+    if value not in choices:
+        raise UploadProblem(f"unknown model {value!r}; choose one of the list")
+    return registry.flow_model(kind, value), choices[value]
+
+
 async def _elucidation_job(request: Request) -> str:
     settings: WebSettings = request.app.state.settings
     form = await request.form(max_files=settings.max_files, max_fields=10)
-    choices = await run_in_threadpool(registry.job_models, "elucidation")
-    model = str(form.get("model") or next(iter(choices)))
-    if model not in choices:
-        raise UploadProblem(f"unknown model {model!r}; choose one of the list")
+    model, _ = await run_in_threadpool(_chosen_model, form, "elucidation")
     formula = str(form.get("formula") or "").strip() or None
     files = [(kind, form.get(kind)) for kind in UPLOAD_KINDS]
     files = [(kind, f) for kind, f in files if isinstance(f, UploadFile) and f.filename]
@@ -98,8 +105,7 @@ async def _elucidation_job(request: Request) -> str:
             (staging / stored).write_bytes(await _read_upload(upload, settings.max_upload_bytes))
             uploads.append({"name": display, "kind": kind, "stored": stored})
         await run_in_threadpool(_check_query, staging, uploads, formula)
-        params = {**settings.elucidation, "formula": formula,
-                  "model": await run_in_threadpool(registry.resolve_job_model, "elucidation", model)}
+        params = {**settings.elucidation, "formula": formula, "model": model}
         label = " + ".join(f"{UPLOAD_KINDS[u['kind']]}: {u['name']}" for u in uploads)
         folder = jobs.commit_job(staging, "elucidation", params, label + (f" ({formula})" if formula else ""),
                                  uploads, settings.workers)
@@ -116,10 +122,7 @@ async def _screening_job(request: Request) -> str:
 
     settings: WebSettings = request.app.state.settings
     form = await request.form(max_files=0, max_fields=10)
-    choices = await run_in_threadpool(registry.job_models, "screening")
-    model = str(form.get("model") or next(iter(choices)))
-    if model not in choices:
-        raise UploadProblem(f"unknown model {model!r}; choose one of the list")
+    model, model_label = await run_in_threadpool(_chosen_model, form, "screening")
     try:
         n = int(str(form.get("n") or "20"))
     except ValueError:
@@ -129,9 +132,8 @@ async def _screening_job(request: Request) -> str:
     system = str(form.get("chemical_system") or "").strip() or None
     if system is not None:
         parse_chemical_system(system)  # a UsageError names the symbol
-    params = {**settings.screening, "n": n, "chemical_system": system,
-              "model": await run_in_threadpool(registry.resolve_job_model, "screening", model)}
-    label = f"{n} crystals from {choices[model].split(' (')[0]}" + (f", {system}" if system else "")
+    params = {**settings.screening, "n": n, "chemical_system": system, "model": model}
+    label = f"{n} crystals from {model_label.split(' (')[0]}" + (f", {system}" if system else "")
     job_id, staging = jobs.new_staging(settings.jobs_dir)
     folder = jobs.commit_job(staging, "screening", params, label, workers=settings.workers)
     if settings.start_jobs:
@@ -171,8 +173,7 @@ def _sdf_blocks(path: Path) -> list[str]:
 def elucidation_results(folder: Path) -> dict[str, Any]:
     result = jobs.read_json(folder / "result.json")
     query = result["queries"][0]
-    out = Path(query["out_dir"])
-    rel = out.relative_to(folder) if out.is_relative_to(folder) else Path("out") / out.name
+    rel = Path("out") / Path(query["out_dir"]).name   # the runner puts the flow's folder at <job>/out
     rows = _read_csv(folder / rel / "candidates.csv")
     blocks = _sdf_blocks(folder / rel / "candidates.sdf")
     for row, block in zip(rows, blocks, strict=False):
@@ -180,14 +181,14 @@ def elucidation_results(folder: Path) -> dict[str, Any]:
     for row in rows:
         row["svg"] = _depiction(row.get("smiles", ""))
         row["image_path"] = f"{rel}/{row['image']}" if row.get("image") else ""
-    return {"query": query, "candidates": rows, "dir": str(rel), "model": result.get("model")}
+    return {"query": query, "candidates": rows, "dir": str(rel)}
 
 
 def screening_results(folder: Path) -> dict[str, Any]:
     result = jobs.read_json(folder / "result.json")
     rows = _read_csv(folder / "out" / "candidates.csv")
     metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
-    return {"candidates": rows, "metrics": metrics, "columns": list(rows[0]) if rows else [],
+    return {"candidates": rows, "metrics": metrics,
             "plot": "out/e_above_hull.png" if (folder / "out" / "e_above_hull.png").is_file() else None}
 
 
@@ -225,7 +226,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     @app.exception_handler(ChemgenError)
     async def chemgen_error(request: Request, error: ChemgenError) -> Response:
-        status = 404 if isinstance(error, (jobs.JobNotFoundError, LookupError)) else 400
+        status = 404 if isinstance(error, LookupError) else 400   # no such job, file or registered model
         if wants_json(request):
             return JSONResponse({"error": str(error)}, status_code=status)
         return page(request, "error.html", status, title="Not found" if status == 404 else "Bad request",

@@ -45,7 +45,7 @@ def _ui(base: str | None, *parts: str) -> str | None:
 def _version(name: str, found: Any, client: Any, ui: str | None) -> VersionView:
     v = client.get_model_version(name, found.version)  # search results omit aliases
     try:
-        metrics = gates.recorded(name, v.version)
+        metrics = gates.recorded_in_tags(name, v.version, v.tags)
     except gates.GateError:
         metrics = {}
     return VersionView(str(v.version), tuple(v.aliases),
@@ -71,16 +71,20 @@ def model(name: str, ui: str | None = None) -> ModelView:
     return next(m for m in models(ui) if m.name == name)
 
 
+def _registered_aliases() -> list[tuple[str, str, int]]:
+    """(model name, alias, version) of every alias in the registry, in one query."""
+    return [(m.name, alias, version) for m in tracking.client().search_registered_models()
+            for alias, version in m.aliases.items()]
+
+
 def job_models(kind: str) -> dict[str, str]:
     """{form value: label} of the models a job of ``kind`` may run: every alias of a registered model of that
     family, champions first, then the shipped checkpoint."""
     choices = {}
     try:
-        for view in models():
-            if view.name.startswith(MODEL_PREFIXES[kind]):
-                for v in view.versions:
-                    for alias in v.aliases:
-                        choices[f"models:/{view.name}@{alias}"] = f"{view.name} @ {alias} (version {v.version})"
+        for name, alias, version in _registered_aliases():
+            if name.startswith(MODEL_PREFIXES[kind]):
+                choices[f"models:/{name}@{alias}"] = f"{name} @ {alias} (version {version})"
     except Exception:  # noqa: BLE001 - an unreachable registry still leaves the shipped checkpoint
         pass
     # the default (first) is a champion, the production name's before a profile's (chemgen-adit before -demo)
@@ -89,11 +93,9 @@ def job_models(kind: str) -> dict[str, str]:
     return ordered
 
 
-def resolve_job_model(kind: str, value: str) -> str:
-    """The flow's ``model`` argument for a form value `job_models` offered: a registry URI, or the shipped
+def flow_model(kind: str, value: str) -> str:
+    """The flow's ``model`` argument for a value `job_models` offered: the registry URI itself, or the shipped
     checkpoint's folder (found by the server, never named by the client)."""
-    if value not in job_models(kind):
-        raise KeyError(value)
     if value == SHIPPED:
         from chemgen.generation.runs import shipped_lineage
 

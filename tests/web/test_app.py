@@ -157,13 +157,9 @@ def test_pages_polling_one_flow_run_share_one_prefect_read(monkeypatch):
 def test_the_default_model_is_a_champion_and_the_shipped_checkpoint_comes_last(monkeypatch):
     from chemgen.web import registry
 
-    def version(number, *aliases):
-        return registry.VersionView(str(number), aliases, "", None, "")
-
-    views = [registry.ModelView("chemgen-adit-demo", "", (version(2, "champion"), version(1, "challenger"))),
-             registry.ModelView("chemgen-adit", "", (version(5, "challenger"), version(4, "champion"))),
-             registry.ModelView("chemgen-gfmdiff", "", (version(1, "champion"),))]
-    monkeypatch.setattr(registry, "models", lambda ui=None: views)
+    aliases = [("chemgen-adit-demo", "champion", 2), ("chemgen-adit-demo", "challenger", 1),
+               ("chemgen-adit", "challenger", 5), ("chemgen-adit", "champion", 4), ("chemgen-gfmdiff", "champion", 1)]
+    monkeypatch.setattr(registry, "_registered_aliases", lambda: aliases)
     assert list(registry.job_models("screening")) == [
         "models:/chemgen-adit@champion", "models:/chemgen-adit-demo@champion", "models:/chemgen-adit@challenger",
         "models:/chemgen-adit-demo@challenger", "shipped"]
