@@ -27,6 +27,7 @@ run: install
 	$(VENV)/bin/chemgen run
 
 test: install
+	tools/install-test-browser.sh
 	$(PY) -m pytest -q
 
 # What `pip install .` gives a container image: build the wheel (offline, from a copy of the sources so that a
@@ -38,7 +39,7 @@ WHEEL_CHECK ?= $(or $(TMPDIR),/tmp)/chemgen-wheel-check
 check-wheel: install
 	@set -eu; T="$(WHEEL_CHECK)"; PYBIN="$(abspath $(PY))"; DATA="$(abspath $(CHEMGEN_DATA_DIR))"; \
 	rm -rf "$$T"; mkdir -p "$$T/src" "$$T/run"; \
-	tar --exclude=__pycache__ -cf - pyproject.toml README.md chemgen workflows | tar -xf - -C "$$T/src"; \
+	tar --exclude=__pycache__ -cf - pyproject.toml README.md chemgen chemgen.flows | tar -xf - -C "$$T/src"; \
 	(cd "$$T/src" && "$$PYBIN" -m pip wheel --quiet --no-deps --no-build-isolation --no-index -w "$$T/dist" .); \
 	"$$PYBIN" -m pip install --quiet --no-deps --no-index --target "$$T/site" "$$T"/dist/chemgen-*.whl; \
 	cd "$$T/run"; \
@@ -59,16 +60,16 @@ check-wheel: install
 	test -s "$$T/samples/samples.sdf"; \
 	echo "check-wheel: the installed wheel finds its configs and web templates, asks for CHEMGEN_DATA_DIR and CHEMGEN_WEIGHTS_DIR, reads both"
 
-# prefect.yaml is generated from workflows/deploy.py (the one definition of the deployments); a test fails when
+# prefect.yaml is generated from chemgen/flows/deploy.py (the one definition of the deployments); a test fails when
 # the committed file differs from what this writes.
 # Mutation fuzzing of every structure reader on real QM9 and MP-20 files (README, "The record"):
 # FUZZ_N inputs per format; fails if anything crashes, hangs or is accepted beyond the record's limits.
 FUZZ_N ?= 10000
 fuzz: install
-	$(PY) -m chemgen.fuzz --per-format $(FUZZ_N) --out runs/fuzz
+	$(PY) tools/fuzz_readers.py --per-format $(FUZZ_N) --out runs/fuzz
 
 prefect-yaml: install
-	$(PY) -m workflows.deploy --write-prefect-yaml prefect.yaml
+	$(PY) -m chemgen.flows.deploy --write-prefect-yaml prefect.yaml
 
 bench: install gpu-packs  # one thread each (a 2-core machine shared with other work); training benches read the packs
 	@for f in bench/bench_*.py; do echo "== $$f"; OMP_NUM_THREADS=1 $(PY) $$f $$(grep -q -- '"--packs"' $$f && echo --packs .packs/full) || exit 1; done

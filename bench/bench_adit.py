@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from chemgen.config import load_config
+from chemgen.models.specs import load_config
 from chemgen.data.qm9 import iter_qm9, read_qm9_frame
 from chemgen.data.tensors import TensorPack
 from chemgen.models.adit import ADiT

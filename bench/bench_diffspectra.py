@@ -1,4 +1,4 @@
-"""DiffSpectra's throughput: training of both stages (molecules/s through `chemgen.generation.trainer.fit`, with MFU
+"""DiffSpectra's throughput: training of both stages (molecules/s through `chemgen.training.loop.fit`, with MFU
 where the chip's peak is known) and conditional sampling (seconds per 1,000 molecules at the config's steps).
 
 Molecules are the spectra pack's (`chemgen.models.diffspectra.data.spectra_pack`): a saved pack (``--pack``) or the
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from chemgen.data.tensors import TensorPack
-from chemgen.generation.resident import ResidentBatches
-from chemgen.generation.trainer import EMA, WSDSchedule, fit
+from chemgen.training.resident import ResidentBatches
+from chemgen.training.loop import EMA, WSDSchedule, fit
 from chemgen.models.diffspectra.config import preset
 from chemgen.models.diffspectra.model import DiffSpectra
 

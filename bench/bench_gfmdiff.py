@@ -1,4 +1,4 @@
-"""GFMDiff's throughput: training (molecules/s through `chemgen.generation.trainer.fit`, with MFU where the
+"""GFMDiff's throughput: training (molecules/s through `chemgen.training.loop.fit`, with MFU where the
 chip's peak is known) and ancestral sampling (seconds per 1,000 molecules at T steps), at each thread count.
 
 Molecules are the QM9 systems of a tensor pack (`chemgen train packs`; crystals in a mixed pack are left
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from chemgen.config import load_config
+from chemgen.models.specs import load_config
 from chemgen.data.tensors import TensorPack
-from chemgen.generation.resident import ResidentBatches
-from chemgen.generation.trainer import EMA, WSDSchedule, fit
+from chemgen.training.resident import ResidentBatches
+from chemgen.training.loop import EMA, WSDSchedule, fit
 from chemgen.models.gfmdiff import GFMDiff
 
 

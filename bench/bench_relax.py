@@ -38,7 +38,7 @@ def load_text() -> str:
 def generated_crystals(n: int, gen_dir: Path, per_seed: int) -> list[Any]:
     """``n`` CDVAE-valid ADiT crystals, generating more seeds (``per_seed`` samples each) as needed."""
     from chemgen.io import read
-    from chemgen.scoring.crystals import assess_validity
+    from chemgen.scoring.crystal_validity import assess_validity
 
     valid: list[Any] = []
     seed = 0
@@ -146,7 +146,7 @@ def main() -> None:
 
     if args.samples is not None:
         from chemgen.io import read
-        from chemgen.scoring.crystals import to_structure
+        from chemgen.scoring.crystal_validity import to_structure
 
         structures = [to_structure(s) for s in read(args.samples)][:args.n]
         source = str(args.samples)

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from chemgen.data.tensors import TensorPack
-from chemgen.generation.jobs import load_lineage_model
-from chemgen.generation.resident import ResidentBatches
-from chemgen.generation.runs import shipped_model
-from chemgen.generation.trainer import WSDSchedule, fit
+from chemgen.models.loading import load_lineage_model
+from chemgen.training.resident import ResidentBatches
+from chemgen.models.loading import shipped_model
+from chemgen.training.loop import WSDSchedule, fit
 from chemgen.models.adit import ADiT
 from chemgen.models.adit.diagnostics import dit_prediction_error
 

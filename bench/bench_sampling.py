@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from chemgen.config import load_config
+from chemgen.models.specs import load_config
 from chemgen.models.adit import ADiT
 from chemgen.models.adit.model import MAX_ATOMS
 

@@ -46,8 +46,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    from chemgen.scoring.crystals import (ReferenceSet, _Reduced, assess_validity, fingerprints,
-                                          matminer_available, novel_mask, unique_mask, wasserstein_metrics)
+    from chemgen.scoring.crystal_novelty import ReducedStructure as _Reduced, ReferenceSet, novel_mask, unique_mask
+    from chemgen.scoring.crystal_validity import assess_validity
+    from chemgen.scoring.crystal_distribution import fingerprints, matminer_available, wasserstein_metrics
     from chemgen.scoring.hull import MP20Hull
 
     root = args.data_dir / "mp_20"
@@ -91,7 +92,7 @@ def main() -> None:
     if args.chgnet:
         from chgnet.model import StructOptimizer
 
-        from chemgen.scoring.hull import relax_with_chgnet
+        from chemgen.scoring.relax import relax_with_chgnet
 
         optimizer, t_load = _timed(StructOptimizer)
         sample = gt[: args.chgnet]

@@ -31,10 +31,8 @@ from rdkit import rdBase
 
 from chemgen.bonds import BondPerceptionError, edm_bond_orders, rdkit_determine_bonds
 from chemgen.data.qm9 import edm_split, iter_qm9, read_qm9_frame
-from chemgen.scoring.molecules import (
-    allowed_valence, build_edm_molecule, largest_fragment_smiles, novel_smiles, reference_smiles,
-    score_molecules, uniqueness,
-)
+from chemgen.bonds import allowed_valence
+from chemgen.scoring.molecules import build_edm_molecule, largest_fragment_smiles, novel_smiles, reference_smiles, score_molecules, uniqueness
 from chemgen.scoring.relax_molecules import relax_molecule
 
 NOISE_RMSD = (0.0, 0.05, 0.10, 0.16)  # Angstrom, RMS displacement per atom

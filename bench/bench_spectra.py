@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from chemgen.data.spectra import make_molecules
+from chemgen.spectra.curation import make_molecules
 from chemgen.spectra.compute import SpectraFailure, SpectraSettings, compute_spectrum
 from chemgen.spectra.vibrations import harmonic_analysis
 from chemgen.spectra.xtb import XtbPoint, XtbSettings, optimize

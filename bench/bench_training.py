@@ -1,4 +1,4 @@
-"""Training throughput of chemgen's loop (`chemgen.generation.trainer.fit`) against a bare PyTorch loop.
+"""Training throughput of chemgen's loop (`chemgen.training.loop.fit`) against a bare PyTorch loop.
 
 Both loops train the same model on the same resident batches (real QM9 + MP-20 systems from tensor
 packs, `chemgen train packs`) for the same number of steps; the bare loop is what anyone would
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from chemgen.config import load_config
+from chemgen.models.specs import load_config
 from chemgen.data.tensors import TensorPack
-from chemgen.generation.resident import ResidentBatches
-from chemgen.generation.trainer import EMA, WSDSchedule, fit
+from chemgen.training.resident import ResidentBatches
+from chemgen.training.loop import EMA, WSDSchedule, fit
 from chemgen.models.adit import ADiT
 
 

@@ -50,7 +50,7 @@ CALIBRATION_BINS = (-np.inf, -0.04, -0.02, -0.01, 0.0, 0.01, 0.02, 0.04, np.inf)
 def calibration(truth: np.ndarray, predicted: np.ndarray, sigma: float) -> dict[str, object]:
     """How well P_i = Phi(-E_i / sigma) predicts the DFT stable call: expected vs DFT stable count,
     Brier score, log loss, and per bin of CHGNet E_hull the mean P_i beside the DFT stable fraction."""
-    from chemgen.scoring.hull import stable_probability
+    from chemgen.scoring.stability import stable_probability
 
     prob = stable_probability(predicted, sigma)
     stable = (truth <= TOLERANCE).astype(float)

@@ -231,6 +231,28 @@ def perceive_bonds(system: AtomicSystem, protocol: BondProtocol = "edm") -> Atom
 
 __all__ = [
     "BOND_PROTOCOLS", "BondPerceptionError", "DOUBLE_BOND_PM", "MARGINS_PM", "SINGLE_BOND_PM",
-    "TRIPLE_BOND_PM", "bonds_from_orders", "edm_bond_orders", "get_bond_order", "pairwise_distances",
+    "TRIPLE_BOND_PM", "ALLOWED_VALENCES", "IN_EDM_DECODER", "allowed_valence", "bonds_from_orders", "edm_bond_orders", "get_bond_order", "pairwise_distances",
     "perceive_bonds", "rdkit_determine_bonds",
 ]
+
+
+# ============================================================================ valences
+# EDM's ``allowed_bonds``: the valences (sums of bond orders) that make an atom stable.
+ALLOWED_VALENCES: MappingProxyType[str, tuple[int, ...]] = MappingProxyType({
+    "H": (1,), "C": (4,), "N": (3,), "O": (2,), "F": (1,), "B": (3,), "Al": (3,), "Si": (4,),
+    "P": (3, 5), "S": (4,), "Cl": (1,), "As": (3,), "Br": (1,), "I": (1,), "Hg": (1, 2), "Bi": (3, 5),
+})
+_MAX_VALENCE_COLUMN = 1 + max(max(v) for v in ALLOWED_VALENCES.values())
+# (Z+1, max+2) bool: _ALLOWED[z, v] for v clipped to the last column, which is always False.
+_ALLOWED = np.zeros((MAX_ATOMIC_NUMBER + 1, _MAX_VALENCE_COLUMN + 1), dtype=bool)
+for _symbol, _valences in ALLOWED_VALENCES.items():
+    _ALLOWED[ATOMIC_NUMBERS[_symbol], list(_valences)] = True
+_ALLOWED.flags.writeable = False
+# Elements EDM's decoder knows (has a valence rule for)
+IN_EDM_DECODER = _ALLOWED.any(axis=1)
+
+
+def allowed_valence(atomic_numbers: np.ndarray, valences: np.ndarray) -> np.ndarray:
+    """(N,) bool: each valence is one EDM allows for its element (False for unknown elements)."""
+    columns = np.clip(valences, 0, _MAX_VALENCE_COLUMN)  # larger valences land on the all-False column
+    return _ALLOWED[atomic_numbers, columns] & (valences >= 0)

@@ -1,8 +1,8 @@
-"""Padded batches and dataset labels: torch only, so a GPU machine without the chemistry stack imports them.
+"""Padded batches: torch only, so a GPU machine without the chemistry stack imports them.
 
 `DenseBatch` is what every model's loss takes: B systems padded to N atoms with a mask.
 `chemgen.data.tensors.TensorPack` (built from records: the one batching layer)
-and `chemgen.generation.resident` build them from tensor packs.
+and `chemgen.training.resident` build them from tensor packs. Dataset labels are `chemgen.datasets`'.
 """
 
 from __future__ import annotations
@@ -13,34 +13,6 @@ from dataclasses import dataclass, field
 import torch
 
 from chemgen.errors import UsageError
-
-# Dataset labels as integers for conditioning; 0 is reserved for "no label" (CFG's null class).
-DATASET_INDEX: dict[str, int] = {"mp20": 1, "qm9": 2, "mpts52": 3, "perov5": 4, "carbon24": 5}
-
-
-# What each dataset holds, and the dataset a bare kind means (requests may name either).
-DATASET_KIND: dict[str, str] = {"qm9": "molecule", "mp20": "crystal", "mpts52": "crystal", "perov5": "crystal",
-                                "carbon24": "crystal"}
-DEFAULT_DATASET: dict[str, str] = {"molecule": "qm9", "crystal": "mp20"}
-
-
-def resolve_dataset(name: str) -> tuple[str, str]:
-    """A dataset name, or a kind standing for its default dataset -> (dataset, kind)."""
-    dataset = DEFAULT_DATASET.get(name, name)
-    if dataset not in DATASET_KIND:
-        raise UsageError(f"unknown dataset or kind {name!r} (datasets: {', '.join(DATASET_KIND)}; "
-                         f"kinds: {', '.join(DEFAULT_DATASET)})")
-    return dataset, DATASET_KIND[dataset]
-
-
-def dataset_label(name: str) -> int:
-    """The conditioning label of a dataset; 0 is the CFG null class, so an unknown name must not map to it."""
-    try:
-        return DATASET_INDEX[name]
-    except KeyError:
-        raise UsageError(f"unknown dataset label {name!r} (known: {', '.join(DATASET_INDEX)}); "
-                         "label 0 is classifier-free guidance's null class") from None
-
 
 # Fields of a DenseBatch with an atom axis (dim 1); the others are per system.
 PER_ATOM_FIELDS = ("atomic_numbers", "pos", "frac_coords", "mask")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from chemgen import paths
-from chemgen.config import ConfigError, known_configs, load_config
+from chemgen.config import ConfigError, known_configs
+from chemgen.models.specs import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +28,7 @@ def wheel(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for package in ("chemgen", "workflows"):
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "chemgen", src / "chemgen", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--no-index", "-w", str(base / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     (built,) = (base / "dist").glob("chemgen-*.whl")
@@ -40,11 +40,11 @@ def test_the_wheel_carries_the_packages_and_every_model_config(wheel):
     configs = sorted(p.name for p in (ROOT / "chemgen" / "configs").glob("*.yaml"))
     assert "adit-tiny.yaml" in configs and "adit-gpu-quick.yaml" in configs
     assert {f"chemgen/configs/{c}" for c in configs} <= names
-    assert {"chemgen/cli.py", "chemgen/paths.py", "workflows/screen.py", "workflows/deploy.py"} <= names
+    assert {"chemgen/cli/app.py", "chemgen/paths.py", "chemgen/flows/screen.py", "chemgen/flows/deploy.py"} <= names
     # data, weights and tests stay out of it
     assert not [n for n in names if n.startswith(("tests/", "models/", "datasets/")) or n.endswith(".safetensors")]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "chemgen = chemgen.cli:app" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "chemgen = chemgen.cli.app:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_configs_load_as_package_resources():

@@ -1,1 +1,1 @@
-"""The shipped model configs, ``<model>-<name>.yaml`` (package data; `chemgen.config.load_config` reads them)."""
+"""The shipped model configs, ``<model>-<name>.yaml`` (package data; `chemgen.models.specs.load_config` reads them)."""

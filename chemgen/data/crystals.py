@@ -27,13 +27,14 @@ import os
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from chemgen.atoms import ATOMIC_NUMBERS, AtomicSystem, InvalidSystemError
+from chemgen.datasets import DATASETS, CrystalSource, crystal_source
 from chemgen.data.store import BadRowError, CurationError, duplicate_of, numeric_columns
 from chemgen.io import CIF_PARSE_ERRORS
 
@@ -51,39 +52,6 @@ MAX_CIF_CHARS = 100_000
 MAX_LIST_CHARS = 2_000
 
 
-@dataclass(frozen=True)
-class CrystalDatasetSpec:
-    name: str                      # chemgen's name, used on the command line
-    folder: str                    # folder name in the CDVAE layout
-    url: str                       # canonical source folder (CSV files) for `download`
-    property_columns: tuple[str, ...]
-    max_atoms: int
-    citation: str
-    licence: str = "CC BY 4.0 (Materials Project data); splits MIT (CDVAE)"
-    extra_files: dict[str, str] = field(default_factory=dict)
-
-
-CDVAE_RAW = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
-DIFFCSP_RAW = "https://raw.githubusercontent.com/jiaor17/DiffCSP/main/data"
-
-DATASETS: dict[str, CrystalDatasetSpec] = {
-    "mp20": CrystalDatasetSpec(
-        "mp20", "mp_20", f"{CDVAE_RAW}/mp_20",
-        ("formation_energy_per_atom", "band_gap", "e_above_hull", "spacegroup.number"), 20,
-        "Xie et al., Crystal Diffusion Variational Autoencoder, ICLR 2022; Jain et al., APL Materials 2013"),
-    "mpts52": CrystalDatasetSpec(
-        "mpts52", "mpts_52", f"{DIFFCSP_RAW}/mpts_52",
-        ("formation_energy_per_atom", "energy_above_hull", "year"), 52,
-        "Baird & Sparks 2022; Jiao et al., DiffCSP, NeurIPS 2023"),
-    "perov5": CrystalDatasetSpec(
-        "perov5", "perov_5", f"{CDVAE_RAW}/perov_5", ("heat_all", "heat_ref", "dir_gap", "ind_gap"), 5,
-        "Castelli et al., Energy Environ. Sci. 2012; Xie et al., ICLR 2022", licence="MIT (CDVAE)"),
-    "carbon24": CrystalDatasetSpec(
-        "carbon24", "carbon_24", f"{CDVAE_RAW}/carbon_24", ("energy_per_atom",), 24,
-        "Pickard, AIRSS data for carbon at 10 GPa, 2020; Xie et al., ICLR 2022", licence="CC BY 4.0; splits MIT (CDVAE)"),
-}
-
-
 def default_data_dir() -> Path:
     """``$CHEMGEN_DATA_DIR`` if set, else ``../shared/data`` beside a source checkout, else a clear error
     (`chemgen.paths.default_data_dir`)."""
@@ -94,7 +62,7 @@ def default_data_dir() -> Path:
 
 def dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding one dataset's CSVs; ``data_dir`` may be that folder or its parent."""
-    spec = DATASETS[name]
+    spec = crystal_source(name)
     base = Path(data_dir) if data_dir else default_data_dir()
     if _split_file(base, "test") is not None or _split_file(base, "val") is not None:
         return base
@@ -140,7 +108,7 @@ def source_files(name: str, data_dir: str | os.PathLike | None = None) -> list[S
 
 def download(name: str, data_dir: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> list[Path]:
     """Fetch the canonical CSVs of a dataset (needs internet; not possible on CI machines)."""
-    spec = DATASETS[name]
+    spec = crystal_source(name)
     folder = Path(data_dir) / spec.folder
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -240,13 +208,14 @@ def parse_elements(text: str) -> list[str]:
     return list(value)
 
 
-def row_to_crystal(row: dict, spec: CrystalDatasetSpec, source_split: str) -> AtomicSystem:
+def row_to_crystal(row: dict, name: str, source_split: str) -> AtomicSystem:
     """One CSV row as a crystal; raises `BadRowError` or `InvalidSystemError` with the reason."""
     if isinstance(row.get("row_problem"), str):  # found by `read_rows` (a cell that is not a number)
         raise BadRowError(row["row_problem"], kind="not a number")
     material_id = material_id_text(row.get("material_id"))
     if material_id is None:
         raise BadRowError("empty material_id", kind="missing id")
+    spec = crystal_source(name)
     properties = {col: _number(row.get(col), col) for col in spec.property_columns if col in row}
     if isinstance(row.get("elements"), str):
         properties["elements"] = parse_elements(row["elements"])
@@ -260,16 +229,16 @@ def row_to_crystal(row: dict, spec: CrystalDatasetSpec, source_split: str) -> At
             raise
         raise InvalidSystemError(f"unparseable CIF: {type(err).__name__}: {err}") from err
     if system.num_atoms > spec.max_atoms:
-        raise InvalidSystemError(f"{system.num_atoms} atoms in the primitive cell, over {spec.name}'s "
+        raise InvalidSystemError(f"{system.num_atoms} atoms in the primitive cell, over {name}'s "
                                  f"limit of {spec.max_atoms}")
     formula = row.get("pretty_formula") or row.get("formula")
     if isinstance(formula, str):
         properties["pretty_formula"] = formula
     properties["source_split"] = source_split
-    return system.replace(dataset=spec.name, material_id=material_id, properties=properties)
+    return system.replace(dataset=name, material_id=material_id, properties=properties)
 
 
-def read_rows(source: SourceFile, spec: CrystalDatasetSpec | None = None) -> pd.DataFrame:
+def read_rows(source: SourceFile, spec: CrystalSource | None = None) -> pd.DataFrame:
     """A source CSV with ids as text and ``spec``'s property columns as numbers. A cell that is not a number
     becomes None and its row's ``row_problem`` (a bad row at curation); a file that cannot be read, has no
     data rows or lacks ``material_id`` or ``cif`` is a `CurationError` naming it."""
@@ -292,7 +261,7 @@ def _curate_row(args: tuple[dict, str, str]) -> AtomicSystem | Exception:
     """One row's crystal or the error that names its problem; any failure of one row is that row's alone."""
     row, name, source_split = args
     try:
-        return row_to_crystal(row, DATASETS[name], source_split)
+        return row_to_crystal(row, name, source_split)
     except (BadRowError, InvalidSystemError) as err:
         return err
     except Exception as err:  # noqa: BLE001 - pymatgen fails on odd input in many ways; the row is bad, not the run
@@ -338,11 +307,12 @@ def builder(name: str, data_dir: str | os.PathLike | None = None, workers: int =
     """The `DatasetBuilder` that curates one CDVAE-format crystal set into the store."""
     from chemgen.data.store import DatasetBuilder
 
-    if name not in DATASETS:
-        raise CurationError(f"unknown crystal dataset {name!r} (known: {', '.join(DATASETS)})")
+    if name not in DATASETS or DATASETS[name].crystal is None:
+        raise CurationError(f"unknown crystal dataset {name!r} (known: "
+                            f"{', '.join(n for n, d in DATASETS.items() if d.crystal)})")
     if limit is not None and limit < 1:
         raise CurationError(f"limit must be at least 1 row per file, got {limit}")
-    spec = DATASETS[name]
+    spec = crystal_source(name)
     sources = source_files(name, data_dir)
     frames = {s.source_split: read_rows(s, spec) for s in sources}
     if limit is not None:
@@ -380,6 +350,6 @@ def builder(name: str, data_dir: str | os.PathLike | None = None, workers: int =
         records=records,
         description=f"{name} ({spec.folder}), CDVAE CSV format, <= {spec.max_atoms} atoms per primitive cell",
         protocol=protocol_name(sources),
-        extra_manifest={"citation": spec.citation, "licence": spec.licence,
+        extra_manifest={"citation": DATASETS[name].citation, "licence": DATASETS[name].licence,
                         "source_rows": {k: len(f) for k, f in frames.items()}},
     )

@@ -173,8 +173,11 @@ def iter_qm9(frame: pd.DataFrame) -> Iterator[tuple[int, AtomicSystem | Exceptio
             yield position, BadRowError(f"{type(err).__name__}: {err}", kind=type(err).__name__)
 
 
-def builder(data_dir: Path | None = None, limit: int | None = None):
-    """The `DatasetBuilder` that curates QM9 with EDM's split into the store."""
+def builder(name: str = "qm9", data_dir: Path | None = None, workers: int = 1, limit: int | None = None):
+    """The `DatasetBuilder` that curates QM9 with EDM's split into the store (the signature of every dataset's
+    builder, `chemgen.datasets.curation_builder`; one process reads QM9's CSVs, so ``workers`` is not used)."""
+    if name != "qm9":
+        raise CurationError(f"the QM9 builder curates qm9, not {name!r}")
     from chemgen.data.store import DatasetBuilder
 
     if limit is not None and limit < 1:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from chemgen.atoms import AtomicSystem
-from chemgen.dense import DenseBatch, dataset_label, extra_kind
+from chemgen.dense import DenseBatch, extra_kind
+from chemgen.datasets import dataset_label
 from chemgen.errors import ChemgenError
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -40,7 +41,7 @@ class TensorPack:
     num_atoms: torch.Tensor       # (S,) long
     cell: torch.Tensor            # (S, 3, 3) float32, zeros for molecules
     pbc: torch.Tensor             # (S,) bool
-    dataset_idx: torch.Tensor     # (S,) long, chemgen.dense.DATASET_INDEX
+    dataset_idx: torch.Tensor     # (S,) long, `chemgen.datasets.dataset_label`
     spacegroup: torch.Tensor | None = None  # (S,) long, international number of crystals (0: none or unknown)
     # A model's own tensors, "atom/<name>" (A, ...) or "system/<name>" (S, ...): `chemgen.dense.EXTRA_KINDS`
     extras: dict[str, torch.Tensor] | None = None

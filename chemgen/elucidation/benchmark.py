@@ -10,7 +10,7 @@ Three steps, so that the expensive one runs where the compute is:
 1. `query_pack` (CPU, RDKit): a seeded subset of the store's ``test`` split as a spectra `TensorPack`
    (graphs perceived and checked as for training), saved beside the training packs;
 2. `chemgen.models.diffspectra.candidates.sample_candidates` (torch only, so it runs on a GPU machine after
-   training: `chemgen.generation.remote --benchmark`): the candidates' graphs for each modality setting
+   training: `chemgen.training.standalone --benchmark`): the candidates' graphs for each modality setting
    (IR + Raman, IR only, Raman only: SpecFormer's ``present`` mask), written as plain tensors;
 3. `score_candidates` (CPU, RDKit): decode, rank, score; optionally re-rank the first queries' candidates
    by the similarity of their GFN2-xTB spectra to the query (`chemgen.elucidation.rerank`), which costs
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> Any:
         print(json.dumps({"queries": len(pack), "out": str(args.out)}))
         return pack
     if args.command == "sample":
-        from chemgen.generation.jobs import load_model
+        from chemgen.models.loading import load_model
 
         model = load_model(args.model)
         candidates = sample_candidates(model, TensorPack.load(args.queries), args.settings.split(","), args.samples,

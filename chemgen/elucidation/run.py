@@ -153,9 +153,9 @@ def read_query(files: Sequence[str | os.PathLike | QueryFile], kinds: Sequence[s
 def default_model() -> Path:
     """The shipped DiffSpectra lineage (``models/weights/diffspectra-cpu``), or `NoTrainedModelError` saying how
     to get one."""
-    from chemgen.generation import lineage
-    from chemgen.generation.protocol import model_spec
-    from chemgen.generation.runs import shipped_lineage
+    from chemgen import lineage
+    from chemgen.models.specs import model_spec
+    from chemgen.lineage import shipped_lineage
 
     spec = model_spec("diffspectra")
     folder = shipped_lineage(spec.shipped_config)
@@ -169,7 +169,7 @@ def default_model() -> Path:
 
 def load_elucidator(model: Any = None) -> Any:
     """A DiffSpectra from a lineage folder, a registry URI, an already loaded model, or (None) the shipped one."""
-    from chemgen.generation.jobs import load_model
+    from chemgen.models.loading import load_model
 
     if model is None:
         model = default_model()

@@ -1,19 +1,17 @@
 """Thermodynamic stability of crystals against an MP-20 convex hull.
 
-Three pieces:
+Two pieces (the third, turning relaxed energies into stability records and rates, is
+`chemgen.scoring.stability`):
 
 * `MP20Hull` — a convex hull in formation-energy space built from the formation energies of all
   45,229 MP-20 entries (train metadata + val + test), with every element at 0 eV/atom. One
   pymatgen `PhaseDiagram` is built per chemical system on first use and kept in memory, so a query
   costs milliseconds; building the entry table takes about a second, so it is rebuilt rather than
   cached on disk (`to_json`/`from_json` exist for moving it elsewhere; nothing is pickled).
-* The CHGNet route — relax a structure with CHGNet and turn its energy into a formation energy on
-  the same scale as the dataset column, then into an energy above the hull (one structure:
-  `chgnet_stability`; many: `chemgen.scoring.relax.relax_and_score`, batched).
-* The metrics — `stability_metrics`: the metastable rate (E_hull <= 0.1 eV/atom, the headline),
-  the hard stable rate (<= 0, kept for the literature) and the expected stable count
-  sum_i Phi(-E_hull_i / sigma), with sigma CHGNet's formation-energy error on held-out MP-20 test
-  rows after relaxation (`StabilitySigma`, cached beside the elemental references).
+* CHGNet's energy scale — the elemental references that turn a CHGNet energy into a formation energy
+  on the same scale as the dataset column (`ElementalReferences`), and CHGNet's formation-energy error
+  on held-out MP-20 test rows after relaxation (`StabilitySigma`, cached beside the references), which
+  `chemgen.scoring.stability` uses for the expected stable count sum_i Phi(-E_hull_i / sigma).
 
 Both CHGNet fits take minutes, so they are cached under `default_cache_dir`, in files named by a hash of
 their inputs (the content of the MP-20 files they read, the splits and rows, the CHGNet version, the
@@ -60,6 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from chemgen.paths import default_data_dir
+from chemgen.scoring.relax import chgnet_model
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -224,18 +223,10 @@ def load_mp20_hull(data_dir: str | Path | None = None) -> MP20Hull:
 
 
 # ----------------------------------------------------------------------------- CHGNet route
-def _chgnet_model(model: Any = None) -> Any:
-    if model is not None:
-        return model
-    from chgnet.model import CHGNet
-
-    return CHGNet.load(verbose=False)  # weights ship inside the wheel; no download
-
-
 def chgnet_energies_per_atom(structures: Sequence[Structure], model: Any = None,
                              batch_size: int = 16) -> np.ndarray:
     """CHGNet single-point energies (eV/atom, MP2020-compatible scale) of ``structures``."""
-    model = _chgnet_model(model)
+    model = chgnet_model(model)
     energies = np.empty(len(structures))
     for start in range(0, len(structures), batch_size):
         chunk = list(structures[start:start + batch_size])
@@ -243,28 +234,6 @@ def chgnet_energies_per_atom(structures: Sequence[Structure], model: Any = None,
         preds = [preds] if isinstance(preds, dict) else preds
         energies[start:start + len(chunk)] = [float(p["e"]) for p in preds]
     return energies
-
-
-@dataclass(frozen=True)
-class RelaxResult:
-    """A CHGNet relaxation: final structure, its energy (eV/atom) and the number of ionic steps."""
-
-    structure: Structure
-    energy_per_atom: float
-    steps: int
-
-
-def relax_with_chgnet(structure: Structure, fmax: float = 0.1, steps: int = 200,
-                      optimizer: Any = None, relax_cell: bool = True) -> RelaxResult:
-    """Relax positions and cell with CHGNet's `StructOptimizer` (FIRE) to ``fmax`` eV/A."""
-    if optimizer is None:
-        from chgnet.model import StructOptimizer
-
-        optimizer = StructOptimizer(model=_chgnet_model())
-    result = optimizer.relax(structure, fmax=fmax, steps=steps, relax_cell=relax_cell, verbose=False)
-    final = result["final_structure"]
-    trajectory = result["trajectory"]
-    return RelaxResult(final, float(trajectory.energies[-1]) / len(final), len(trajectory.energies))
 
 
 @dataclass
@@ -342,7 +311,7 @@ def build_chgnet_references(data_dir: str | Path | None = None, splits: Sequence
                                                                   "cif"]) for s in splits], ignore_index=True)
     if limit is not None:
         table = table.iloc[:limit]
-    model = _chgnet_model(model)
+    model = chgnet_model(model)
     energies = np.empty(len(table))
     start = time.perf_counter()
     for begin in range(0, len(table), progress_every):
@@ -402,7 +371,7 @@ def relax_mp20_rows(rows: pd.DataFrame, references: ElementalReferences, *, mode
 
     from pymatgen.core import Structure
 
-    from chemgen.scoring.relax import relax_structures
+    from chemgen.scoring.relax import relax_structures  # the batched FIRE of the generated crystals
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CIF rounding notices
@@ -627,109 +596,3 @@ def _write_json(path: str | Path, data: dict[str, Any]) -> None:
         json.dump(data, handle, indent=1)
 
 
-@dataclass(frozen=True)
-class StabilityRecord:
-    """CHGNet-relaxed energy, formation energy and energy above the MP-20 hull (eV/atom).
-
-    ``status`` is the batched relaxation's (`chemgen.scoring.relax.RelaxOutcome.status`:
-    converged, step_cap, time_budget, failed); None from the one-at-a-time `chgnet_stability`.
-    """
-
-    energy_per_atom: float
-    e_form_per_atom: float
-    e_above_hull: float
-    steps: int
-    structure: Structure | None = None
-    error: str | None = None
-    status: str | None = None
-
-
-def stability_record(composition: Composition, energy_per_atom: float, steps: int, structure: Structure | None,
-                     hull: MP20Hull, references: ElementalReferences, error: str | None = None,
-                     status: str | None = None) -> StabilityRecord:
-    """A relaxed CHGNet energy as a formation energy and E_hull on the MP-20 scale; NaN, with the
-    reason, where either cannot be had. One place for the one-at-a-time and the batched route."""
-    nan = float("nan")
-    if not np.isfinite(energy_per_atom):
-        return StabilityRecord(nan, nan, nan, steps, structure, error=error or "non-finite energy", status=status)
-    e_form = references.formation_energy_per_atom(composition, energy_per_atom)
-    try:
-        e_hull = hull.e_above_hull(composition, e_form)
-    except KeyError as exc:
-        return StabilityRecord(energy_per_atom, e_form, nan, steps, structure, error=str(exc), status=status)
-    return StabilityRecord(energy_per_atom, e_form, e_hull, steps, structure, error=error, status=status)
-
-
-def chgnet_stability(structure: Structure, hull: MP20Hull, references: ElementalReferences,
-                     optimizer: Any = None, fmax: float = 0.1, steps: int = 200) -> StabilityRecord:
-    """Relax with CHGNet, then E_form and E_hull on the MP-20 scale; failures are recorded, not raised."""
-    nan = float("nan")
-    comp = structure.composition
-    missing = sorted({el.symbol for el in comp.elements} - set(references.mu))
-    if missing:
-        return StabilityRecord(nan, nan, nan, 0, error=f"no elemental reference for {missing}")
-    try:
-        relaxed = relax_with_chgnet(structure, fmax=fmax, steps=steps, optimizer=optimizer)
-    except (ValueError, RuntimeError, IndexError) as exc:  # graph construction / NaN forces
-        return StabilityRecord(nan, nan, nan, 0, error=f"relaxation failed: {type(exc).__name__}: {exc}")
-    return stability_record(comp, relaxed.energy_per_atom, relaxed.steps, relaxed.structure, hull, references)
-
-
-def stable_probability(e_above_hull: Sequence[float], sigma: float | StabilitySigma) -> np.ndarray:
-    """P_i = Phi(-E_hull_i / sigma): the chance that DFT puts sample i on or below the hull, given
-    CHGNet's E_hull and a normal error of spread sigma; 0 where E_hull is NaN (not relaxed, failed)."""
-    from scipy.special import ndtr
-
-    s = sigma.sigma if isinstance(sigma, StabilitySigma) else float(sigma)
-    if not s > 0:
-        raise ValueError(f"sigma must be positive, got {s}")
-    e = np.asarray(e_above_hull, float)
-    return np.where(np.isfinite(e), ndtr(-np.where(np.isfinite(e), e, 0.0) / s), 0.0)
-
-
-def stability_metrics(e_above_hull: Sequence[float], n_total: int, sigma: float | StabilitySigma,
-                      unique_novel: Sequence[bool] | None = None, prefix: str = "chgnet_mp20",
-                      sun_prefix: str | None = None) -> dict[str, float]:
-    """Stability of generated crystals: the metastable rate (headline), hard and expected stable rates.
-
-    Parameters
-    ----------
-    e_above_hull : CHGNet E_hull per sample (eV/atom); NaN for samples not relaxed or failed
-    n_total : the denominator of every rate (all generated samples)
-    sigma : CHGNet's error spread (`load_chgnet_sigma`) for the probabilistic stable count
-    unique_novel : per sample, unique and novel (aligned with ``e_above_hull``); adds S.U.N. rates
-    prefix : key prefix of the stability metrics
-    sun_prefix : key prefix of the S.U.N. metrics (default ``prefix``), e.g. ``chgnet_mp20+mattergen``
-
-    Returns
-    -------
-    ``<prefix>/metastable_rate``: E_hull <= 0.1 eV/atom, MatterGen's "stable" and the headline: the
-    threshold is wide compared with CHGNet's error. ``<prefix>/stable_rate``: E_hull <= 0
-    (FlowMM / ADiT / LeMat), kept for comparison with the literature; on an MP-20 hull this hard
-    call is mostly the sign of CHGNet's error. ``<prefix>/expected_stable_count`` = sum_i P_i and
-    ``expected_stable_rate`` = that / n_total with P_i = `stable_probability`. Also ``n_relaxed``,
-    ``mean_e_above_hull`` and ``sigma``; with ``unique_novel``: ``<sun_prefix>/msun_rate``,
-    ``sun_rate`` and ``expected_sun_rate``.
-    """
-    e = np.asarray(e_above_hull, float)
-    finite = np.isfinite(e)
-    below = np.where(finite, e, np.inf)
-    stable, metastable = below <= STABLE_THRESHOLD, below <= METASTABLE_THRESHOLD
-    probability = stable_probability(e, sigma)
-    s = sigma.sigma if isinstance(sigma, StabilitySigma) else float(sigma)
-    n = float(n_total) if n_total > 0 else float("nan")
-    out = {f"{prefix}/metastable_rate": metastable.sum() / n,
-           f"{prefix}/stable_rate": stable.sum() / n,
-           f"{prefix}/expected_stable_rate": probability.sum() / n,
-           f"{prefix}/expected_stable_count": float(probability.sum()),
-           f"{prefix}/n_relaxed": float(finite.sum()),
-           f"{prefix}/mean_e_above_hull": float(e[finite].mean()) if finite.any() else float("nan"),
-           f"{prefix}/sigma": s}
-    if unique_novel is not None:
-        un = np.asarray(unique_novel, bool)
-        if un.shape != e.shape:
-            raise ValueError(f"unique_novel has {un.size} entries, e_above_hull {e.size}")
-        sun = sun_prefix or prefix
-        out |= {f"{sun}/msun_rate": (metastable & un).sum() / n, f"{sun}/sun_rate": (stable & un).sum() / n,
-                f"{sun}/expected_sun_rate": (probability * un).sum() / n}
-    return {k: float(v) for k, v in out.items()}

@@ -59,13 +59,19 @@ import numpy as np
 from rdkit import Chem, rdBase
 
 from chemgen.atoms import (
-    ATOMIC_NUMBERS,
     MAX_ATOMIC_NUMBER,
     SYMBOLS,
     AtomicSystem,
     InvalidSystemError,
 )
-from chemgen.bonds import BondPerceptionError, edm_bond_orders, rdkit_determine_bonds
+from chemgen.bonds import (
+    ALLOWED_VALENCES,
+    IN_EDM_DECODER,
+    BondPerceptionError,
+    allowed_valence,
+    edm_bond_orders,
+    rdkit_determine_bonds,
+)
 from chemgen.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -80,18 +86,6 @@ DEFAULT_PROTOCOLS: tuple[str, ...] = ("edm", "rdkit")
 # Each protocol's novelty reference: a relaxed protocol reads training molecules as its raw one does.
 REFERENCE_PROTOCOL: MappingProxyType[str, str] = MappingProxyType({"edm": "edm", "rdkit": "rdkit", "edm_mmff": "edm"})
 
-# EDM's ``allowed_bonds``: the valences (sums of bond orders) that make an atom stable.
-ALLOWED_VALENCES: MappingProxyType[str, tuple[int, ...]] = MappingProxyType({
-    "H": (1,), "C": (4,), "N": (3,), "O": (2,), "F": (1,), "B": (3,), "Al": (3,), "Si": (4,),
-    "P": (3, 5), "S": (4,), "Cl": (1,), "As": (3,), "Br": (1,), "I": (1,), "Hg": (1, 2), "Bi": (3, 5),
-})
-_MAX_VALENCE_COLUMN = 1 + max(max(v) for v in ALLOWED_VALENCES.values())
-# (Z+1, max+2) bool: _ALLOWED[z, v] for v clipped to the last column, which is always False.
-_ALLOWED = np.zeros((MAX_ATOMIC_NUMBER + 1, _MAX_VALENCE_COLUMN + 1), dtype=bool)
-for _symbol, _valences in ALLOWED_VALENCES.items():
-    _ALLOWED[ATOMIC_NUMBERS[_symbol], list(_valences)] = True
-_ALLOWED.flags.writeable = False
-_IN_EDM_DECODER = _ALLOWED.any(axis=1)
 _BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE}
 
 
@@ -134,12 +128,6 @@ def _failed(atomic_numbers: np.ndarray, failure: str) -> MoleculeOutcome:
     return MoleculeOutcome(atomic_numbers, np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool), None, failure)
 
 
-def allowed_valence(atomic_numbers: np.ndarray, valences: np.ndarray) -> np.ndarray:
-    """(N,) bool: each valence is one EDM allows for its element (False for unknown elements)."""
-    columns = np.clip(valences, 0, _MAX_VALENCE_COLUMN)  # larger valences land on the all-False column
-    return _ALLOWED[atomic_numbers, columns] & (valences >= 0)
-
-
 def build_edm_molecule(atomic_numbers: np.ndarray, orders: np.ndarray) -> Chem.Mol:
     """EDM's ``build_molecule``: atoms that may take implicit H and the distance-table bonds.
 
@@ -170,7 +158,7 @@ def largest_fragment_smiles(mol: Chem.Mol) -> str:
 def score_edm(system: AtomicSystem) -> MoleculeOutcome:
     """One molecule under the ``edm`` protocol."""
     numbers = system.atomic_numbers
-    unknown = sorted({SYMBOLS[z] for z in numbers[~_IN_EDM_DECODER[numbers]]})
+    unknown = sorted({SYMBOLS[z] for z in numbers[~IN_EDM_DECODER[numbers]]})
     if unknown:
         return _failed(numbers, f"elements {unknown} are outside EDM's atom decoder")
     orders = edm_bond_orders(numbers, system.pos)  # (N, N)

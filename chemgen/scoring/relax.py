@@ -45,8 +45,6 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pymatgen.core import Structure
 
-    from chemgen.scoring.hull import ElementalReferences, MP20Hull, StabilityRecord
-
 log = logging.getLogger(__name__)
 
 RelaxStatus = Literal["converged", "step_cap", "time_budget", "failed"]
@@ -313,12 +311,13 @@ def _forward_one(model: Any, graph: Any) -> tuple[float, np.ndarray, np.ndarray]
 
 
 # ----------------------------------------------------------------------------- the batched relaxer
-def _load_model(model: Any) -> Any:
+def chgnet_model(model: Any = None) -> Any:
+    """``model``, or CHGNet's pretrained model (its weights ship inside the wheel: no download)."""
     if model is not None:
         return model
     from chgnet.model import CHGNet
 
-    return CHGNet.load(verbose=False)  # weights ship inside the wheel
+    return CHGNet.load(verbose=False)
 
 
 class _Batch:
@@ -458,7 +457,7 @@ def relax_structures(structures: Sequence[Structure | None], model: Any = None, 
               "relax_cell": relax_cell, "params": fire}
     with _Progress(len(structures), progress) as bar:
         if workers <= 1:
-            model = _load_model(model)
+            model = chgnet_model(model)
             model.eval()
             model.graph_converter.set_isolated_atom_response("ignore")  # as StructOptimizer ("warn"), silently
             results = _relax_serial(structures, range(len(structures)), model,
@@ -514,7 +513,7 @@ def _init_worker(model: Any, messages: Any) -> None:
     import torch
 
     torch.set_num_threads(1)
-    model = _load_model(model)
+    model = chgnet_model(model)
     model.eval()
     model.graph_converter.set_isolated_atom_response("ignore")
     _WORKER.update(model=model, messages=messages)
@@ -566,42 +565,23 @@ def _drain(messages: Any, bar: _Progress, empty: type[Exception]) -> None:
         bar.done(status)
 
 
-# ----------------------------------------------------------------------------- relax, then score
-def relax_and_score(structures: Sequence[Structure | None], hull: MP20Hull, references: ElementalReferences, *,
-                    model: Any = None, fmax: float = 0.1, steps: int = 200, batch_size: int = 32,
-                    time_budget_s: float | None = None, workers: int = 1,
-                    progress: bool = True) -> list[StabilityRecord]:
-    """Batched `chgnet_stability`: relax all structures, then E_form and E_hull on the MP-20 scale.
+@dataclass(frozen=True)
+class RelaxResult:
+    """A CHGNet relaxation: final structure, its energy (eV/atom) and the number of ionic steps."""
 
-    Structures with an element that has no CHGNet reference are not relaxed (error recorded).
-    Structures stopped by the step cap or the time budget still get E_form and E_hull from their
-    last energy; ``status`` says so, and callers decide whether to count them.
-    """
-    from chemgen.scoring.hull import StabilityRecord
-
-    nan = math.nan
-    records: list[StabilityRecord | None] = [None] * len(structures)
-    todo: list[int] = []
-    for i, structure in enumerate(structures):
-        if structure is None:
-            records[i] = StabilityRecord(nan, nan, nan, 0, error="no structure", status="failed")
-            continue
-        missing = sorted({el.symbol for el in structure.composition.elements} - set(references.mu))
-        if missing:
-            records[i] = StabilityRecord(nan, nan, nan, 0, error=f"no elemental reference for {missing}",
-                                         status="failed")
-        else:
-            todo.append(i)
-    outcomes = relax_structures([structures[i] for i in todo], model, fmax=fmax, steps=steps, batch_size=batch_size,
-                                time_budget_s=time_budget_s, workers=workers, progress=progress)
-    for i, outcome in zip(todo, outcomes, strict=True):
-        records[i] = _score(structures[i], outcome, hull, references)
-    return records  # type: ignore[return-value]
+    structure: Structure
+    energy_per_atom: float
+    steps: int
 
 
-def _score(structure: Structure, outcome: RelaxOutcome, hull: MP20Hull,
-           references: ElementalReferences) -> StabilityRecord:
-    from chemgen.scoring.hull import stability_record
+def relax_with_chgnet(structure: Structure, fmax: float = 0.1, steps: int = 200,
+                      optimizer: Any = None, relax_cell: bool = True) -> RelaxResult:
+    """Relax positions and cell with CHGNet's `StructOptimizer` (FIRE) to ``fmax`` eV/A."""
+    if optimizer is None:
+        from chgnet.model import StructOptimizer
 
-    return stability_record(structure.composition, outcome.energy_per_atom, outcome.steps, outcome.structure, hull,
-                            references, error=outcome.error, status=outcome.status)
+        optimizer = StructOptimizer(model=chgnet_model())
+    result = optimizer.relax(structure, fmax=fmax, steps=steps, relax_cell=relax_cell, verbose=False)
+    final = result["final_structure"]
+    trajectory = result["trajectory"]
+    return RelaxResult(final, float(trajectory.energies[-1]) / len(final), len(trajectory.energies))

@@ -69,13 +69,14 @@ from rdkit.Chem import AllChem, rdDetermineBonds
 
 from chemgen.atoms import ATOMIC_NUMBERS, MAX_ATOMIC_NUMBER, SYMBOLS, AtomicSystem
 from chemgen.bonds import (
+    ALLOWED_VALENCES,
     SINGLE_BOND_PM,
+    allowed_valence,
     bonds_from_orders,
     edm_bond_orders,
     pairwise_distances,
 )
 from chemgen.errors import ChemgenError
-from chemgen.scoring.molecules import ALLOWED_VALENCES, allowed_valence
 
 MAX_ITERATIONS = 500  # MMFF94 / UFF minimiser steps: QM9-sized molecules converge in far fewer
 CONNECTIVITY_FACTOR = 1.3  # widened bond test: distance < 1.3 x EDM's single-bond length

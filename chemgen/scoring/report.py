@@ -52,11 +52,11 @@ def read_structures(path: str | os.PathLike, kind: str) -> tuple[list[AtomicSyst
 
 
 def _run_samples(path: Path, kind: str) -> tuple[list[AtomicSystem | None], list[str | None]]:
-    """The samples a training run saved (`chemgen.generation.training.save_samples`), read with
+    """The samples a training run saved (`chemgen.samples.save_samples`), read with
     ``weights_only`` (tensors only, never arbitrary pickles); a sample the decoder could not turn into a
     structure is scored invalid with its reason."""
-    from chemgen.generation.records import split_failures, to_systems
-    from chemgen.generation.runs import load_samples
+    from chemgen.samples import split_failures, to_systems
+    from chemgen.samples import load_samples
 
     try:
         decoded = load_samples(path)
@@ -128,7 +128,7 @@ def training_references(dataset: str = "mp20", data_dir: str | None = None) -> A
     None when the dataset has no training split on hand.
     """
     from chemgen.data.crystals import dataset_dir, source_files
-    from chemgen.scoring.crystals import ReferenceSet
+    from chemgen.scoring.crystal_novelty import ReferenceSet
 
     train = [f for f in source_files(dataset, data_dir) if f.source_split == "train"]
     if not train:
@@ -157,7 +157,7 @@ def score_generated(items: Sequence[AtomicSystem | None], reasons: Sequence[str 
     training SMILES (curated, LATEST or ``version``) for novelty; for crystals the training split
     for novelty (`training_references`) and 1,000 curated test structures for the distribution
     distances."""
-    from chemgen.dense import resolve_dataset
+    from chemgen.datasets import resolve_dataset
 
     dataset, kind = resolve_dataset(dataset)
     if kind == "molecule":

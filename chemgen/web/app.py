@@ -118,7 +118,7 @@ async def _elucidation_job(request: Request) -> str:
 
 
 async def _screening_job(request: Request) -> str:
-    from workflows.screen import parse_chemical_system
+    from chemgen.flows.screen import parse_chemical_system
 
     settings: WebSettings = request.app.state.settings
     form = await request.form(max_files=0, max_fields=10)

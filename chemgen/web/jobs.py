@@ -225,7 +225,7 @@ def warm_up_prefect() -> None:
 
 def _hello() -> None:
     try:
-        from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
+        from chemgen.flows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
@@ -236,10 +236,10 @@ def _hello() -> None:
 
 def _read_flow_run(flow_run_id: str) -> tuple[str, float | None, str] | None:
     try:
-        from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
+        from chemgen.flows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
         from prefect.client.orchestration import get_client
 
-        from workflows.progress import read_progress
+        from chemgen.flows.progress import read_progress
 
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(uuid.UUID(flow_run_id))

@@ -97,7 +97,7 @@ def flow_model(kind: str, value: str) -> str:
     """The flow's ``model`` argument for a value `job_models` offered: the registry URI itself, or the shipped
     checkpoint's folder (found by the server, never named by the client)."""
     if value == SHIPPED:
-        from chemgen.generation.runs import shipped_lineage
+        from chemgen.lineage import shipped_lineage
 
         return str(shipped_lineage(SHIPPED_CONFIGS[kind]))
     return value

@@ -55,7 +55,7 @@ def flow_call(job: Path, record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     params = dict(record["params"])
     out = str(job / "out")
     if record["kind"] == "elucidation":
-        from workflows.elucidate import elucidate_batch as flow
+        from chemgen.flows.elucidate import elucidate_batch as flow
 
         files = [f"{u['kind']}:{job / u['stored']}" for u in record["uploads"]]
         query = {"files": files, "name": "query"}
@@ -64,7 +64,7 @@ def flow_call(job: Path, record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
             query["formula"] = formula
         kwargs = {"queries": [query], "out_dir": out, **params}
     elif record["kind"] == "screening":
-        from workflows.screen import crystal_screening as flow
+        from chemgen.flows.screen import crystal_screening as flow
 
         kwargs = {"out_dir": out, **params}
     else:
@@ -78,7 +78,7 @@ def run_job(job: Path) -> int:
     write_json(job / "runner.json", {"pid": os.getpid(), "queued": time.strftime("%Y-%m-%dT%H:%M:%S")})
     with worker_slot(job.parent.parent / "slots", int(record.get("workers", 1))):
         try:
-            from workflows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
+            from chemgen.flows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
             from prefect import tags
 
             flow, kwargs = flow_call(job, record)

@@ -20,7 +20,7 @@ run() {
   if [ "$BENCH" = 1 ]; then
     bench=(--benchmark "$PACKS/test.pt" --benchmark-samples "$SAMPLES" ${STEPS:+--benchmark-steps "$STEPS"})
   fi
-  python3 -m chemgen.generation.remote --model diffspectra --config cpu --packs "$PACKS" "${bench[@]}" \
+  python3 -m chemgen.training.standalone --model diffspectra --config cpu --packs "$PACKS" "${bench[@]}" \
     --tokens-per-batch "$TOKENS" --deadline-minutes "$DEADLINE" --reserve-minutes "$RESERVE" \
     --data "$(cat "$PACKS/data.txt")" "$@"
 }

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chemgen.data import BUILDERS
+from chemgen.datasets import curation_recipe
 from chemgen.data.crystals import assign_splits, canonical_crystal, source_files
 from chemgen.data.store import curate, list_datasets, load
 
@@ -30,7 +30,7 @@ def test_conventional_cell_reduces_to_primitive():
 
 
 def test_mp20_slice_curates_with_in_house_protocol(mp20_slice_dir, store):
-    result = curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), root=store, progress=False)
+    result = curate(curation_recipe("mp20", data_dir=mp20_slice_dir), root=store, progress=False)
     m = result.manifest
     assert m["counts"] == {"rows_read": 120, "curated": 120, "bad": 0}
     assert m["splits"] == {"train": 40 + 36, "valid": 4, "test": 40}
@@ -48,7 +48,7 @@ def test_bad_rows_are_reported_with_reasons_not_dropped(tmp_path, mp20_slice_dir
     test.loc[1, "cif"] = "data_broken\n_cell_length_a 3.0\n"
     test.loc[3, "cif"] = ""
     test.to_csv(folder / "test.csv", index=False)
-    result = curate(BUILDERS["mp20"](data_dir=folder), root=store, progress=False)
+    result = curate(curation_recipe("mp20", data_dir=folder), root=store, progress=False)
     m = result.manifest
     assert m["counts"]["bad"] == 2 and m["counts"]["curated"] == 3
     reasons = [ex["reason"] for ex in m["bad_rows"]["examples"]]
@@ -62,7 +62,7 @@ def test_corrupt_csv_names_the_file(tmp_path, store):
     folder.mkdir()
     (folder / "test.csv.gz").write_bytes(gzip.compress(b"\x00\x01not,a\ncsv") [:-4])
     with pytest.raises(ValueError, match="test.csv.gz"):
-        BUILDERS["perov5"](data_dir=folder)
+        curation_recipe("perov5", data_dir=folder)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
@@ -72,7 +72,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("name", ["mpts52", "perov5", "carbon24"])
 def test_other_cdvae_sets_curate(name, data_dir, store):
-    result = curate(BUILDERS[name](data_dir=data_dir, limit=8), root=store, progress=False)
+    result = curate(curation_recipe(name, data_dir=data_dir, limit=8), root=store, progress=False)
     assert result.manifest["counts"]["curated"] == 16 and result.manifest["counts"]["bad"] == 0
     assert result.manifest["splits"]["valid"] == 8 and result.manifest["splits"]["test"] == 8
     assert all(s.pbc and s.dataset == name for s in load(name, version=result.version, root=store))
@@ -106,7 +106,7 @@ def test_each_unusable_cell_is_a_bad_row_naming_file_row_and_column(tmp_path, mp
         frame.loc[5, "band_gap"] = "inf"
         return frame
 
-    result = curate(BUILDERS["mp20"](data_dir=_test_file(tmp_path, mp20_slice_dir, edit)), root=store, progress=False)
+    result = curate(curation_recipe("mp20", data_dir=_test_file(tmp_path, mp20_slice_dir, edit)), root=store, progress=False)
     m = result.manifest
     assert m["counts"] == {"rows_read": 10, "curated": 5, "bad": 5}
     bad = {ex["row"]: ex for ex in m["bad_rows"]["examples"]}
@@ -131,7 +131,7 @@ def test_forty_copies_of_an_id_keep_the_first(tmp_path, mp20_slice_dir, store):
     def edit(frame):
         return pd.concat([frame.head(1)] * 41 + [frame.iloc[1:3]], ignore_index=True)
 
-    result = curate(BUILDERS["mp20"](data_dir=_test_file(tmp_path, mp20_slice_dir, edit)), root=store, progress=False)
+    result = curate(curation_recipe("mp20", data_dir=_test_file(tmp_path, mp20_slice_dir, edit)), root=store, progress=False)
     assert result.manifest["counts"] == {"rows_read": 43, "curated": 3, "bad": 40}
     assert result.manifest["bad_rows"]["by_kind"] == {"duplicate id": 40}
     assert len({s.material_id for s in load("mp20", root=store)}) == 3
@@ -142,7 +142,7 @@ def test_a_header_only_split_is_an_error_naming_the_file(tmp_path, mp20_slice_di
 
     folder = _test_file(tmp_path, mp20_slice_dir, lambda frame: frame.head(0))
     with pytest.raises(CurationError, match=r"mp_20/test\.csv: no data rows"):
-        BUILDERS["mp20"](data_dir=folder)
+        curation_recipe("mp20", data_dir=folder)
 
 
 def test_a_file_none_of_whose_rows_curates_is_an_error_naming_it(tmp_path, mp20_slice_dir, store):
@@ -154,7 +154,7 @@ def test_a_file_none_of_whose_rows_curates_is_an_error_naming_it(tmp_path, mp20_
 
     folder = _test_file(tmp_path, mp20_slice_dir, edit, rows=3)
     with pytest.raises(CurationError, match=r"test\.csv: none of its 3 row\(s\) could be curated .*row 0"):
-        curate(BUILDERS["mp20"](data_dir=folder), root=store, progress=False)
+        curate(curation_recipe("mp20", data_dir=folder), root=store, progress=False)
     assert list_datasets(store).get("mp20", []) == []  # nothing stored
 
 
@@ -170,7 +170,7 @@ def test_absurd_cells_are_bad_rows_found_before_the_costly_reduction(tmp_path, m
         return frame
 
     start = time.perf_counter()
-    result = curate(BUILDERS["mp20"](data_dir=_test_file(tmp_path, mp20_slice_dir, edit, rows=4)), root=store,
+    result = curate(curation_recipe("mp20", data_dir=_test_file(tmp_path, mp20_slice_dir, edit, rows=4)), root=store,
                     progress=False)
     assert time.perf_counter() - start < 30
     reasons = [ex["reason"] for ex in result.manifest["bad_rows"]["examples"]]
@@ -180,12 +180,13 @@ def test_absurd_cells_are_bad_rows_found_before_the_costly_reduction(tmp_path, m
 
 def test_real_files_read_as_before(mp20_slice_dir):
     # The checked reader gives the numbers pandas gives, with the same types, and no problem on real rows.
-    from chemgen.data.crystals import DATASETS, SourceFile, _clean, read_rows
+    from chemgen.data.crystals import SourceFile, _clean, read_rows
+    from chemgen.datasets import crystal_source
 
     source = SourceFile(mp20_slice_dir / "val.csv.gz", "val")
-    checked, plain = read_rows(source, DATASETS["mp20"]), pd.read_csv(source.path)
+    checked, plain = read_rows(source, crystal_source("mp20")), pd.read_csv(source.path)
     assert checked["row_problem"].isna().all()
-    for column in DATASETS["mp20"].property_columns:
+    for column in crystal_source("mp20").property_columns:
         for a, b in zip(plain[column], checked[column]):
             a, b = _clean(a), _clean(b)
             assert (a is None and b is None) or (a == b and type(a) is type(b))

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from chemgen.data import BUILDERS
+from chemgen.datasets import curation_recipe
 from chemgen.data.store import (
     DatasetBuilder,
     StoreError,
@@ -89,7 +89,7 @@ def test_loading_an_uncurated_dataset_says_what_to_run(store):
 
 
 def test_qm9_slice_keeps_edm_split_labels(store):
-    result = curate(BUILDERS["qm9"](limit=300), root=store, progress=False)
+    result = curate(curation_recipe("qm9", limit=300), root=store, progress=False)
     assert result.manifest["counts"]["curated"] == 300
     systems = load("qm9", version=result.version, root=store)
     from chemgen.data.qm9 import edm_split
@@ -101,15 +101,15 @@ def test_qm9_slice_keeps_edm_split_labels(store):
 
 
 def test_a_slice_never_moves_latest(store):
-    from chemgen.data import BUILDERS
+    from chemgen.datasets import curation_recipe
     from chemgen.data.store import StoreError, curate, load, read_manifest
 
-    small = curate(BUILDERS["qm9"](limit=30), root=store, progress=False)
+    small = curate(curation_recipe("qm9", limit=30), root=store, progress=False)
     assert small.sliced and not (store / "qm9" / "LATEST").exists()
     with pytest.raises(StoreError, match="name one as qm9@VERSION"):
         read_manifest("qm9", root=store)
     assert len(load("qm9", version=small.version, root=store)) == 30
-    again = curate(BUILDERS["qm9"](limit=30), root=store, progress=False)
+    again = curate(curation_recipe("qm9", limit=30), root=store, progress=False)
     assert again.reused and not (store / "qm9" / "LATEST").exists()
 
 
@@ -223,7 +223,7 @@ def test_leftovers_of_killed_runs_are_removed_under_the_lock(tmp_path, store, qm
 def test_data_info_refuses_a_path_for_a_name(tmp_path, store, qm9_systems):
     from typer.testing import CliRunner
 
-    from chemgen.cli import app
+    from chemgen.cli.app import app
 
     curate(make_builder(tmp_path, qm9_systems[:3]), root=store, progress=False)
     result = CliRunner().invoke(app, ["data", "info", "../../x", "--version", "v1", "--store", str(store)])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from chemgen.data import BUILDERS
+from chemgen.datasets import curation_recipe
 from chemgen.data.store import (
     KILL_AT_ENV,
     curate,
@@ -30,11 +30,11 @@ ROWS = 8  # per source file: seconds per curation, most of it the child's import
 # The same call `chemgen data prepare mp20 --data-dir D --store S [--force]` makes.
 CHILD = """
 import sys
-from chemgen.data import BUILDERS
+from chemgen.datasets import curation_recipe
 from chemgen.data import store
 if sys.argv[4] == "no-exchange":
     store._RENAMEAT2 = None  # as on a system without renameat2: the old copy is moved aside, then the new one in
-result = store.curate(BUILDERS["mp20"](data_dir=sys.argv[1]), root=sys.argv[2], force=sys.argv[3] == "force",
+result = store.curate(curation_recipe("mp20", data_dir=sys.argv[1]), root=sys.argv[2], force=sys.argv[3] == "force",
                       progress=False)
 print("reused" if result.reused else "built", result.version)
 """
@@ -80,7 +80,7 @@ def assert_loadable(store: Path, version: str, rows: int) -> None:
     ("trash-half-deleted", [".trash-"]),  # the old copy half deleted
 ])
 def test_sigkill_at_each_step_of_force_leaves_a_loadable_store(step, left, tiny_mp20, store):
-    first = curate(BUILDERS["mp20"](data_dir=tiny_mp20), root=store, progress=False)
+    first = curate(curation_recipe("mp20", data_dir=tiny_mp20), root=store, progress=False)
     rows = first.manifest["counts"]["curated"]
     assert rows == 3 * ROWS and not first.reused
 
@@ -94,7 +94,7 @@ def test_sigkill_at_each_step_of_force_leaves_a_loadable_store(step, left, tiny_
 
     assert_loadable(store, first.version, rows)  # right after the kill, before any repair
 
-    again = curate(BUILDERS["mp20"](data_dir=tiny_mp20), root=store, progress=False, lock_timeout=10)
+    again = curate(curation_recipe("mp20", data_dir=tiny_mp20), root=store, progress=False, lock_timeout=10)
     assert again.reused and again.version == first.version  # the copy in place verified
     assert leftovers(store) == []  # what the killed run left is gone
     assert_loadable(store, first.version, rows)
@@ -103,20 +103,20 @@ def test_sigkill_at_each_step_of_force_leaves_a_loadable_store(step, left, tiny_
 def test_sigkill_between_the_two_renames_without_an_atomic_swap_is_repaired_by_the_next_run(tiny_mp20, store):
     # Without renameat2 the version is missing for a moment; a kill then leaves the complete old copy aside,
     # and the next curation (under the lock, before anything else) puts it back and verifies it.
-    first = curate(BUILDERS["mp20"](data_dir=tiny_mp20), root=store, progress=False)
+    first = curate(curation_recipe("mp20", data_dir=tiny_mp20), root=store, progress=False)
     killed = child(tiny_mp20, store, force=True, kill_at="moved-aside", exchange=False,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
     assert not first.path.exists() and [n.split("-")[0] for n in leftovers(store)] == [".tmp", ".trash"]
 
-    again = curate(BUILDERS["mp20"](data_dir=tiny_mp20), root=store, progress=False, lock_timeout=10)
+    again = curate(curation_recipe("mp20", data_dir=tiny_mp20), root=store, progress=False, lock_timeout=10)
     assert again.reused and leftovers(store) == []
     assert_loadable(store, first.version, first.manifest["counts"]["curated"])
 
 
 def test_force_without_an_atomic_swap_replaces_the_version(tiny_mp20, store):
-    first = curate(BUILDERS["mp20"](data_dir=tiny_mp20), root=store, progress=False)
+    first = curate(curation_recipe("mp20", data_dir=tiny_mp20), root=store, progress=False)
     run = child(tiny_mp20, store, force=True, exchange=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err

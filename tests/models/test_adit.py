@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from chemgen.config import ADiTConfig, DiTConfig, FlowConfig, TrainConfig, VAEConfig, load_config
+from chemgen.models.adit.config import ADiTConfig, DiTConfig, FlowConfig, VAEConfig
+from chemgen.config import TrainConfig
+from chemgen.models.specs import load_config
 from chemgen.data.tensors import TensorPack
 from chemgen.geometry import cell_from_parameters, lattice_parameters, random_rotation
 from chemgen.models.adit import ADiT
-from chemgen.generation.records import Failure, to_systems
+from chemgen.samples import Failure, to_systems
 from chemgen.models.adit.vae import AllAtomVAE
 
 
@@ -212,7 +214,7 @@ def test_dit_loss_falls_and_sampling_is_reproducible(pack):
 
 
 def test_degenerate_lattices_become_failures_not_exceptions():
-    from chemgen.models.adit.model import DecodedBatch
+    from chemgen.models.adit.vae import DecodedBatch
 
     mask = torch.ones(1, 2, dtype=torch.bool)
     decoded = DecodedBatch(torch.tensor([[6, 6]]), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 3, 3),
@@ -224,7 +226,7 @@ def test_degenerate_lattices_become_failures_not_exceptions():
 def test_both_stages_train_through_the_shared_trainer_and_log_diagnostics(pack, tmp_path):
     """The shared trainer (Lightning under `fit`) trains ADiT's stages in order; each stage's monitor measures
     held-out systems: reconstruction errors and EDM stability of reconstructed molecules, then the DiT's error."""
-    from chemgen.generation.training import train_stages
+    from chemgen.training.stages import train_stages
 
     logged: list[dict[str, float]] = []
     config = small_config()
@@ -333,23 +335,6 @@ def test_repa_aligns_middle_dit_states_with_the_frozen_encoder_and_is_optional_i
     model.load_checkpoint_groups(ADiT(plain).checkpoint_groups())      # a plain lineage, REPA on: a fresh projector
 
 
-def test_model_folders_of_versions_registered_before_lineages_still_load(tmp_path):
-    """Registered versions from before the generation layer hold vae.pt + dit.pt and import load_adit from
-    chemgen.models.adit.train in their logged pyfunc code: that path keeps working."""
-    from chemgen.models.adit.train import load_adit
-
-    torch.manual_seed(0)
-    model = ADiT(small_config())
-    groups = model.checkpoint_groups()
-    torch.save({"format": 1, "config": model.config.to_dict(), "state": {"vae": groups["vae"]}}, tmp_path / "vae.pt")
-    torch.save({"format": 1, "config": model.config.to_dict(),
-                "state": {k: v for k, v in groups.items() if k != "vae"}}, tmp_path / "dit.pt")
-    loaded = load_adit(tmp_path)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
-    with pytest.raises(FileNotFoundError, match="no such model file"):
-        load_adit(tmp_path / "elsewhere")
-
-
 def test_continued_training_keeps_the_lineages_size_histograms(qm9_systems, mp20_systems):
     """Fine-tuning on a slice must not change the sizes a model draws: rows a lineage has are kept, new ones filled."""
     torch.manual_seed(0)
@@ -357,8 +342,8 @@ def test_continued_training_keeps_the_lineages_size_histograms(qm9_systems, mp20
     model.training_stage("dit", TensorPack.from_systems(qm9_systems[:20]))
     before = model.num_atoms_histogram.clone()
     model.training_stage("dit", TensorPack.from_systems([*qm9_systems[20:24], *mp20_systems[:6]]))
-    from chemgen.dense import DATASET_INDEX
+    from chemgen.datasets import dataset_label
 
-    qm9, mp20 = DATASET_INDEX["qm9"], DATASET_INDEX["mp20"]
+    qm9, mp20 = dataset_label("qm9"), dataset_label("mp20")
     assert torch.equal(model.num_atoms_histogram[qm9], before[qm9]) and model.num_atoms_histogram[qm9].sum() == 20
     assert model.num_atoms_histogram[mp20].sum() == 6   # a dataset the lineage had not seen: filled from the data

@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from chemgen import tracking
-from chemgen.cli import app
-from chemgen.data import BUILDERS
+from chemgen.cli.app import app
+from chemgen.datasets import curation_recipe
 from chemgen.data.store import curate
 
 runner = CliRunner()
@@ -15,9 +15,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory, mp20_slice_dir):
-    qm9 = curate(BUILDERS["qm9"](limit=200), progress=False)
+    qm9 = curate(curation_recipe("qm9", limit=200), progress=False)
     assert qm9.sliced  # a slice is a version of its own and never becomes LATEST
-    curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)
+    curate(curation_recipe("mp20", data_dir=mp20_slice_dir), progress=False)
     out = tmp_path_factory.mktemp("adit")
     train = ["train", "adit", "--config", "tiny", "--steps", "vae=8,dit=8", "--out", str(out / "run"), "--samples", "0",
              "--tokens-per-batch", "256"]
@@ -89,7 +89,7 @@ def test_cli_sweeps_sampling_settings_and_scores_every_cell(registered, tmp_path
 def test_cli_trains_through_a_lineage_then_scores_promotes_and_samples_it(registered, tmp_path):
     """`chemgen train adit`: packs from the store, the shared trainer, diagnostics, samples, then the gate; a second
     run continues the promoted lineage and its steps and run log accumulate."""
-    from chemgen.generation import lineage
+    from chemgen import lineage
 
     target = tmp_path / "weights" / "adit-tiny"
     data = (registered / "data").read_text().split()

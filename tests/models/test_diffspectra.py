@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from chemgen.config import ConfigError, from_dict, load_config
+from chemgen.config import ConfigError, from_dict
+from chemgen.models.specs import load_config
 from chemgen.data.tensors import TensorPack
 from chemgen.diffusion.vp import project
 from chemgen.errors import UsageError
-from chemgen.generation import protocol
-from chemgen.generation.protocol import Generator, ModelSpec
-from chemgen.generation.resident import ResidentBatches
-from chemgen.generation.trainer import EMA, WSDSchedule, fit
+from chemgen.models import specs
+from chemgen.models.protocol import Generator, ModelSpec
+from chemgen.training.resident import ResidentBatches
+from chemgen.training.loop import EMA, WSDSchedule, fit
 from chemgen.geometry import random_rotation
 from chemgen.models.diffspectra.config import PRESETS, DiffSpectraConfig, preset
 from chemgen.models.diffspectra.data import batch_bonds, spectra_pack
@@ -96,11 +97,11 @@ def test_presets_sizes_yaml_round_trip_and_load_config(monkeypatch, tmp_path):
     assert (gpu.denoiser_train.lr, gpu.specformer_train.lr, gpu.denoiser_train.ema_decay) == (2e-4, 4e-4, 0.999)
     assert gpu.diffusion.num_steps == 1000 and gpu.pretrain.position_noise == 0.04
     # once registered, the shared loader reads the same files into the same dataclass
-    monkeypatch.setitem(protocol.MODELS, "diffspectra", ModelSpec(
+    monkeypatch.setitem(specs.MODELS, "diffspectra", ModelSpec(
         "diffspectra", "chemgen.models.diffspectra.model:DiffSpectra",
         "chemgen.models.diffspectra.config:DiffSpectraConfig", "chemgen-diffspectra", "diffspectra-cpu", ("qm9",)))
     assert load_config("tiny", "diffspectra") == TINY
-    assert isinstance(protocol.generator_class("diffspectra")(TINY), Generator)
+    assert isinstance(specs.generator_class("diffspectra")(TINY), Generator)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndmt:\n  cond_dim: 32\n")
     with pytest.raises(ConfigError, match="cond_dim 32 must equal specformer.output_dim 256"):
@@ -262,7 +263,10 @@ def test_the_spectra_change_the_denoisers_output_for_the_same_state(trained, hel
     assert (out.nodes[0] - out.nodes[1]).abs().max() > 1e-4
     assert (out.pos[0] - out.pos[1]).abs().max() > 1e-6
     same = model.denoise(z_t, lam, batch.mask[[0, 0]], cond[[0, 0]])
-    assert torch.equal(same.nodes[0], same.nodes[1])
+    # two rows of one batch may take different kernel paths (vector width, blocking): equal within float32 rounding,
+    # far below the difference the spectra make above
+    torch.testing.assert_close(same.nodes[0], same.nodes[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(same.pos[0], same.pos[1], rtol=1e-5, atol=1e-6)
     # an absent modality is a different condition (one model for IR + Raman, IR only, Raman only)
     ir_only = model.condition(spectra, torch.tensor([[True, False], [True, False]]))
     assert not torch.allclose(ir_only, cond)

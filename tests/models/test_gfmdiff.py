@@ -20,7 +20,7 @@ from chemgen.bonds import (
 )
 from chemgen.config import from_dict
 from chemgen.data.tensors import TensorPack
-from chemgen.generation.protocol import Generator
+from chemgen.models.protocol import Generator
 from chemgen.geometry import random_rotation
 from chemgen.models.gfmdiff import PRESETS, GFMDiff, GFMDiffConfig, preset
 from chemgen.models.gfmdiff.bonds import (

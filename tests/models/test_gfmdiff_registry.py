@@ -7,17 +7,17 @@ import pytest
 from typer.testing import CliRunner
 
 from chemgen import tracking
-from chemgen.cli import app
-from chemgen.data import BUILDERS
+from chemgen.cli.app import app
+from chemgen.datasets import curation_recipe
 from chemgen.data.store import curate
-from chemgen.generation import lineage
+from chemgen import lineage
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    qm9 = curate(BUILDERS["qm9"](limit=200), progress=False)
+    qm9 = curate(curation_recipe("qm9", limit=200), progress=False)
     out = tmp_path_factory.mktemp("gfmdiff")
     data = ["--data", f"qm9@{qm9.version}"]
     trained = runner.invoke(app, ["train", "gfmdiff", "--config", "tiny", "--steps", "denoiser=6", "--out",

@@ -11,22 +11,12 @@ import pandas as pd
 import pytest
 
 from chemgen.atoms import AtomicSystem
-from chemgen.scoring.crystals import (
-    KNOWN,
-    NOVEL,
-    UNDETERMINED,
-    ReferenceSet,
-    coverage,
-    novel_mask,
-    novelty_verdicts,
-    plot_crystal_scores,
-    score_crystals,
-    smact_validity,
-    structure_validity,
-    unique_mask,
-    wasserstein_metrics,
-)
-from chemgen.scoring.hull import MP20Hull, fit_elemental_references, stability_metrics
+from chemgen.scoring.crystal_novelty import KNOWN, NOVEL, ReferenceSet, UNDETERMINED, novel_mask, novelty_verdicts, unique_mask
+from chemgen.scoring.crystal_distribution import coverage, wasserstein_metrics
+from chemgen.scoring.crystals import plot_crystal_scores, score_crystals
+from chemgen.scoring.crystal_validity import smact_validity, structure_validity
+from chemgen.scoring.hull import MP20Hull, fit_elemental_references
+from chemgen.scoring.stability import stability_metrics
 
 DATA_DIR = Path(os.environ.get("CHEMGEN_DATA_DIR", Path(__file__).resolve().parents[2] / "../shared/data"))
 MP20 = DATA_DIR / "mp_20"
@@ -147,7 +137,7 @@ def test_smact_validity_of_the_mp20_test_split_matches_the_audit(monkeypatch: py
     the SMACT14 file as smact >= 2.6 ships it (Ir's -3 instead of -2: one composition differs).
     ADiT's smact 2.6: 8,236 (91.05 %).
     """
-    from chemgen.scoring import crystals
+    from chemgen.scoring import crystal_validity
 
     compositions = _mp20_test_compositions()
     assert len(compositions) == 9046
@@ -157,9 +147,9 @@ def test_smact_validity_of_the_mp20_test_split_matches_the_audit(monkeypatch: py
 
     assert n_valid("2.2.1") == 8244
     assert n_valid("2.6") == 8236
-    release = crystals.SMACT_RELEASES["2.2.1"]
-    monkeypatch.setitem(crystals.SMACT_RELEASES, "2.2.1 rule, 2.6 data",
-                        crystals.SmactRelease("audit", release.pauling_test))
+    release = crystal_validity.SMACT_RELEASES["2.2.1"]
+    monkeypatch.setitem(crystal_validity.SMACT_RELEASES, "2.2.1 rule, 2.6 data",
+                        crystal_validity.SmactRelease("audit", release.pauling_test))
     assert round(100 * n_valid("2.2.1 rule, 2.6 data") / 9046, 2) == 91.15
 
 
@@ -255,7 +245,7 @@ def test_mp20_training_reference_marks_rows_without_coordinates_undetermined() -
 
 def test_validity_does_not_depend_on_whether_coverage_is_computed(monkeypatch: pytest.MonkeyPatch,
                                                                    test_structures: list) -> None:
-    from chemgen.scoring import crystals
+    from chemgen.scoring import crystal_distribution, crystals
 
     samples = test_structures[:6]
     failing = samples[2]
@@ -266,7 +256,7 @@ def test_validity_does_not_depend_on_whether_coverage_is_computed(monkeypatch: p
         return np.zeros(61), np.zeros(132)
 
     monkeypatch.setattr(crystals, "matminer_available", lambda: True)
-    monkeypatch.setattr(crystals, "fingerprints", fingerprints)
+    monkeypatch.setattr(crystal_distribution, "fingerprints", fingerprints)
     without = score_crystals(samples)
     with_cov = score_crystals(samples, ground_truth=samples[3:], compute_coverage=True)
     assert [r.valid for r in with_cov.records] == [r.valid for r in without.records]
@@ -284,7 +274,7 @@ def test_wasserstein_and_coverage_math() -> None:
     shifted = wasserstein_metrics(dens + 1.0, nel, dens, nel)
     assert shifted["cdvae/wdist_density"] == pytest.approx(1.0)
 
-    from chemgen.scoring.crystals import MAGPIE_SCALER_MEANS
+    from chemgen.scoring.crystal_distribution import MAGPIE_SCALER_MEANS
 
     struct_fp = rng.uniform(size=(20, 61))
     comp_fp = MAGPIE_SCALER_MEANS + rng.normal(size=(20, 132))
@@ -296,7 +286,7 @@ def test_wasserstein_and_coverage_math() -> None:
 
 def test_crystalnn_fingerprints_if_matminer_is_installed(test_structures: list) -> None:
     pytest.importorskip("matminer")
-    from chemgen.scoring.crystals import fingerprints
+    from chemgen.scoring.crystal_distribution import fingerprints
 
     struct_fp, comp_fp = fingerprints(test_structures[0])
     assert struct_fp.shape == (61,) and comp_fp.shape == (132,)
@@ -346,7 +336,8 @@ def test_chgnet_relaxation_gives_e_above_hull_near_the_column(hull: MP20Hull, te
     from chgnet.model import CHGNet, StructOptimizer
     from pymatgen.core import Composition
 
-    from chemgen.scoring.hull import chgnet_energies_per_atom, chgnet_stability
+    from chemgen.scoring.hull import chgnet_energies_per_atom
+    from chemgen.scoring.stability import chgnet_stability
 
     torch.set_num_threads(1)
     # Three canonical Li-Mg test rows (LiMg, Li2Mg, LiMg2); the Li-Mg system has 17 val rows to fit on.

@@ -12,10 +12,8 @@ from rdkit.Chem import AllChem
 import chemgen.bonds as bonds
 from chemgen.atoms import AtomicSystem
 from chemgen.data.qm9 import iter_qm9, read_qm9_frame
-from chemgen.scoring.molecules import (
-    ALLOWED_VALENCES, MoleculeScores, ProtocolScores, allowed_valence, novel_smiles, plot_molecule_scores,
-    rdkit_stable_atoms, reference_smiles, score_molecules, score_one, uniqueness,
-)
+from chemgen.bonds import ALLOWED_VALENCES, allowed_valence
+from chemgen.scoring.molecules import MoleculeScores, ProtocolScores, novel_smiles, plot_molecule_scores, rdkit_stable_atoms, reference_smiles, score_molecules, score_one, uniqueness
 from chemgen.scoring.relax_molecules import aligned_rmsd, relax_molecule, widened_connectivity
 
 SAMPLE_SIZE = 2000

@@ -15,25 +15,10 @@ import pandas as pd
 import pytest
 from ase.calculators.calculator import Calculator, all_changes
 
-from chemgen.scoring.hull import (
-    HullEntry,
-    MP20Hull,
-    StabilitySigma,
-    load_chgnet_sigma,
-    residual_stats,
-    sample_mp20_rows,
-    stability_metrics,
-    stable_probability,
-)
-from chemgen.scoring.relax import (
-    FireParams,
-    FireState,
-    RelaxOutcome,
-    fire_step,
-    frechet_cell_force,
-    relax_and_score,
-    relax_structures,
-)
+from chemgen.scoring.hull import HullEntry, MP20Hull, StabilitySigma, load_chgnet_sigma, residual_stats, sample_mp20_rows
+from chemgen.scoring.stability import stability_metrics, stable_probability
+from chemgen.scoring.relax import FireParams, FireState, RelaxOutcome, fire_step, frechet_cell_force, relax_structures
+from chemgen.scoring.stability import relax_and_score
 
 SMALL_ROWS = ["mp-1225695", "mp-1218989", "mp-867922", "mp-1228956"]  # CuNi, SmThCN, ScAlRh2, AlAu4
 

@@ -10,7 +10,7 @@ pytest.importorskip("tblite")
 
 from chemgen import io  # noqa: E402
 from chemgen.atoms import AtomicSystem  # noqa: E402
-from chemgen.cli import app  # noqa: E402
+from chemgen.cli.app import app  # noqa: E402
 from chemgen.spectra import broadening, files  # noqa: E402
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("tblite")
 
-from chemgen.data import spectra  # noqa: E402
+from chemgen.spectra import curation as spectra  # noqa: E402
 from chemgen.data.qm9 import edm_split, read_qm9_frame  # noqa: E402
 from chemgen.spectra import shards  # noqa: E402
 from chemgen.spectra.compute import SpectraSettings  # noqa: E402

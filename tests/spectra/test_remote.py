@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("tblite")
 
-from chemgen.data import spectra  # noqa: E402
-from chemgen.spectra import remote, shards  # noqa: E402
+from chemgen.spectra import curation as spectra  # noqa: E402
+from chemgen.spectra import offload as remote, shards  # noqa: E402
 from chemgen.spectra.compute import SpectraSettings  # noqa: E402
 
 # The GPU machine has numpy, scipy, pandas and pyarrow but no RDKit, pymatgen, MLflow or Prefect.
 BLOCKED = ("rdkit", "pymatgen", "mlflow", "prefect", "torch", "smact", "chgnet")
 RUN_REMOTE = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in {blocked!r}]; "
-              "runpy.run_module('chemgen.spectra.remote', run_name='__main__')")
+              "runpy.run_module('chemgen.spectra.offload', run_name='__main__')")
 
 
 def _remote(jobs, out, minutes="3"):

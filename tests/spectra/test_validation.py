@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("tblite")
 
 from chemgen.data.qm9 import _parse_floats, read_qm9_frame, row_to_system  # noqa: E402
-from chemgen.data.spectra import default_folder  # noqa: E402
+from chemgen.spectra.curation import default_folder  # noqa: E402
 from chemgen.spectra import broadening, validation  # noqa: E402
 from chemgen.spectra.compute import compute_spectrum  # noqa: E402
 

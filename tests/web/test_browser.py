@@ -117,10 +117,10 @@ def test_a_screening_team_starts_a_screen_and_browses_its_candidates(browser, tm
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    from chemgen.data import BUILDERS
+    from chemgen.datasets import curation_recipe
     from chemgen.data.store import curate
 
-    curate(BUILDERS["mp20"](data_dir=mp20_slice_dir), progress=False)  # the novelty reference
+    curate(curation_recipe("mp20", data_dir=mp20_slice_dir), progress=False)  # the novelty reference
     screening = {"relax_steps": 5, "references_path": str(small_references), "sigma": 0.06, "chunk": 4,
                  "workers": 1, "num_steps": 20}
     settings = WebSettings(home=tmp_path / "web", screening=screening)

@@ -30,8 +30,7 @@ import torch
 
 from chemgen.dense import DenseBatch
 from chemgen.geometry import lattice_parameters
-from chemgen.models.adit.model import ADiT, DecodedBatch, decode_latents
-from chemgen.models.adit.vae import short_pairs
+from chemgen.models.adit.vae import DecodedBatch, decode_latents, short_pairs
 
 SHORT_DISTANCE = 2.0  # Angstrom: pairs below this are the bonds EDM's tables judge
 NOISE_LEVELS = (0.01, 0.03, 0.1)  # latent noise, relative to the latent standard deviation
@@ -59,7 +58,7 @@ def short_distance_errors(pred: torch.Tensor, true: torch.Tensor, mask: torch.Te
 
 
 @torch.no_grad()
-def reconstruct(model: ADiT | Any, batch: DenseBatch) -> tuple[DecodedBatch, dict[str, torch.Tensor]]:
+def reconstruct(model: Any, batch: DenseBatch) -> tuple[DecodedBatch, dict[str, torch.Tensor]]:
     """Decode the posterior means of ``batch``; returns the decoded systems and latent statistics."""
     vae = model.vae
     posterior = vae.encode(batch.atomic_numbers, batch.pos, batch.frac_coords, batch.mask)
@@ -69,7 +68,7 @@ def reconstruct(model: ADiT | Any, batch: DenseBatch) -> tuple[DecodedBatch, dic
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: ADiT | Any, batch: DenseBatch) -> tuple[dict[str, float], DecodedBatch]:
+def reconstruction_metrics(model: Any, batch: DenseBatch) -> tuple[dict[str, float], DecodedBatch]:
     """The diagnostics above for one validation batch (molecules and/or crystals)."""
     decoded, latent = reconstruct(model, batch)
     mask = batch.mask
@@ -108,7 +107,7 @@ def reconstruction_metrics(model: ADiT | Any, batch: DenseBatch) -> tuple[dict[s
 
 
 @torch.no_grad()
-def perturbed_reconstructions(model: ADiT | Any, batch: DenseBatch, levels: tuple[float, ...] = NOISE_LEVELS,
+def perturbed_reconstructions(model: Any, batch: DenseBatch, levels: tuple[float, ...] = NOISE_LEVELS,
                               seed: int = 0) -> dict[str, DecodedBatch]:
     """Decodings of the posterior means plus Gaussian noise of each level x their standard deviation."""
     from chemgen.models.adit.vae import latent_std
@@ -122,7 +121,7 @@ def perturbed_reconstructions(model: ADiT | Any, batch: DenseBatch, levels: tupl
 
 
 @torch.no_grad()
-def dit_prediction_error(model: ADiT, batch: DenseBatch, times: tuple[float, ...] = (0.5, 0.9, 0.99),
+def dit_prediction_error(model: Any, batch: DenseBatch, times: tuple[float, ...] = (0.5, 0.9, 0.99),
                          seed: int = 0) -> dict[str, float]:
     """RMS error of the DiT's clean-latent prediction (with one self-conditioning pass, as in sampling)
     per kind and time, in units of the latent standard deviation (the DiT's latents have unit scale)."""
@@ -183,7 +182,7 @@ def crystal_match_rate(data: dict[str, torch.Tensor], which: str = "recon") -> d
     import numpy as np
     from pymatgen.core import Lattice, Structure
 
-    from chemgen.scoring.crystals import CDVAE_RECONSTRUCTION
+    from chemgen.scoring.crystal_novelty import CDVAE_RECONSTRUCTION
 
     matcher = CDVAE_RECONSTRUCTION.matcher()
     matched, rms = 0, []

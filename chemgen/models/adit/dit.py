@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from chemgen.config import DiTConfig
+from chemgen.models.adit.config import DiTConfig
 from chemgen.nn import DiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder, index_embedding
 
 

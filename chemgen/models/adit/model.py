@@ -8,52 +8,37 @@ latent space with classifier-free guidance on the dataset label, and decodes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from chemgen.config import ADiTConfig, ConfigError
+from chemgen.config import ConfigError
+from chemgen.models.adit.config import ADiTConfig
 from chemgen.data.tensors import TensorPack
-from chemgen.dense import DATASET_INDEX, DenseBatch, resolve_dataset
+from chemgen.datasets import dataset_label, label_order, resolve_dataset
+from chemgen.dense import DenseBatch
 from chemgen.diffusion.flow_matching import LinearFlowMatching
 from chemgen.errors import UsageError
-from chemgen.generation.protocol import TrainingStage
-from chemgen.geometry import cell_from_parameters
+from chemgen.models.protocol import TrainingStage
 from chemgen.models.adit.dit import DiT
-from chemgen.models.adit.vae import ANGSTROM_PER_NM, AllAtomVAE, latent_std
+from chemgen.models.adit.vae import AllAtomVAE, DecodedBatch, decode_latents, latent_std
 
 NUM_SPACEGROUP_LABELS = 231  # 0 = none, 1..230 international numbers
 MAX_ATOMS = 64  # size of the number-of-atoms histograms (QM9 <= 29, MP-20 <= 20, MPTS-52 <= 52)
 
 
-@dataclass
-class DecodedBatch:
-    """Generated systems as padded tensors (float32, on the model's device)."""
-
-    atomic_numbers: torch.Tensor  # (B, N) long
-    pos: torch.Tensor             # (B, N, 3) Angstrom (molecules)
-    frac_coords: torch.Tensor     # (B, N, 3) in [0, 1) (crystals)
-    cell: torch.Tensor            # (B, 3, 3) lattice rows (crystals)
-    lengths: torch.Tensor         # (B, 3) Angstrom
-    angles: torch.Tensor          # (B, 3) degrees
-    mask: torch.Tensor            # (B, N)
-    periodic: torch.Tensor        # (B,) bool
-
-
 class ADiT(nn.Module):
-    """ADiT as a `chemgen.generation.protocol.Generator`: stages "vae" then "dit"."""
+    """ADiT as a `chemgen.models.protocol.Generator`: stages "vae" then "dit"."""
 
     stage_names = ("vae", "dit")
 
     def __init__(self, config: ADiTConfig):
         super().__init__()
-        labels = {name: i + 1 for i, name in enumerate(config.dit.datasets)}
-        if labels != DATASET_INDEX or config.dit.num_datasets != len(labels):
-            raise ConfigError(f"config {config.name!r} labels datasets {labels} ({config.dit.num_datasets} labels), "
-                             f"but chemgen labels them {DATASET_INDEX}: the model would read the wrong datasets")
+        if tuple(config.dit.datasets) != label_order() or config.dit.num_datasets != len(label_order()):
+            raise ConfigError(f"config {config.name!r} labels datasets {config.dit.datasets} ({config.dit.num_datasets} "
+                              f"labels), but chemgen labels them {label_order()}: the model would read the wrong datasets")
         self.config = config
         self.vae = AllAtomVAE(config.vae)
         self.dit = DiT(config.dit, d_x=config.vae.latent_dim, d_align=config.vae.d_model)
@@ -240,18 +225,18 @@ class ADiT(nn.Module):
                  cfg_scale: float | None = None, seed: int | None = None, chunk_size: int = 128) -> DecodedBatch:
         """Generate ``num_samples`` systems of ``dataset`` (qm9, mp20, perov5, ...; "molecule" and "crystal"
         stand for qm9 and mp20) as padded tensors: sizes from that dataset's training histogram, guidance
-        towards its label (see `chemgen.generation.records` for records).
+        towards its label (see `chemgen.samples` for records).
 
         Samples are integrated in chunks of ``chunk_size`` systems of similar size (sorted by number of
         atoms), so that each chunk pads only to its own largest system: 1.4x (QM9) to 2x (MP-20) fewer
         token-steps than one batch padded to the largest. The output keeps the drawn order."""
         dataset, kind = resolve_dataset(dataset)
-        if float(self.num_atoms_histogram[DATASET_INDEX[dataset]].sum()) == 0:
-            trained = [d for d, i in DATASET_INDEX.items() if float(self.num_atoms_histogram[i].sum()) > 0]
+        if float(self.num_atoms_histogram[dataset_label(dataset)].sum()) == 0:
+            trained = [d for d in label_order() if float(self.num_atoms_histogram[dataset_label(d)].sum()) > 0]
             raise UsageError(f"this model was not trained on {dataset!r} (it knows {', '.join(trained) or 'none'})")
         device = self.num_atoms_histogram.device
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        dataset_idx = torch.full((num_samples,), DATASET_INDEX[dataset], device=device)
+        dataset_idx = torch.full((num_samples,), dataset_label(dataset), device=device)
         num_atoms = self.draw_num_atoms(dataset_idx, generator)
         spacegroup = self.draw_spacegroups(dataset_idx, num_atoms, generator) if kind == "crystal" else None
         order = torch.argsort(num_atoms, stable=True)
@@ -265,18 +250,3 @@ class ADiT(nn.Module):
         return self.decode(z * self.dit.latent_scale, mask, torch.full((num_samples,), kind == "crystal", device=device))
 
 
-@torch.no_grad()
-def decode_latents(vae: AllAtomVAE, z: torch.Tensor, mask: torch.Tensor, periodic: torch.Tensor) -> DecodedBatch:
-    """VAE latents (B, N, c) -> systems: element by argmax (never the mask token), lattice from lengths
-    and angles, crystal positions as frac @ cell, molecule positions in Angstrom."""
-    out = vae.decode(z, mask)
-    logits = out.atom_type_logits.clone()
-    logits[..., 0] = -torch.inf  # type 0 is the mask token, never an element
-    types = logits.argmax(-1) * mask
-    n = mask.sum(1, keepdim=True).float()
-    lengths = out.lengths_scaled.float() * n ** (1 / 3)
-    cell = cell_from_parameters(lengths, out.angles.float())
-    frac = out.frac_coords % 1.0
-    pos_molecule = out.pos_nm * ANGSTROM_PER_NM
-    pos = torch.where(periodic[:, None, None], frac @ cell, pos_molecule) * mask[..., None]
-    return DecodedBatch(types, pos, frac, cell, lengths, torch.rad2deg(out.angles), mask, periodic)

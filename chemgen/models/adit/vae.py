@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from chemgen.dense import DenseBatch
-from chemgen.config import VAEConfig
-from chemgen.geometry import det_3x3, inverse_3x3, lattice_parameters, random_rotation
+from chemgen.models.adit.config import VAEConfig
+from chemgen.geometry import cell_from_parameters, det_3x3, inverse_3x3, lattice_parameters, random_rotation
 from chemgen.nn import index_embedding
 
 ANGSTROM_PER_NM = 10.0
@@ -281,3 +281,34 @@ def _replace(batch: DenseBatch, **changes: torch.Tensor) -> DenseBatch:
     import dataclasses
 
     return dataclasses.replace(batch, **changes)
+
+
+@dataclass
+class DecodedBatch:
+    """Generated systems as padded tensors (float32, on the model's device)."""
+
+    atomic_numbers: torch.Tensor  # (B, N) long
+    pos: torch.Tensor             # (B, N, 3) Angstrom (molecules)
+    frac_coords: torch.Tensor     # (B, N, 3) in [0, 1) (crystals)
+    cell: torch.Tensor            # (B, 3, 3) lattice rows (crystals)
+    lengths: torch.Tensor         # (B, 3) Angstrom
+    angles: torch.Tensor          # (B, 3) degrees
+    mask: torch.Tensor            # (B, N)
+    periodic: torch.Tensor        # (B,) bool
+
+
+@torch.no_grad()
+def decode_latents(vae: AllAtomVAE, z: torch.Tensor, mask: torch.Tensor, periodic: torch.Tensor) -> DecodedBatch:
+    """VAE latents (B, N, c) -> systems: element by argmax (never the mask token), lattice from lengths
+    and angles, crystal positions as frac @ cell, molecule positions in Angstrom."""
+    out = vae.decode(z, mask)
+    logits = out.atom_type_logits.clone()
+    logits[..., 0] = -torch.inf  # type 0 is the mask token, never an element
+    types = logits.argmax(-1) * mask
+    n = mask.sum(1, keepdim=True).float()
+    lengths = out.lengths_scaled.float() * n ** (1 / 3)
+    cell = cell_from_parameters(lengths, out.angles.float())
+    frac = out.frac_coords % 1.0
+    pos_molecule = out.pos_nm * ANGSTROM_PER_NM
+    pos = torch.where(periodic[:, None, None], frac @ cell, pos_molecule) * mask[..., None]
+    return DecodedBatch(types, pos, frac, cell, lengths, torch.rad2deg(out.angles), mask, periodic)

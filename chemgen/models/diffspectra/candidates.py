@@ -93,7 +93,7 @@ def load_candidates(path: str | os.PathLike) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> Path:
     import argparse
 
-    from chemgen.generation.jobs import load_lineage_model
+    from chemgen.models.loading import load_lineage_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a DiffSpectra lineage folder")

@@ -92,8 +92,8 @@ def preset(name: str) -> DiffSpectraConfig:
     """A shipped config by name: ``tiny`` (tests), ``cpu`` (trains on a 2-core CPU in the background),
     ``gpu`` (the papers' networks and recipes); chemgen/configs/diffspectra-<name>.yaml.
 
-    Read as `chemgen.config.load_config` reads a registered model's file (same file, same `from_dict`), so it
-    works before DiffSpectra is registered in `chemgen.generation.protocol.MODELS`.
+    Read as `chemgen.models.specs.load_config` reads a registered model's file (same file, same `from_dict`), so it
+    works before DiffSpectra is registered in `chemgen.models.specs.MODELS`.
     """
     import yaml
 

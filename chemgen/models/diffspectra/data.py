@@ -75,7 +75,7 @@ def spectra_pack(folder: str | Path | None = None, split: str | None = None, lim
 
     from chemgen.bonds import BondPerceptionError
     from chemgen.data.tensors import TensorPack
-    from chemgen.dense import dataset_label
+    from chemgen.datasets import dataset_label
     from chemgen.models.diffspectra.graphs import GraphEncodingError, mol_to_tensors
     from chemgen.models.diffspectra.spectra_tensors import read_store
     from chemgen.spectra.shards import SpectraStoreError

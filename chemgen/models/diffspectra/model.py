@@ -67,7 +67,7 @@ from chemgen.data.tensors import TensorPack
 from chemgen.dense import DenseBatch
 from chemgen.diffusion.vp import CategoricalBlock, GraphState, JointVP, VPLossTerms
 from chemgen.errors import UsageError
-from chemgen.generation.protocol import TrainingStage
+from chemgen.models.protocol import TrainingStage
 from chemgen.models.diffspectra.config import DiffSpectraConfig
 from chemgen.models.diffspectra.data import MAX_ATOMS, batch_bonds, broaden_sticks
 from chemgen.models.diffspectra.dmt import DMT
@@ -86,7 +86,7 @@ CHECKPOINT_GROUPS = ("specformer", "dmt", "encoder", "num_atoms_histogram")
 
 
 class DiffSpectra(nn.Module):
-    """DiffSpectra as a `chemgen.generation.protocol.Generator`: stages "specformer" then "denoiser"."""
+    """DiffSpectra as a `chemgen.models.protocol.Generator`: stages "specformer" then "denoiser"."""
 
     stage_names = ("specformer", "denoiser")
 

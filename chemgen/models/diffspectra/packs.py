@@ -1,8 +1,8 @@
 """DiffSpectra's training and validation packs for the shared training path (`ModelSpec.pack_builder`).
 
 `chemgen train diffspectra`, `chemgen train packs --model diffspectra` and every other caller of
-`chemgen.generation.jobs.training_packs` get their packs here rather than from the curated QM9 store:
-DiffSpectra trains on the spectra store (`chemgen.data.spectra.default_folder`: ``$CHEMGEN_SPECTRA_DIR/qm9-xtb``
+`chemgen.training.packs.training_packs` get their packs here rather than from the curated QM9 store:
+DiffSpectra trains on the spectra store (`chemgen.spectra.curation.default_folder`: ``$CHEMGEN_SPECTRA_DIR/qm9-xtb``
 or the checkout's ``datasets/spectra/qm9-xtb``) through `chemgen.models.diffspectra.data.spectra_pack`.
 
 Which molecules train and which validate (the store is computed in EDM's split order, test first, so for a long
@@ -77,7 +77,7 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
 
     ``store`` is the curated store of the other models and does not apply; ``versions`` may pin
     ``qm9-xtb`` to the version on disk (anything else is refused)."""
-    from chemgen.data.spectra import NAME, default_folder
+    from chemgen.spectra.curation import NAME, default_folder
     from chemgen.paths import chemgen_home
 
     if store is not None:

@@ -153,7 +153,7 @@ class SpectraTensors:
         """The molecules as a `chemgen.data.tensors.TensorPack` (QM9 label, centred positions), row for row, so
         ``pack.dense(index)`` pads the same molecules whose spectra ``spectra(index)`` returns."""
         from chemgen.data.tensors import TensorPack
-        from chemgen.dense import dataset_label
+        from chemgen.datasets import dataset_label
 
         m = len(self)
         molecule = torch.repeat_interleave(torch.arange(m), self.num_atoms)
@@ -183,14 +183,14 @@ def _content_hash(folder: Path) -> str:
 def read_store(folder: str | Path | None, columns: list[str], split: str | None = None,
                limit: int | None = None) -> tuple[Path, pa.Table]:
     """(folder, table) of the good molecules of ``split`` (None: every split, in computation order), the first
-    ``limit`` only; the folder defaults to `chemgen.data.spectra.default_folder`. Raises `SpectraStoreError`
+    ``limit`` only; the folder defaults to `chemgen.spectra.curation.default_folder`. Raises `SpectraStoreError`
     naming the folder when it is missing or holds no good molecule, `UsageError` for a bad split or limit."""
     if split is not None and split not in SPLITS:
         raise UsageError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     if limit is not None and limit < 1:
         raise UsageError(f"limit must be at least 1, got {limit}")
     if folder is None:
-        from chemgen.data.spectra import default_folder
+        from chemgen.spectra.curation import default_folder
 
         folder = default_folder()
     folder = Path(folder)
@@ -209,7 +209,7 @@ def read_store(folder: str | Path | None, columns: list[str], split: str | None 
 
 def load_spectra_tensors(folder: str | Path | None = None, split: str | None = None, limit: int | None = None,
                          fwhm: float = broadening.FWHM_CM1, scale: float | None = None) -> SpectraTensors:
-    """The good molecules of the store at ``folder`` (default: `chemgen.data.spectra.default_folder`) as tensors.
+    """The good molecules of the store at ``folder`` (default: `chemgen.spectra.curation.default_folder`) as tensors.
 
     ``split``: "train", "valid" or "test" (None: every split, in computation order); ``limit``: the first
     ``limit`` molecules after that filter. ``fwhm`` and ``scale`` as `chemgen.spectra.broadening.broaden`.

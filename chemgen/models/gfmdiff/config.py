@@ -62,7 +62,7 @@ class GFMDiffConfig(ModelConfig):
 def preset(name: str) -> GFMDiffConfig:
     """A shipped config by name: ``tiny`` (tests), ``cpu`` (the lineage that trains on CPU and GPU alike),
     ``gpu`` (the paper's network and recipe); chemgen/configs/gfmdiff-<name>.yaml."""
-    from chemgen.config import load_config
+    from chemgen.models.specs import load_config
 
     return load_config(name, "gfmdiff")
 

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from chemgen.data.tensors import TensorPack
-from chemgen.dense import DATASET_INDEX, DenseBatch, resolve_dataset
+from chemgen.datasets import dataset_label, resolve_dataset
+from chemgen.dense import DenseBatch
 from chemgen.diffusion.vdm import Feature, LossTerms, VariationalDiffusion
 from chemgen.errors import UsageError
-from chemgen.generation.protocol import TrainingStage
+from chemgen.models.protocol import TrainingStage
 from chemgen.models.gfmdiff.bonds import (
     QM9_ELEMENTS,
     bond_cutoffs_angstrom,
@@ -37,7 +38,7 @@ MONITOR_T = (0.1, 0.5, 0.9)
 
 @dataclass
 class GeneratedMolecules:
-    """Generated molecules as padded tensors (what `chemgen.generation.records.to_systems` reads)."""
+    """Generated molecules as padded tensors (what `chemgen.samples.to_systems` reads)."""
 
     atomic_numbers: torch.Tensor  # (B, N) long, 0 at padding
     pos: torch.Tensor             # (B, N, 3) Angstrom, centre of mass at 0
@@ -49,7 +50,7 @@ class GeneratedMolecules:
 
 
 class GFMDiff(nn.Module):
-    """GFMDiff as a `chemgen.generation.protocol.Generator`: one stage, "denoiser"."""
+    """GFMDiff as a `chemgen.models.protocol.Generator`: one stage, "denoiser"."""
 
     stage_names = ("denoiser",)
 
@@ -130,7 +131,7 @@ class GFMDiff(nn.Module):
         (fine-tuning on a slice must not change what sizes the model generates)."""
         if keep_existing and float(self.num_atoms_histogram.sum()) > 0:
             return
-        self.num_atoms_histogram.copy_(train.num_atoms_histogram(DATASET_INDEX["qm9"], MAX_ATOMS).float())
+        self.num_atoms_histogram.copy_(train.num_atoms_histogram(dataset_label("qm9"), MAX_ATOMS).float())
 
     @torch.no_grad()
     def stage_monitor(self, name: str, batch: DenseBatch) -> dict[str, float]:

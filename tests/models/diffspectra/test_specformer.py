@@ -338,7 +338,7 @@ def test_spectra_tensors_of_a_train_slice(train16):
 
 def sticks(tensors) -> list[dict]:
     """The stored stick spectra of the molecules in ``tensors``, row for row."""
-    from chemgen.data.spectra import default_folder
+    from chemgen.spectra.curation import default_folder
 
     table = read_table(default_folder(), ["order", "frequencies_cm1", "ir_km_mol", "raman_a4_amu"], only_ok=True)
     table = table.filter(pc.is_in(table.column("order"), pa.array(tensors.order.tolist(), pa.int32())))

@@ -1,0 +1,57 @@
+"""A trained model (a lineage folder) as a new version of the MLflow model registry.
+
+The version is a pyfunc logged as "models from code" (the model's `ModelSpec.pyfunc` module, e.g.
+`chemgen.registry.generator_pyfunc`) with the lineage folder as its artifact, registered with an alias
+(``challenger`` by default); `chemgen.gates` decides later whether it becomes ``champion``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from chemgen import lineage, tracking
+from chemgen.models.loading import load_model
+from chemgen.models.specs import model_spec
+
+
+def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dict[str, float] | None = None,
+             alias: str = tracking.CHALLENGER, tags: dict[str, str] | None = None) -> Any:
+    """Log a trained model (a lineage folder) as a pyfunc and register a version with ``alias``
+    (default name: the model's, e.g. ``chemgen-adit``).
+
+    If anything fails after the version exists, the version is deleted again: the registry
+    never keeps a half-registered model.
+    """
+    import importlib
+
+    import mlflow
+
+    model_dir = Path(model_dir)
+    model = load_model(model_dir)  # fail before anything is registered if the folder is incomplete
+    spec = model_spec(lineage.read_manifest(model_dir)["model"])
+    name = name or spec.registered_name
+    # the model's pyfunc module: logged as code, with the signature of the requests it answers
+    pyfunc_module = importlib.import_module(spec.pyfunc)
+    signature = pyfunc_module.signature()
+    import chemgen
+
+    del model
+    with tracking.run(f"register-{name}", nested=tracking.active_run_id() is not None, tags=tags):
+        if metrics:
+            tracking.log_metrics(metrics)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(pyfunc_module.__file__), artifacts={"model_dir": str(model_dir)},
+            signature=signature, pip_requirements=[f"chemgen=={chemgen.__version__}", "torch==2.13.0"],
+            metadata={"model": spec.name, **spec.metadata})
+    version = mlflow.register_model(info.model_uri, name)
+    try:
+        tracking.set_alias(name, alias, version.version)
+        if metrics:
+            tracking.client().set_model_version_tag(name, version.version, "metrics",
+                                                    ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    except BaseException:
+        tracking.client().delete_model_version(name, version.version)
+        raise
+    return version

@@ -1,0 +1,158 @@
+"""Training any chemgen model through its lineage: its stages in order, each resumable, then samples.
+
+`train_stages` is what every training entry point calls: `chemgen train MODEL`, the nightly flow's
+train task and the GPU runner (`chemgen.training.standalone`). It imports torch, Lightning and chemgen's
+torch-only modules alone, so it runs on a GPU machine without the chemistry stack.
+
+A run folder holds the run's checkpoint as a lineage (``<out>/lineage``: the lineage continued, with
+this run appended to its log once the run is done) and, while a stage trains, that stage's Lightning
+checkpoint (``<out>/checkpoints/<stage>/last.ckpt``). Each stage ends by saving the lineage with the
+stage listed as completed, so a rerun into the same folder skips finished stages and resumes the
+interrupted one exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chemgen.data.tensors import TensorPack
+from chemgen.errors import UsageError
+from chemgen import lineage
+from chemgen.lineage import LineageError
+from chemgen.models.specs import generator_class, model_spec
+from chemgen.training.resident import ResidentBatches
+from chemgen.training.loop import EMA, WSDSchedule, fit
+
+OVERSAMPLE = {"mp20": 3}  # ADiT's joint training sees MP-20 about 3x as often as its size alone gives
+WARMUP_STEPS = 300
+DECAY_FRACTION = 0.2
+MONITOR_SYSTEMS = 128     # held-out systems of each kind the in-stage monitor measures
+
+
+def stage_values(text: str | None, stages: tuple[str, ...], what: str, cast: type = float) -> dict[str, Any]:
+    """``"vae=2.5,dit=4"`` -> {"vae": 2.5, "dit": 4.0}, for the stages named (a bad item raises ValueError)."""
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        if name not in stages or not value:
+            raise UsageError(f"--{what}: {item!r} is not STAGE=NUMBER; the stages are {', '.join(stages)}")
+        try:
+            values[name] = cast(value)
+        except ValueError:
+            raise UsageError(f"--{what}: {item!r}: {value!r} is not a number") from None
+    return values
+
+
+def initial_model(model_name: str, config: Any, init: Path | None) -> tuple[Any, dict[str, int], dict[str, Any]]:
+    """A fresh model, or the lineage's checkpoint; with its step counts and its manifest ({} when fresh)."""
+    model = generator_class(model_name)(config)
+    steps = {s: 0 for s in model.stage_names}
+    if init is None or not lineage.is_lineage(init):
+        return model, steps, {}
+    checkpoint = lineage.load(init)
+    if checkpoint.manifest.get("model", model_name) != model_name:
+        raise LineageError(f"{init}: a lineage of {checkpoint.manifest.get('model')!r}, not of {model_name!r}")
+    try:  # the config may change loss weights between runs, never the architecture
+        model.load_checkpoint_groups(checkpoint.groups)
+    except RuntimeError as err:
+        raise LineageError(f"{init}: the lineage's weights do not fit config {config.name!r} ({err})") from None
+    return model, {**steps, **checkpoint.steps}, checkpoint.manifest
+
+
+def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPack, out: str | Path, *,
+                 init: str | Path | None = None, minutes: Mapping[str, float] | None = None,
+                 steps: Mapping[str, int] | None = None, lr: Mapping[str, float] | None = None,
+                 tokens_per_batch: int = 65_536, compile: bool | set[str] = False, stop_at: float | None = None,
+                 device: str | torch.device | None = None, data_versions: list[str] | None = None,
+                 log: Callable[[str], None] = print, progress_bar: bool = False,
+                 logger: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Train every stage of the model (``minutes`` and/or ``steps`` per stage; 0 skips its training, not its
+    diagnostics), continuing ``init`` or, if ``out`` holds an interrupted run, that run. ``stop_at`` (a
+    ``time.perf_counter()`` instant) is the end of training, stages shrinking so that each ends decayed.
+    ``compile`` is True, False or the names of the stages to ``torch.compile``.
+
+    Returns the trained model (eval mode, on ``device``) and the run's report; ``<out>/lineage`` holds it.
+    """
+    out = Path(out)
+    folder = out / "lineage"
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    resumed = lineage.is_lineage(folder)
+    model, done_steps, manifest = initial_model(model_name, config, folder if resumed else
+                                                (Path(init) if init is not None else None))
+    completed = list(manifest.get("completed_stages", [])) if resumed else []
+    if not resumed and init is not None and (Path(init) / "lineage.jsonl").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(init) / "lineage.jsonl", folder / "lineage.jsonl")  # the run log carries on
+    minutes, steps, lr = dict(minutes or {}), dict(steps or {}), dict(lr or {})
+    unknown = (set(minutes) | set(steps) | set(lr)) - set(model.stage_names)
+    if unknown:
+        raise UsageError(f"{model_name} has stages {', '.join(model.stage_names)}, not {', '.join(sorted(unknown))}")
+    data = ResidentBatches(train, device, tokens_per_batch=tokens_per_batch, oversample=OVERSAMPLE)
+    monitor_batch = val.held_out(MONITOR_SYSTEMS).to(device) if len(val) else None
+    model.to(device)
+    report: dict[str, Any] = dict(manifest.get("run_report", {})) if resumed else {}  # finished stages' results
+    report |= {
+        "model": model_name, "config": config.name, "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "train_systems": len(train), "init": str(init) if init else None, "steps_before": dict(done_steps),
+        "resumed_after": list(completed), "mean_batch_systems": round(data.mean_batch_size, 1),
+        "buckets": [{"atoms": b.size, "systems": len(b.batch.mask), "batch": b.batch_size} for b in data.buckets]}
+    for i, name in enumerate(model.stage_names):
+        if name in completed:
+            continue
+        budget_minutes, budget_steps = minutes.get(name), steps.get(name)
+        if (budget_minutes or 0) > 0 or (budget_steps or 0) > 0:
+            later = sum(minutes.get(s) or 0 for s in model.stage_names[i + 1:])  # time the later stages keep
+            stage_stop = None if stop_at is None else stop_at - 60 * later
+            stage = model.training_stage(name, train, tuple(s for s in completed if s in model.stage_names))
+            ema = EMA(stage.ema_module, stage.ema_decay) if stage.ema_module is not None else None
+            monitor = None if monitor_batch is None else (lambda n=name: model.stage_monitor(n, monitor_batch))
+            every = getattr(getattr(config, f"{name}_train", None), "val_every_steps", None)
+            result = fit(stage.loss, stage.parameters, data,
+                         schedule=WSDSchedule(lr.get(name, model_spec(model_name).peak_lr), WARMUP_STEPS, DECAY_FRACTION),
+                         minutes=budget_minutes or None, max_steps=budget_steps or None,
+                         weight_decay=stage.weight_decay, grad_clip=stage.grad_clip, ema=ema,
+                         compile=compile if isinstance(compile, bool) else name in compile,
+                         log=log, stop_at=stage_stop, model=model, checkpoint_dir=out / "checkpoints" / name,
+                         progress_bar=progress_bar, logger=logger, diagnose=monitor, diagnose_every=every,
+                         metric_prefix=f"{name}/")
+            if ema is not None:
+                ema.copy_to(stage.ema_module)
+            done_steps[name] += result.steps
+            report[name] = {**stage.info, **result.as_dict()}
+            log(f"{name} {report[name]}")
+        model.eval()
+        report[f"{name}_diagnostics"] = model.stage_diagnostics(name, val, out)
+        log(f"{name} diagnostics {report[f'{name}_diagnostics']}")
+        completed.append(name)
+        _save(model, model_name, config, folder, done_steps, data_versions, completed, report)
+        shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)   # the lineage holds the stage now
+    model.eval()
+    return model, report
+
+
+def _save(model: Any, model_name: str, config: Any, folder: Path, steps: dict[str, int], data: list[str] | None,
+          completed: list[str], report: dict[str, Any]) -> dict[str, Any]:
+    plain = {k: v for k, v in report.items() if k != "buckets"}
+    return lineage.save(folder, model.checkpoint_groups(),
+                        {"model": model_name, "config": config.to_dict(), "steps": dict(steps), "scores": {},
+                         "data": list(data or []), "completed_stages": list(completed), "run_report": plain})
+
+
+def finish_run(folder: str | Path, report: dict[str, Any], wall_minutes: float) -> dict[str, Any]:
+    """Append the finished run to the lineage log (one line: machine, steps, throughput, diagnostics)."""
+    manifest = lineage.read_manifest(folder)
+    stages = tuple(manifest.get("completed_stages", []))
+    lineage.append_run(folder, {"machine": report.get("device"), "model": manifest.get("model"),
+                                "config": manifest["config"]["name"], "steps": manifest.get("steps", {}),
+                                "wall_minutes": round(wall_minutes, 2), "data": manifest.get("data", []),
+                                "content_hash": manifest["content_hash"],
+                                **{k: v for k, v in report.items() if k in stages or k.endswith("_diagnostics")}})
+    return manifest
+
+

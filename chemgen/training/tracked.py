@@ -1,0 +1,82 @@
+"""Training any model as one MLflow run on a machine with the full stack: curated data in, a lineage out.
+
+`train` is what ``chemgen train MODEL`` and the nightly flow's train task call, for any model of
+`chemgen.models.specs.MODELS`: the packs of the config's curated datasets (`chemgen.training.packs`), every
+stage through `chemgen.training.stages.train_stages`, and MLflow around it (the settings the run used as params,
+the dataset versions as inputs, loss and diagnostics curves, the lineage's manifest and log as artifacts).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chemgen import tracking
+from chemgen.models.specs import load_config, model_spec
+from chemgen.training.packs import first_train_config, training_packs
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainingOutcome:
+    model_dir: Path            # the run's lineage folder: the trained model
+    run_id: str
+    steps: dict[str, int]      # the lineage's steps per stage after this run
+    seconds: float
+    report: dict[str, Any]
+
+
+def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os.PathLike | None = None,
+          minutes: dict[str, float] | None = None, steps: dict[str, int] | None = None,
+          store: str | os.PathLike | None = None, versions: dict[str, str] | None = None,
+          tokens_per_batch: int | None = None, progress: bool = True, tags: dict[str, str] | None = None,
+          device: str | None = None) -> TrainingOutcome:
+    """Train every stage of ``model`` on the config's curated datasets (LATEST, or ``versions[name]``) as one
+    MLflow run: params, dataset inputs, loss and diagnostics curves, the lineage manifest and log as artifacts.
+
+    ``init`` continues a lineage (e.g. the shipped one); a rerun into the same ``out_dir`` resumes an
+    interrupted run (`chemgen.training.stages`). The trained model is ``<out_dir>/lineage``.
+    """
+    from chemgen.training.stages import finish_run, train_stages
+
+    config = load_config(config, model) if isinstance(config, (str, Path)) else config
+    train_config = first_train_config(config)
+    out_dir = Path(out_dir)
+    train_pack, val_pack, manifests = training_packs(train_config, store, versions, model)
+    data = [f"{m['name']}@{m['version']}" for m in manifests]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokens = tokens_per_batch or (model_spec(model).gpu_tokens_per_batch if device.startswith("cuda")
+                                  else 16 * train_config.batch_size)
+    start = time.perf_counter()
+    with tracking.run(f"{model}-{config.name}", tags={"model": model, **(tags or {})},
+                      nested=tracking.active_run_id() is not None) as run:
+        tracking.log_params({**config.flat_params(), "model": model, "train_systems": len(train_pack),
+                             "threads": torch.get_num_threads(), "init": str(init or ""),
+                             "tokens_per_batch": tokens, **{f"minutes.{k}": v for k, v in (minutes or {}).items()},
+                             **{f"steps.{k}": v for k, v in (steps or {}).items()}})
+        for manifest in manifests:
+            tracking.log_dataset_manifest(manifest)
+        _, report = train_stages(model, config, train_pack, val_pack, out_dir, init=init, minutes=minutes, steps=steps,
+                                 tokens_per_batch=tokens, device=device, data_versions=data,
+                                 log=lambda line: None if progress else print(line),
+                                 progress_bar=progress, logger=tracking.lightning_logger())
+        seconds = time.perf_counter() - start
+        manifest = finish_run(out_dir / "lineage", report, seconds / 60)
+        final = {}
+        for key, value in report.items():
+            if isinstance(value, dict):  # stage results and diagnostics: vae/systems_per_second, vae_diagnostics/...
+                final.update({f"{key}/{k}": float(v) for k, v in value.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracking.log_metrics({**final, "train_seconds": seconds})
+        import mlflow
+
+        for name in ("manifest.json", "lineage.jsonl"):
+            mlflow.log_artifact(str(out_dir / "lineage" / name), artifact_path="lineage")
+        return TrainingOutcome(out_dir / "lineage", run.info.run_id, dict(manifest["steps"]), seconds, report)
+
+

@@ -1,5 +1,0 @@
-"""chemgen's Prefect flows: curation, nightly retraining with registry gates, crystal screening.
-
-Flows call library functions and hold no maths. Import `workflows.settings` first (every
-module here does): it points Prefect at a project-local home and embedded server.
-"""
