@@ -28,19 +28,51 @@ class ConfigError(ChemgenError, ValueError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class DataConfig:
+    """What a model trains on: curated datasets (`chemgen.datasets`), or a model's own store (DiffSpectra: the
+    spectra store, whatever ``datasets`` says it is made of)."""
+
     datasets: tuple[str, ...] = ("qm9", "mp20")
-    batch_size: int = 256
+    limit_per_dataset: int | None = None  # the first N training systems of each (tiny slices for tests and demos)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one training stage trains (the ``<stage>_train`` section of a model config); every field is read by
+    `chemgen.training.stages.train_stages`, and a run logs the values it used."""
+
+    # batch: padded atoms per optimiser step (batches are drawn from size buckets, so atoms, not systems, set the
+    # work of a step); a CUDA device is fed larger batches than a CPU
+    tokens_per_batch: int = 4096
+    cuda_tokens_per_batch: int = 65_536
+    # optimiser (AdamW) and its warmup-stable-decay schedule; every run of a lineage uses the same peak ``lr``
     lr: float = 1e-4
+    warmup_steps: int = 300
+    decay_fraction: float = 0.2           # of the run's budget spent decaying to 0
     weight_decay: float = 0.0
     grad_clip: float = 10.0
-    max_steps: int = 100_000
-    val_every_steps: int = 1_000
-    checkpoint_every_steps: int = 1_000
-    ema_decay: float = 0.9999
-    seed: int = 42
-    num_workers: int = 0
-    limit_per_dataset: int | None = None  # tiny slices for tests and demos
+    ema_decay: float = 0.9999             # of the weights the stage keeps, where the model keeps an average
+    # budget of one run, when the caller names none (either ends the stage; None: no limit of that kind, and a
+    # stage with neither is not trained unless the caller gives it a budget)
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    val_every_steps: int = 1_000          # in-stage diagnostics on held-out systems
+    checkpoint_minutes: float = 10.0      # a resumable checkpoint of the running stage
+    seed: int = 42                        # draws of the run's batches (offset by the steps the lineage has trained)
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_batch < 1 or self.cuda_tokens_per_batch < 1:
+            raise ConfigError(f"tokens_per_batch and cuda_tokens_per_batch must be positive, got "
+                              f"{self.tokens_per_batch} and {self.cuda_tokens_per_batch}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"decay_fraction must lie in [0, 1], got {self.decay_fraction}")
+
+    def tokens_for(self, device_type: str) -> int:
+        """Padded atoms per step on a device of this type (``"cuda"``, ``"cpu"``, ...)."""
+        cpu, cuda = self.tokens_per_batch, self.cuda_tokens_per_batch
+        return cuda if device_type == "cuda" else cpu
 
 
 class ModelConfig:
@@ -50,9 +82,58 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     def flat_params(self) -> dict[str, Any]:
-        """``section.key -> value`` for experiment trackers."""
-        return {f"{section}.{k}": v for section, values in self.to_dict().items() if isinstance(values, dict)
-                for k, v in values.items()}
+        """``section.key -> value`` (nested sections joined by dots) for experiment trackers."""
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, values: dict[str, Any]) -> None:
+            for key, value in values.items():
+                if isinstance(value, dict):
+                    walk(f"{prefix}{key}.", value)
+                else:
+                    flat[f"{prefix}{key}"] = value
+
+        walk("", self.to_dict())
+        return flat
+
+    def stage_config(self, stage: str) -> TrainConfig:
+        """The `TrainConfig` of a training stage: the ``<stage>_train`` section."""
+        section = getattr(self, f"{stage}_train", None)
+        if not isinstance(section, TrainConfig):
+            raise ConfigError(f"config {getattr(self, 'name', '?')!r} has no {stage}_train section")
+        return section
+
+
+# Keys of older configs (lineage manifests and registered models keep the config they were trained with):
+# `upgrade_config_dict` reads them into today's fields. A YAML file with one of them is refused with its new name.
+RETIRED_TRAIN_KEYS = {
+    "batch_size": "tokens_per_batch (padded atoms per step; 16 x the old batch_size is what the CPU used)",
+    "checkpoint_every_steps": "checkpoint_minutes",
+    "num_workers": "nothing: training data is resident on the device",
+    "datasets": "the top-level data: section",
+    "limit_per_dataset": "the top-level data: section",
+}
+
+
+def upgrade_config_dict(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict saved by an older chemgen (a lineage manifest's ``config``) in today's fields: the first
+    stage's ``datasets`` and ``limit_per_dataset`` become the ``data`` section, ``batch_size`` becomes
+    ``tokens_per_batch`` (16 x, what a CPU run used), and keys with no successor are dropped. The values a
+    lineage trained with are kept; nothing a model builds from changes."""
+    values = dict(values)
+    data: dict[str, Any] = dict(values.get("data") or {})
+    for key in [k for k in values if k.endswith("_train") and isinstance(values[k], dict)]:
+        section = dict(values[key])
+        for moved in ("datasets", "limit_per_dataset"):
+            if moved in section:
+                data.setdefault(moved, section.pop(moved))
+        if "batch_size" in section:
+            section.setdefault("tokens_per_batch", 16 * int(section.pop("batch_size")))
+        for retired in ("checkpoint_every_steps", "num_workers"):
+            section.pop(retired, None)
+        values[key] = section
+    if data:
+        values["data"] = data
+    return values
 
 
 T = TypeVar("T")
@@ -88,6 +169,9 @@ def from_dict(cls: type[T], values: Any, where: str = "config") -> T:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
+        retired = [f"{k} (now {RETIRED_TRAIN_KEYS[k]})" for k in unknown if cls is TrainConfig and k in RETIRED_TRAIN_KEYS]
+        if retired:
+            raise ConfigError(f"{where}: retired key(s): {'; '.join(retired)}")
         raise ConfigError(f"{where}: unknown key(s) {unknown} (known: {sorted(known)})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
     try:

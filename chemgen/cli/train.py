@@ -17,7 +17,8 @@ def _train_model(model: str):
     def train_model(
         config: Config = None,
         minutes: Annotated[Optional[str], typer.Option(
-            help="Training minutes per stage, e.g. vae=10,dit=30 (a stage not named is not trained).")] = None,
+            help="Training minutes per stage, e.g. vae=10,dit=30 (a stage not named is not trained; default: the "
+                 "config's max_minutes and max_steps).")] = None,
         steps: Annotated[Optional[str], typer.Option(
             help="Optimiser steps per stage, e.g. vae=300,dit=300 (with --minutes: whichever ends first).")] = None,
         init: Annotated[Optional[Path], typer.Option(
@@ -36,7 +37,8 @@ def _train_model(model: str):
         register: Annotated[Optional[str], typer.Option(
             help="Register the trained model in MLflow under this name (alias challenger).")] = None,
         tokens_per_batch: Annotated[Optional[int], typer.Option(
-            help="Padded atoms per step (default: 65,536 on a GPU, 16 x the config's batch size on CPU).")] = None,
+            help="Padded atoms per step (default: the config's cuda_tokens_per_batch on a GPU, tokens_per_batch on "
+                 "a CPU).")] = None,
         sampling_steps: Annotated[Optional[int], typer.Option(
             help="Sampling steps of the scored samples (default: the config's; recorded in the evaluation "
                  "context, so use the shipped lineage's to be compared with it).")] = None,
@@ -60,8 +62,10 @@ def _train_model(model: str):
         stages = tuple(generator_class(model).stage_names)
         minute_budget = checked(stage_values, minutes, stages, "minutes", float)
         step_budget = checked(stage_values, steps, stages, "steps", int)
-        if not minute_budget and not step_budget:
-            raise CommandLineError(f"give --minutes or --steps for at least one of the stages {', '.join(stages)}")
+        if not minute_budget and not step_budget and not any(
+                cfg.stage_config(s).max_minutes or cfg.stage_config(s).max_steps for s in stages):
+            raise CommandLineError(f"give --minutes or --steps for at least one of the stages {', '.join(stages)} "
+                                   f"(config {cfg.name} sets no max_minutes or max_steps)")
         at_least("--samples", samples, 1 if promote else 0)  # the gate compares sample scores
         if not spec.sample_datasets and (promote or samples):
             raise CommandLineError(f"{model} samples no dataset unconditionally, so its runs have nothing to score: "
@@ -106,11 +110,11 @@ def train_packs(out: Annotated[Path, typer.Option(callback=folder_callback, help
                 config: Config = None, store: StoreDir = None, data: DataVersions = None) -> None:
     """Tensor packs of a config's datasets, for `python -m chemgen.training.standalone` on a GPU machine."""
     from chemgen.models.specs import load_config
-    from chemgen.training.packs import first_train_config as _first_train_config, write_packs
+    from chemgen.training.packs import write_packs
     from chemgen.models.specs import model_spec
 
     cfg = load_config(config or checked(model_spec, model).shipped_config, model)
-    refs = write_packs(_first_train_config(cfg), out, store, dataset_versions(data), model=model)
+    refs = write_packs(cfg.data, out, store, dataset_versions(data), model=model)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in sorted(out.glob("*.pt")))
     console.print(f"packs of {', '.join(refs)} in {out}: {sizes}")
 

@@ -184,15 +184,13 @@ def train_model(model: str, config: str, out_dir: str, init: str | None, minutes
     the first molecules of each dataset only (the config keeps its name, so lineages still continue)."""
     import dataclasses
 
-    from chemgen.config import TrainConfig
     from chemgen.models.specs import load_config
     from chemgen.training.tracked import train
 
     _maybe_fail("train", fail_at)
     loaded = load_config(config, model)
     if limit is not None:
-        loaded = dataclasses.replace(loaded, **{k: dataclasses.replace(v, limit_per_dataset=limit)
-                                                for k, v in vars(loaded).items() if isinstance(v, TrainConfig)})
+        loaded = dataclasses.replace(loaded, data=dataclasses.replace(loaded.data, limit_per_dataset=limit))
     outcome = train(model, loaded, out_dir, init=init, minutes=minutes, steps=steps, versions=versions,
                     progress=False, tags=tags, device="cpu")
     return {"model_dir": str(outcome.model_dir), "run_id": outcome.run_id, "steps": outcome.steps,

@@ -39,7 +39,7 @@ def registered_lineage(uri: str) -> Path | None:
 
 def load_lineage_model(folder: str | os.PathLike, device: str = "cpu") -> Any:
     """The generator a lineage folder holds: its manifest names the model and its config."""
-    from chemgen.config import from_dict
+    from chemgen.config import from_dict, upgrade_config_dict
 
     folder = Path(folder)
     if not lineage.is_lineage(folder):
@@ -47,7 +47,8 @@ def load_lineage_model(folder: str | os.PathLike, device: str = "cpu") -> Any:
                                 "shards, as `chemgen train MODEL` writes)")
     checkpoint = lineage.load(folder)
     name = checkpoint.manifest.get("model", "adit")
-    config = from_dict(config_type(name), checkpoint.manifest["config"], where=str(folder / "manifest.json"))
+    config = from_dict(config_type(name), upgrade_config_dict(checkpoint.manifest["config"]),
+                       where=str(folder / "manifest.json"))
     model = generator_class(name)(config)
     model.load_checkpoint_groups(checkpoint.groups)
     return model.to(device).eval()

@@ -42,9 +42,7 @@ class ModelSpec:
     run_scorers: tuple[str, ...] = ()  # "module:function"s scoring a run folder's model-specific files
     # How samples are drawn, as (context key, dotted config path): part of the gate's evaluation context
     sampling_settings: tuple[tuple[str, str], ...] = (("sampling_steps", "flow.num_steps"), ("cfg_scale", "flow.cfg_scale"))
-    peak_lr: float = 8e-4         # the WSD schedule's peak when a run names none: the same in every run of a lineage
-    gpu_tokens_per_batch: int = 65_536   # padded atoms per step on a GPU when a run names none
-    # "module:function" building (train pack, validation pack, dataset manifests) from a train config, the store
+    # "module:function" building (train pack, validation pack, dataset manifests) from a `DataConfig`, the store
     # and pinned versions, as `chemgen.training.packs.training_packs` does from the curated store; None: that
     pack_builder: str | None = None
     # the module logged as the registry pyfunc ("models from code"): a `PythonModel` set with

@@ -23,14 +23,12 @@ MODELS: dict[str, ModelSpec] = {
                       "adit-gpu-quick", ("qm9", "mp20"),
                       {"architecture": "ADiT", "paper": "Joshi et al., All-atom Diffusion Transformers, ICML 2025"},
                       ("chemgen.models.adit.diagnostics:score_run_reconstructions",)),
-    # GFMDiff's triplet track holds (B, N, N, N) tensors: far fewer atoms per step than ADiT's transformer
     "gfmdiff": ModelSpec("gfmdiff", "chemgen.models.gfmdiff.model:GFMDiff",
                          "chemgen.models.gfmdiff.config:GFMDiffConfig", "chemgen-gfmdiff", "gfmdiff-cpu", ("qm9",),
                          {"architecture": "GFMDiff",
                           "paper": "Xu et al., Geometric-Facilitated Denoising Diffusion Model for 3D Molecule "
                                    "Generation, AAAI 2024"},
-                         sampling_settings=(("sampling_steps", "diffusion.num_steps"),),
-                         peak_lr=5e-4, gpu_tokens_per_batch=8_192),
+                         sampling_settings=(("sampling_steps", "diffusion.num_steps"),)),
     # Conditional only: it samples molecules for given spectra (`chemgen elucidate`), so a run samples no dataset
     # and its packs come from the spectra store, not the curated QM9 store.
     "diffspectra": ModelSpec("diffspectra", "chemgen.models.diffspectra.model:DiffSpectra",
@@ -40,7 +38,6 @@ MODELS: dict[str, ModelSpec] = {
                               "paper": "Wang et al., DiffSpectra: Molecular Structure Elucidation from Spectra "
                                        "using Diffusion Models, 2025"},
                              sampling_settings=(("sampling_steps", "diffusion.num_steps"),),
-                             peak_lr=2e-4, gpu_tokens_per_batch=4_096,
                              pack_builder="chemgen.models.diffspectra.packs:training_packs",
                              pyfunc="chemgen.registry.elucidation_pyfunc"),
 }

@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from chemgen.config import ConfigError, TrainConfig
+from chemgen.config import DataConfig
 from chemgen.data.tensors import PACK_FORMAT, TensorPack, pack_from_store
 from chemgen.models.specs import import_object, model_spec
 
 
-def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = None,
+def training_packs(data: DataConfig, store: str | os.PathLike | None = None,
                    versions: dict[str, str] | None = None, model: str | None = None
                    ) -> tuple[TensorPack, TensorPack, list[dict[str, Any]]]:
     """Train and validation packs of the configured datasets (LATEST, or ``versions[name]``), cached per version,
@@ -26,12 +26,12 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
 
     builder = model_spec(model).pack_builder if model is not None else None
     if builder is not None:
-        return import_object(builder)(train_config, store, versions)
-    manifests = [read_manifest(name, (versions or {}).get(name), root=store) for name in train_config.datasets]
+        return import_object(builder)(data, store, versions)
+    manifests = [read_manifest(name, (versions or {}).get(name), root=store) for name in data.datasets]
     packs: dict[str, list[TensorPack]] = {"train": [], "valid": []}
     for manifest in manifests:
         for split in packs:
-            limit = train_config.limit_per_dataset
+            limit = data.limit_per_dataset
             # the pack format is part of the name: a pack cached by an older chemgen lacks newer fields
             cache = (chemgen_home() / "packs"
                      / f"{manifest['name']}-{manifest['version']}-{split}-{limit or 'all'}-v{PACK_FORMAT}.pt")
@@ -44,7 +44,7 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
     return TensorPack.concat(packs["train"]), TensorPack.concat(packs["valid"]), manifests
 
 
-def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: str | os.PathLike | None = None,
+def write_packs(data: DataConfig, out_dir: str | os.PathLike, store: str | os.PathLike | None = None,
                 versions: dict[str, str] | None = None, val_per_kind: int | None = 1000,
                 model: str | None = None) -> list[str]:
     """``train.pt``, ``val.pt`` and ``data.txt`` (the ``name@version`` of each dataset) for a machine that has
@@ -53,7 +53,7 @@ def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: st
     from chemgen.io import atomic_write
 
     out_dir = Path(out_dir)
-    train_pack, val_pack, manifests = training_packs(train_config, store, versions, model)
+    train_pack, val_pack, manifests = training_packs(data, store, versions, model)
     if val_per_kind is not None:
         val_pack = val_pack.subset(val_pack.held_out_index(val_per_kind))
     train_pack.save(out_dir / "train.pt", compress=True)   # they travel within a 64 MiB tree
@@ -63,10 +63,3 @@ def write_packs(train_config: TrainConfig, out_dir: str | os.PathLike, store: st
         handle.write(",".join(refs) + "\n")
     return refs
 
-
-def first_train_config(config: Any) -> TrainConfig:
-    """The training data settings of a model's config (ADiT: the VAE stage's, which the DiT stage shares)."""
-    for value in vars(config).values():
-        if isinstance(value, TrainConfig):
-            return value
-    raise ConfigError(f"config {config.name!r} has no training section")

@@ -31,20 +31,20 @@ import torch
 
 from chemgen.data.tensors import TensorPack
 from chemgen.models.specs import generator_class, model_spec
-from chemgen.training.stages import finish_run, stage_values, train_stages
+from chemgen.training.stages import finish_run, run_config, stage_values, train_stages
 from chemgen.samples import save_samples
 
 
-def per_stage(text: str, stages: tuple[str, ...], default: float | None, what: str) -> dict[str, float]:
-    """``"vae=2.5,dit=4"`` -> {"vae": 2.5, "dit": 4.0}; stages not named get ``default`` (None: all required)."""
+def per_stage(text: str, stages: tuple[str, ...], what: str, every_stage: bool) -> dict[str, float]:
+    """``"vae=2.5,dit=4"`` -> {"vae": 2.5, "dit": 4.0}; ``every_stage``: each stage must be named."""
     try:
         values = stage_values(text, stages, what)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     missing = [s for s in stages if s not in values]
-    if missing and default is None:
+    if missing and every_stage:
         raise SystemExit(f"--{what}: give every stage ({', '.join(stages)}), missing {', '.join(missing)}")
-    return {s: values.get(s, default) for s in stages}
+    return values
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--packs", type=Path, required=True, help="folder with train.pt and val.pt tensor packs")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--init", type=Path, default=None, help="lineage to continue (absent or empty: a new one)")
-    parser.add_argument("--minutes", required=True, help="training minutes per stage, e.g. vae=2.5,dit=4 (0 skips)")
-    parser.add_argument("--lr", default="", help="WSD peak per stage, e.g. vae=8e-4 (default: the model's peak_lr, "
-                                                 "chemgen.models.specs.MODELS)")
+    parser.add_argument("--minutes", default="", help="training minutes per stage, e.g. vae=2.5,dit=4 (0 skips; "
+                                                      "default: the config's max_minutes / max_steps)")
+    parser.add_argument("--lr", default="", help="WSD peak per stage, e.g. vae=8e-4 (default: the config's lr)")
     parser.add_argument("--tokens-per-batch", type=int, default=None,
-                        help="padded atoms per step (default: the model's gpu_tokens_per_batch)")
+                        help="padded atoms per step (default: the config's cuda_tokens_per_batch on a GPU, "
+                             "tokens_per_batch on a CPU)")
     parser.add_argument("--compile", nargs="?", const="all", default="",
                         help="torch.compile the stages named (e.g. dit), or every stage without a value (measured on "
                              "an H100: 217 s of compilation for 1.45x the VAE's eager throughput, which a stage of a "
@@ -85,12 +86,14 @@ def main(argv: list[str] | None = None) -> Path:
     from chemgen.models.specs import load_config
 
     run_start = time.perf_counter()
-    torch.manual_seed(int(time.time()))          # each run of a lineage draws new batches
     spec = model_spec(args.model)
-    config = load_config(args.config, args.model)
     stages = tuple(generator_class(args.model).stage_names)
-    minutes = per_stage(args.minutes, stages, None, "minutes")
-    rates = per_stage(args.lr, stages, spec.peak_lr, "lr")
+    minutes = per_stage(args.minutes, stages, "minutes", every_stage=True) if args.minutes else None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # the command's settings go into the config, which the lineage keeps: it records what the run used
+    config = run_config(load_config(args.config, args.model), stages, minutes=minutes,
+                        lr=per_stage(args.lr, stages, "lr", every_stage=False),
+                        tokens_per_batch=args.tokens_per_batch, device_type=device)
     compiled = set(stages) if args.compile == "all" else {s for s in args.compile.split(",") if s}
     if compiled - set(stages):
         raise SystemExit(f"--compile: {', '.join(sorted(compiled - set(stages)))} is not a stage of {args.model}")
@@ -99,8 +102,7 @@ def main(argv: list[str] | None = None) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     data_versions = [d for d in args.data.split(",") if d]
     print(json.dumps({"model": args.model, "config": config.name, "train_systems": len(train)}), flush=True)
-    model, report = train_stages(args.model, config, train, val, args.out, init=args.init, minutes=minutes, lr=rates,
-                                 tokens_per_batch=args.tokens_per_batch or spec.gpu_tokens_per_batch,
+    model, report = train_stages(args.model, config, train, val, args.out, init=args.init, device=device,
                                  compile=compiled, stop_at=stop_at,
                                  data_versions=data_versions, log=lambda line: print(line, flush=True),
                                  progress_bar=args.progress)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from chemgen import tracking
-from chemgen.models.specs import load_config, model_spec
-from chemgen.training.packs import first_train_config, training_packs
+from chemgen.models.specs import generator_class, load_config
+from chemgen.training.packs import training_packs
 
 
 # ---------------------------------------------------------------------------- training
@@ -39,30 +39,33 @@ def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os
     """Train every stage of ``model`` on the config's curated datasets (LATEST, or ``versions[name]``) as one
     MLflow run: params, dataset inputs, loss and diagnostics curves, the lineage manifest and log as artifacts.
 
+    ``minutes`` and ``steps`` (per stage) and ``tokens_per_batch`` replace the config's own budgets and batch
+    (`chemgen.training.stages.run_config`); the run's params are the config it trained with.
+
     ``init`` continues a lineage (e.g. the shipped one); a rerun into the same ``out_dir`` resumes an
     interrupted run (`chemgen.training.stages`). The trained model is ``<out_dir>/lineage``.
     """
-    from chemgen.training.stages import finish_run, train_stages
+    from chemgen.training.stages import finish_run, run_config, train_stages
 
     config = load_config(config, model) if isinstance(config, (str, Path)) else config
-    train_config = first_train_config(config)
     out_dir = Path(out_dir)
-    train_pack, val_pack, manifests = training_packs(train_config, store, versions, model)
-    data = [f"{m['name']}@{m['version']}" for m in manifests]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokens = tokens_per_batch or (model_spec(model).gpu_tokens_per_batch if device.startswith("cuda")
-                                  else 16 * train_config.batch_size)
+    stages = tuple(generator_class(model).stage_names)
+    # the caller's budgets and batch go into the config: what MLflow records is what the run used
+    config = run_config(config, stages, minutes=minutes, steps=steps, tokens_per_batch=tokens_per_batch,
+                        device_type=torch.device(device).type)
+    train_pack, val_pack, manifests = training_packs(config.data, store, versions, model)
+    data = [f"{m['name']}@{m['version']}" for m in manifests]
     start = time.perf_counter()
     with tracking.run(f"{model}-{config.name}", tags={"model": model, **(tags or {})},
                       nested=tracking.active_run_id() is not None) as run:
-        tracking.log_params({**config.flat_params(), "model": model, "train_systems": len(train_pack),
-                             "threads": torch.get_num_threads(), "init": str(init or ""),
-                             "tokens_per_batch": tokens, **{f"minutes.{k}": v for k, v in (minutes or {}).items()},
-                             **{f"steps.{k}": v for k, v in (steps or {}).items()}})
+        tracking.log_params({**config.flat_params(), "model": model, "device": device,
+                             "train_systems": len(train_pack), "threads": torch.get_num_threads(),
+                             "init": str(init or "")})
         for manifest in manifests:
             tracking.log_dataset_manifest(manifest)
-        _, report = train_stages(model, config, train_pack, val_pack, out_dir, init=init, minutes=minutes, steps=steps,
-                                 tokens_per_batch=tokens, device=device, data_versions=data,
+        _, report = train_stages(model, config, train_pack, val_pack, out_dir, init=init, device=device,
+                                 data_versions=data,
                                  log=lambda line: None if progress else print(line),
                                  progress_bar=progress, logger=tracking.lightning_logger())
         seconds = time.perf_counter() - start

@@ -217,14 +217,12 @@ def test_diffspectra_branch_trains_benchmarks_registers_and_gates(tmp_path_facto
     import dataclasses
     import shutil
 
-    from chemgen.config import TrainConfig
-    from chemgen.models.specs import load_config
     from chemgen import lineage
+    from chemgen.models.specs import load_config
     from chemgen.training.tracked import train
 
     config = load_config("tiny", "diffspectra")
-    config = dataclasses.replace(config, **{k: dataclasses.replace(v, limit_per_dataset=24)
-                                            for k, v in vars(config).items() if isinstance(v, TrainConfig)})
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, limit_per_dataset=24))
     root = tmp_path_factory.mktemp("weights-diffspectra")
     outcome = train("diffspectra", config, root / "run", steps={"specformer": 2, "denoiser": 2}, tokens_per_batch=128,
                     progress=False, device="cpu")

@@ -27,7 +27,7 @@ def small_config(**vae_changes) -> ADiTConfig:
     vae = VAEConfig(d_model=64, num_heads=4, dim_feedforward=128, encoder_layers=2, decoder_layers=2, latent_dim=8,
                     **vae_changes)
     dit = DiTConfig(d_model=64, num_heads=4, num_layers=2)
-    train = TrainConfig(batch_size=16, lr=2e-3, max_steps=20, val_every_steps=10, checkpoint_every_steps=10,
+    train = TrainConfig(tokens_per_batch=256, lr=8e-4, max_steps=20, val_every_steps=10,
                         ema_decay=0.9)
     return ADiTConfig(name="test", vae=vae, dit=dit, flow=FlowConfig(num_steps=8), vae_train=train, dit_train=train)
 

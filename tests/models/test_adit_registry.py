@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from chemgen import tracking
 from chemgen.cli.app import app
 from chemgen.datasets import curation_recipe
+from chemgen.models.specs import load_config
 from chemgen.data.store import curate
 
 runner = CliRunner()
@@ -34,7 +35,11 @@ def test_training_runs_are_tracked_with_params_and_dataset_inputs(registered):
     tracking.configure()
     runs = mlflow.search_runs(experiment_names=[tracking.DEFAULT_EXPERIMENT], output_format="list")
     run = next(r for r in runs if r.data.tags.get("model") == "adit" and "vae.latent_dim" in r.data.params)
-    assert run.data.params["vae.latent_dim"] == "4" and run.data.params["steps.vae"] == "8"
+    # the params are the settings the run used: the config with the command's budgets and batch in it
+    params = run.data.params
+    assert params["vae.latent_dim"] == "4" and params["vae_train.max_steps"] == "8" and params["dit_train.max_steps"] == "8"
+    assert params["vae_train.tokens_per_batch"] == "256" and params["device"] == "cpu"
+    assert float(params["vae_train.lr"]) == load_config("tiny").vae_train.lr
     assert {"vae/train/loss", "dit/train/loss", "vae/steps", "dit_diagnostics/dit_error_molecule_0.99"} <= set(
         run.data.metrics)
     assert {d.dataset.name.split("@")[0] for d in run.inputs.dataset_inputs} == {"qm9", "mp20"}

@@ -78,7 +78,7 @@ def test_presets_sizes_and_yaml_round_trip():
     assert counts == {"tiny": 130_006, "cpu": 1_134_521, "gpu": 92_452_527}
     gpu = preset("gpu")
     assert (gpu.diffusion.timesteps, gpu.diffusion.norm_values, gpu.diffusion.gfloss_weight) == (500, (4.0, 10.0, 10.0), 0.01)
-    assert gpu.denoiser_train.ema_decay == 0.999 and gpu.denoiser_train.datasets == ("qm9",)
+    assert gpu.denoiser_train.ema_decay == 0.999 and gpu.data.datasets == ("qm9",)
 
 
 # ---------------------------------------------------------------------------- the DTN

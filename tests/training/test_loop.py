@@ -203,12 +203,12 @@ def test_remote_refuses_unknown_stages_and_models(tmp_path):
     from chemgen.models.specs import generator_class
     from chemgen.training.standalone import per_stage
 
-    assert per_stage("vae=2.5,dit=4", ("vae", "dit"), None, "minutes") == {"vae": 2.5, "dit": 4.0}
-    assert per_stage("dit=1e-3", ("vae", "dit"), 8e-4, "lr") == {"vae": 8e-4, "dit": 1e-3}
+    assert per_stage("vae=2.5,dit=4", ("vae", "dit"), "minutes", every_stage=True) == {"vae": 2.5, "dit": 4.0}
+    assert per_stage("dit=1e-3", ("vae", "dit"), "lr", every_stage=False) == {"dit": 1e-3}
     with pytest.raises(SystemExit, match="STAGE=NUMBER"):
-        per_stage("decoder=3", ("vae", "dit"), None, "minutes")
+        per_stage("decoder=3", ("vae", "dit"), "minutes", every_stage=True)
     with pytest.raises(SystemExit, match="missing dit"):
-        per_stage("vae=3", ("vae", "dit"), None, "minutes")
+        per_stage("vae=3", ("vae", "dit"), "minutes", every_stage=True)
     with pytest.raises(KeyError, match="unknown model"):
         generator_class("gfmdiff-not-yet")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chemgen.config import ConfigError, ModelConfig, TrainConfig
+from chemgen.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from chemgen.datasets import label_order
 
 
@@ -78,6 +78,7 @@ class FlowConfig:
 @dataclass(frozen=True)
 class ADiTConfig(ModelConfig):
     name: str = "adit"
+    data: DataConfig = field(default_factory=DataConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)

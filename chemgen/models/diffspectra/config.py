@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from chemgen.config import ConfigError, ModelConfig, TrainConfig
+from chemgen.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from chemgen.diffusion.vp import VPConfig
 from chemgen.models.diffspectra.dmt import DMTConfig
 from chemgen.models.diffspectra.encoder import EncoderConfig
@@ -51,13 +51,14 @@ class PretrainConfig:
 
 
 def _train(**changes: Any) -> TrainConfig:
-    base = TrainConfig(datasets=("qm9",), batch_size=128, lr=2e-4, grad_clip=10.0, ema_decay=0.999)
+    base = TrainConfig(tokens_per_batch=2048, cuda_tokens_per_batch=4096, lr=2e-4, grad_clip=10.0, ema_decay=0.999)
     return dataclasses.replace(base, **changes)
 
 
 @dataclass(frozen=True)
 class DiffSpectraConfig(ModelConfig):
     name: str = "diffspectra"
+    data: DataConfig = field(default_factory=lambda: DataConfig(("qm9",)))
     specformer: SpecFormerConfig = field(default_factory=SpecFormerConfig)
     dmt: DMTConfig = field(default_factory=DMTConfig)
     diffusion: VPConfig = field(default_factory=VPConfig)
@@ -90,21 +91,10 @@ class DiffSpectraConfig(ModelConfig):
 
 def preset(name: str) -> DiffSpectraConfig:
     """A shipped config by name: ``tiny`` (tests), ``cpu`` (trains on a 2-core CPU in the background),
-    ``gpu`` (the papers' networks and recipes); chemgen/configs/diffspectra-<name>.yaml.
+    ``gpu`` (the papers' networks and recipes); chemgen/configs/diffspectra-<name>.yaml."""
+    from chemgen.models.specs import load_config
 
-    Read as `chemgen.models.specs.load_config` reads a registered model's file (same file, same `from_dict`), so it
-    works before DiffSpectra is registered in `chemgen.models.specs.MODELS`.
-    """
-    import yaml
-
-    from chemgen.config import from_dict, resolve_config_path
-
-    path = resolve_config_path(name, "diffspectra")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    return from_dict(DiffSpectraConfig, values or {}, where=str(path))
+    return load_config(name, "diffspectra")
 
 
 PRESETS = ("tiny", "cpu", "gpu")

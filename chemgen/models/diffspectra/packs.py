@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from chemgen.config import TrainConfig
+from chemgen.config import DataConfig
 from chemgen.data.tensors import PACK_FORMAT, TensorPack
 from chemgen.errors import UsageError
 
@@ -71,15 +71,18 @@ def _split_packs(folder: Path, limit: int | None) -> tuple[TensorPack, TensorPac
     return train, val, counts
 
 
-def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = None,
+def training_packs(data: DataConfig, store: str | os.PathLike | None = None,
                    versions: dict[str, str] | None = None) -> tuple[TensorPack, TensorPack, list[dict[str, Any]]]:
-    """(train pack, validation pack, [the spectra store's manifest]) for ``train_config`` (module docstring).
+    """(train pack, validation pack, [the spectra store's manifest]) for the config's ``data`` (module docstring).
 
     ``store`` is the curated store of the other models and does not apply; ``versions`` may pin
     ``qm9-xtb`` to the version on disk (anything else is refused)."""
     from chemgen.spectra.curation import NAME, default_folder
     from chemgen.paths import chemgen_home
 
+    if tuple(data.datasets) != ("qm9",):
+        raise UsageError(f"DiffSpectra's data is the spectra store of QM9's molecules: data.datasets must be [qm9], "
+                         f"got {list(data.datasets)}")
     if store is not None:
         raise UsageError(f"DiffSpectra trains on the spectra store ({default_folder()}; set CHEMGEN_SPECTRA_DIR to "
                          f"the folder holding {NAME}/), not on a curated store: --store {store} does not apply")
@@ -91,7 +94,7 @@ def training_packs(train_config: TrainConfig, store: str | os.PathLike | None = 
         if pinned and not digest.startswith(pinned):
             raise UsageError(f"{folder} is {NAME}@{version}, not {NAME}@{pinned}: the spectra store keeps no other "
                              "versions")
-    limit = train_config.limit_per_dataset
+    limit = data.limit_per_dataset
     cache = chemgen_home() / "packs" / f"{NAME}-{version}-diffspectra-{limit or 'all'}-v{PACK_FORMAT}"
     if (cache / "train.pt").is_file() and (cache / "val.pt").is_file():
         train, val = TensorPack.load(cache / "train.pt"), TensorPack.load(cache / "val.pt")

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from chemgen.config import ConfigError, ModelConfig, TrainConfig
+from chemgen.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,14 @@ class DiffusionConfig:
 
 
 def _train(**changes: Any) -> TrainConfig:
-    base = TrainConfig(datasets=("qm9",), batch_size=64, lr=1e-4, ema_decay=0.999)
+    base = TrainConfig(tokens_per_batch=1024, cuda_tokens_per_batch=8192, lr=1e-4, ema_decay=0.999)
     return dataclasses.replace(base, **changes)
 
 
 @dataclass(frozen=True)
 class GFMDiffConfig(ModelConfig):
     name: str = "gfmdiff"
+    data: DataConfig = field(default_factory=lambda: DataConfig(("qm9",)))
     dtn: DTNConfig = field(default_factory=DTNConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     denoiser_train: TrainConfig = field(default_factory=_train)
