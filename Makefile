@@ -1,5 +1,5 @@
 # chemgen: `make run` runs the main job, `make test` runs the test suite.
-# Both create .venv and install chemgen with pinned dependencies on first use.
+# Both create .venv and install chemgen with the locked dependencies (requirements.lock) on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,19 +9,32 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export CHEMGEN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install run test check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs diffspectra-packs
+.PHONY: install lock run test check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs diffspectra-packs
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml package-lock.json
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "chemgen needs Python 3.11, found " + sys.version.split()[0]'
+# Exactly the lock, with --no-deps: torch 2.13.0 there matches the CPU build on disk (2.13.0+cpu) where pip looks
+# there, and the CUDA libraries that PyPI's torch wheels ask for are left out of the lock (CUDA_ONLY below).
+$(VENV)/.installed: pyproject.toml requirements.lock package-lock.json
+	@$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12), "chemgen needs Python 3.11 or 3.12, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	# matminer (CrystalNN / Magpie featurizers for COV-R/COV-P) pins pandas<3 in its metadata but the
-	# featurizers chemgen uses run on pandas 3 (tests/scoring/test_crystals.py checks them): install it alone.
+	# featurizers chemgen uses run on pandas 3 (tests/scoring/test_crystals.py checks them): installed apart.
 	$(PY) -m pip install --quiet --no-deps matminer==0.10.1
 	# 3Dmol.js for the web app's 3D views, from the npm package (package-lock.json pins it); never from a CDN
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	@touch $@
+
+# requirements.lock from pyproject.toml's ranges, for Python 3.11 and 3.12 on every platform (uv's universal
+# resolution); existing pins are kept unless UPGRADE=--upgrade.
+CUDA_ONLY := cuda-bindings cuda-pathfinder cuda-toolkit nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc \
+	nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse \
+	nvidia-cusparselt-cu13 nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx triton
+UPGRADE ?=
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra docs --extra bench --universal \
+		--python-version 3.11.5 $(UPGRADE) $(addprefix --no-emit-package ,$(CUDA_ONLY)) -o requirements.lock
 
 run: install
 	$(VENV)/bin/chemgen run
@@ -29,6 +42,7 @@ run: install
 test: install
 	tools/install-test-browser.sh
 	$(PY) -m pytest -q
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 # What `pip install .` gives a container image: build the wheel (offline, from a copy of the sources so that a
 # stale ./build never reaches it), install it without dependencies into a folder of its own and run it from
@@ -39,7 +53,7 @@ WHEEL_CHECK ?= $(or $(TMPDIR),/tmp)/chemgen-wheel-check
 check-wheel: install
 	@set -eu; T="$(WHEEL_CHECK)"; PYBIN="$(abspath $(PY))"; DATA="$(abspath $(CHEMGEN_DATA_DIR))"; \
 	rm -rf "$$T"; mkdir -p "$$T/src" "$$T/run"; \
-	tar --exclude=__pycache__ -cf - pyproject.toml README.md chemgen chemgen.flows | tar -xf - -C "$$T/src"; \
+	tar --exclude=__pycache__ -cf - pyproject.toml README.md chemgen | tar -xf - -C "$$T/src"; \
 	(cd "$$T/src" && "$$PYBIN" -m pip wheel --quiet --no-deps --no-build-isolation --no-index -w "$$T/dist" .); \
 	"$$PYBIN" -m pip install --quiet --no-deps --no-index --target "$$T/site" "$$T"/dist/chemgen-*.whl; \
 	cd "$$T/run"; \
@@ -58,11 +72,12 @@ check-wheel: install
 	run env CHEMGEN_WEIGHTS_DIR="$(abspath models/weights)" "$$T/site/bin/chemgen" sample adit --kind qm9 --n 1 --steps 2 \
 	  --out "$$T/samples" --no-score > /dev/null; \
 	test -s "$$T/samples/samples.sdf"; \
-	echo "check-wheel: the installed wheel finds its configs and web templates, asks for CHEMGEN_DATA_DIR and CHEMGEN_WEIGHTS_DIR, reads both"
+	echo "check-wheel: the installed wheel finds its configs and web templates, asks for CHEMGEN_DATA_DIR and CHEMGEN_WEIGHTS_DIR, reads both"; \
+	cd "$(CURDIR)"; tools/check-wheel-python.sh "$$(ls "$$T"/dist/chemgen-*.whl)" 3.12 "$(abspath $(VENV))/bin/uv"
 
 # prefect.yaml is generated from chemgen/flows/deploy.py (the one definition of the deployments); a test fails when
 # the committed file differs from what this writes.
-# Mutation fuzzing of every structure reader on real QM9 and MP-20 files (README, "The record"):
+# Mutation fuzzing of every structure reader on real QM9 and MP-20 files (docs/guides/structures.md):
 # FUZZ_N inputs per format; fails if anything crashes, hangs or is accepted beyond the record's limits.
 FUZZ_N ?= 10000
 fuzz: install
@@ -97,17 +112,18 @@ spectra-stop:
 spectra-kill:
 	@if [ -f logs/spectra.pid ]; then pkill -KILL -g $$(cat logs/spectra.pid) && echo "spectra: killed"; rm -f logs/spectra.pid; fi
 
-# Python 3.12 wheels of what the GPU machine lacks for the spectra workers (README: "Spectra on the GPU machine").
+# Python 3.12 wheels of what a machine without the chemistry stack lacks for the spectra workers
+# (docs/guides/spectra.md, "On a machine without the chemistry stack").
 spectra-wheels: install
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .whl tblite==0.8.0 cffi==2.1.1 pycparser==3.12 ase==3.29.0
 
-# Tensor packs for a GPU lease (carry .packs/full; the command is in models/README.md, "Next GPU run").
+# Tensor packs for a GPU machine with only torch (python -m chemgen.training.standalone --packs .packs/full).
 gpu-packs: install
 	$(VENV)/bin/chemgen train packs --model adit --config gpu-quick --out .packs/full
 
-# DiffSpectra's packs for a GPU lease (carry .packs/diffspectra; models/gpu/diffspectra-ablation.sh): the training
+# DiffSpectra's packs for a GPU machine (models/gpu/diffspectra-ablation.sh): the training
 # and validation packs of the spectra store and 300 test molecules as the elucidation benchmark's queries.
 diffspectra-packs: install
 	$(VENV)/bin/chemgen train packs --model diffspectra --config cpu --out .packs/diffspectra

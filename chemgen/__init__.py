@@ -1,2 +1,2 @@
 """chemgen: generation pipeline for molecules and materials."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"

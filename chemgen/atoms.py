@@ -42,7 +42,7 @@ MAX_ATOMIC_NUMBER = len(SYMBOLS) - 1
 # Bond orders as stored in `AtomicSystem.bonds[:, 2]`; 4 marks an aromatic bond (1.5).
 AROMATIC = 4
 
-# Physical limits on what a record accepts (README, "What a record accepts"). They are far wider than
+# Physical limits on what a record accepts (docs/guides/structures.md, "What a record accepts"). They are far wider than
 # any dataset chemgen serves (QM9 <= 29 atoms, MP-20 <= 20, MPTS-52 <= 52; Materials Project cells are
 # below 100 A) and narrow enough that distance matrices, neighbour searches and structure matching stay
 # within seconds and memory: their cost grows with the atom count squared, with the cell's extent over

@@ -29,11 +29,12 @@ class ConfigError(ChemgenError, ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """What a model trains on: curated datasets (`chemgen.datasets`), or a model's own store (DiffSpectra: the
-    spectra store, whatever ``datasets`` says it is made of)."""
+    """What a model trains on (the ``data:`` section of a model config)."""
 
     datasets: tuple[str, ...] = ("qm9", "mp20")
-    limit_per_dataset: int | None = None  # the first N training systems of each (tiny slices for tests and demos)
+    """Curated datasets (`chemgen.datasets`); DiffSpectra's is ``[qm9]``: the spectra store of QM9's molecules."""
+    limit_per_dataset: int | None = None
+    """Train on the first N systems of each dataset only (tiny slices for tests and demos); None: all."""
 
 
 @dataclass(frozen=True)
@@ -41,24 +42,35 @@ class TrainConfig:
     """How one training stage trains (the ``<stage>_train`` section of a model config); every field is read by
     `chemgen.training.stages.train_stages`, and a run logs the values it used."""
 
-    # batch: padded atoms per optimiser step (batches are drawn from size buckets, so atoms, not systems, set the
-    # work of a step); a CUDA device is fed larger batches than a CPU
     tokens_per_batch: int = 4096
+    """Padded atoms per optimiser step on a CPU. Batches are drawn from size buckets, so atoms, not systems, set
+    the work of a step."""
     cuda_tokens_per_batch: int = 65_536
-    # optimiser (AdamW) and its warmup-stable-decay schedule; every run of a lineage uses the same peak ``lr``
+    """Padded atoms per optimiser step on a CUDA device (fed larger batches than a CPU)."""
     lr: float = 1e-4
+    """Peak learning rate of AdamW's warmup-stable-decay schedule; every run of a lineage uses the same one."""
     warmup_steps: int = 300
-    decay_fraction: float = 0.2           # of the run's budget spent decaying to 0
+    """Linear warm-up at the start of every run."""
+    decay_fraction: float = 0.2
+    """Share of a run's budget spent decaying the learning rate to 0, so that each run ends decayed."""
     weight_decay: float = 0.0
+    """AdamW's weight decay."""
     grad_clip: float = 10.0
-    ema_decay: float = 0.9999             # of the weights the stage keeps, where the model keeps an average
-    # budget of one run, when the caller names none (either ends the stage; None: no limit of that kind, and a
-    # stage with neither is not trained unless the caller gives it a budget)
+    """Gradient norm clip."""
+    ema_decay: float = 0.9999
+    """Decay of the weights' exponential moving average, where the model keeps one (the average is what is saved)."""
     max_steps: int | None = None
+    """Optimiser steps of one run when the caller names no budget (with ``max_minutes``: whichever ends first).
+    A stage with neither is not trained unless the caller gives it a budget."""
     max_minutes: float | None = None
-    val_every_steps: int = 1_000          # in-stage diagnostics on held-out systems
-    checkpoint_minutes: float = 10.0      # a resumable checkpoint of the running stage
-    seed: int = 42                        # draws of the run's batches (offset by the steps the lineage has trained)
+    """Training minutes of one run when the caller names no budget."""
+    val_every_steps: int = 1_000
+    """In-stage diagnostics on held-out systems, logged as ``<stage>/diag/...``."""
+    checkpoint_minutes: float = 10.0
+    """Interval of the resumable checkpoint of a running stage."""
+    seed: int = 42
+    """Seeds the batches a run draws (offset by the steps its lineage has trained: a continued lineage draws new
+    batches, and a rerun the same ones) and a fresh model's initial weights."""
 
     def __post_init__(self) -> None:
         if self.tokens_per_batch < 1 or self.cuda_tokens_per_batch < 1:

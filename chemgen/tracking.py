@@ -65,16 +65,19 @@ def run(name: str, experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, str] | 
         nested: bool = False, parent_run_id: str | None = None) -> Iterator[Any]:
     """An MLflow run on chemgen's store.
 
-    It nests inside this thread's active run, if any; otherwise ``parent_run_id`` attaches it
-    to a run started elsewhere (a Prefect flow's run, seen from a task in another thread).
+    It nests inside this thread's active run, if any; otherwise ``parent_run_id`` (or an ``mlflow.parentRunId``
+    tag) attaches it to a run started elsewhere (a Prefect flow's run, seen from a task in another thread or
+    process). ``nested`` is kept for callers that say they expect a parent; the active run decides.
     """
     mlflow = configure()
     tags = dict(tags or {})
-    nested = nested or mlflow.active_run() is not None
-    if nested:
+    if mlflow.active_run() is not None:
+        nested = True
         tags.pop("mlflow.parentRunId", None)  # MLflow sets it from the active run
-    elif parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+    else:   # no run here (another thread or process started the parent): the tag attaches it, if given
+        nested = False
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(run_name=name, experiment_id=experiment_id(experiment), tags=tags, nested=nested) as active:
         yield active
 

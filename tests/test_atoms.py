@@ -47,7 +47,7 @@ def test_record_is_immutable_and_replace_recomputes_fractional():
         ({"atomic_numbers": [], "pos": np.zeros((0, 3))}, "at least one atom"),
         ({"atomic_numbers": [6], "pos": [[0, 0]]}, "shape"),
         ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True}, "cell lengths"),
-        # physical limits (README, "What a record accepts")
+        # physical limits (docs/guides/structures.md, "What a record accepts")
         ({"atomic_numbers": [6] * 1001, "pos": np.zeros((1001, 3))}, "1001 atoms, over the limit of 1000"),
         ({"atomic_numbers": [6], "pos": [[1e300, 0, 0]]}, "coordinate of 1e\\+300 A is beyond the limit"),
         ({"atomic_numbers": [6], "pos": [[0, 0, 0]], "pbc": True, "cell": np.diag([4.0, 4.0, -4.0])}, "right-handed"),

@@ -7,9 +7,20 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from chemgen.cli.common import CommandLineError, DataVersions, StoreDir, at_least, checked, console, dataset_versions, folder_callback
+from chemgen.cli.common import (
+    CommandLineError,
+    DataVersions,
+    StoreDir,
+    at_least,
+    checked,
+    console,
+    dataset_versions,
+    err_console,
+    folder_callback,
+)
 
 sample_app = typer.Typer(help="Generate structures with a trained model and score them.", no_args_is_help=True)
 
@@ -32,17 +43,23 @@ def _sample_model(model: str):
         data: DataVersions = None,
     ) -> None:
         from chemgen.datasets import resolve_dataset
-        from chemgen.models.loading import shipped_model
-        from chemgen.models.loading import load_model
+        from chemgen.models.loading import load_model, shipped_model
         from chemgen.sampling.generate import sample_to_files
-        from chemgen.scoring.report import print_metrics
+        from chemgen.scoring.report import generated_references, print_metrics
 
         checked(resolve_dataset, kind)  # an unknown name fails here, before any model loads
         at_least("--n", n, 1)
         at_least("--steps", steps, 1)
+        versions = dataset_versions(data)
+        references = None
+        if score:   # before any sample is drawn: a dataset never curated costs its metrics, said now
+            dataset, _ = resolve_dataset(kind)
+            references = generated_references(dataset, store, versions.get(dataset), required=False)
+            for note in references.missing:
+                err_console.print(f"[yellow]{escape(note)}[/]", soft_wrap=True)
         result = sample_to_files(load_model(checkpoint or shipped_model(model)), kind, n, out, seed=seed,
                                  num_steps=steps, solver=solver, cfg_scale=cfg_scale, score=score, store=store,
-                                 versions=dataset_versions(data))
+                                 versions=versions, references=references)
         console.print(f"{n} samples of {result['dataset']} in {result['seconds']:.1f} s "
                       f"({result['samples_per_second']:.1f}/s), {result['failures']} not decodable; files: "
                       + ", ".join(str(p) for p in result["files"].values()))
@@ -71,8 +88,7 @@ def sample_sweep(
     """Sweep sampling settings (CFG scale x steps x solver) on one model and score every cell; sweep.csv is
     rewritten after every cell and a rerun into the same --out resumes."""
     from chemgen.datasets import resolve_dataset
-    from chemgen.models.loading import shipped_model
-    from chemgen.models.loading import load_model
+    from chemgen.models.loading import load_model, shipped_model
     from chemgen.models.specs import model_spec
     from chemgen.sampling.sweep import PRIMARY, plot_sweep, sampling_sweep
     from chemgen.io import atomic_write

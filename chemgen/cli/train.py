@@ -120,7 +120,7 @@ def train_packs(out: Annotated[Path, typer.Option(callback=folder_callback, help
 
 
 @train_app.command("import")
-def train_import(run: Annotated[Path, typer.Argument(help="Run folder (a GPU lease's or `chemgen train MODEL`'s).")],
+def train_import(run: Annotated[Path, typer.Argument(help="Run folder (`python -m chemgen.training.standalone`'s or `chemgen train MODEL`'s).")],
                  into: Annotated[Optional[Path], typer.Option(
                      callback=folder_callback, help="Shipped lineage to promote into (default: models/weights/<config>).")] = None,
                  store: StoreDir = None,

@@ -205,7 +205,7 @@ def score_run_candidates(path: str | os.PathLike, folder: str | os.PathLike | No
 
 
 def markdown_table(results: Mapping[str, Any], label: str) -> str:
-    """One row per setting: the table the closing notes and models/README.md carry."""
+    """One row per setting: the table DiffSpectra's model card carries."""
     k = results["top_k"]
     rows = [f"| {label} | {setting} | {m['metrics']['top1_accuracy']:.1%} | {m['metrics'][f'top{k}_accuracy']:.1%} | "
             f"{m['metrics']['mean_tanimoto_top1']:.3f} | {m['metrics']['valid_samples']:.1%} |"

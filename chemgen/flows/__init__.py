@@ -1,5 +1,7 @@
-"""chemgen's Prefect flows: curation, nightly retraining with registry gates, crystal screening.
+"""chemgen's Prefect flows: curation, nightly retraining with registry gates, crystal screening, elucidation.
 
-Flows call library functions and hold no maths. Import `chemgen.flows.settings` first (every
-module here does): it points Prefect at a project-local home and embedded server.
+Flows call library functions and hold no maths. Prefect's embedded defaults (a project-local home and an
+ephemeral server, `chemgen.flows.settings`) are set here, before any module of the package imports Prefect.
 """
+
+from chemgen.flows import settings  # noqa: F401

@@ -28,35 +28,68 @@ SUMMARY_METRICS = ("molecule/edm/validity", "molecule/edm/atom_stability", "mole
 
 
 def run_main(profile: str = "demo", data_dir: Path | None = None, console: Console | None = None,
-             model_names: dict[str, str] | None = None) -> dict[str, Any]:
+             model_names: dict[str, str] | None = None, workers: int | None = None) -> dict[str, Any]:
     """Run the flow and print its summary; raises `chemgen.flows.retrain.BranchFailed` (after the summary) when a
-    model's branch failed."""
+    model's branch failed.
+
+    The models' branches run side by side in ``workers`` processes (default: one per branch, at most the machine's
+    cores; 1 runs them one after the other in this process), each with the torch threads its share of the cores
+    allows. The terminal shows each step of each branch as it happens; what the libraries print goes to the log.
+    """
+    import os
     import time
 
-    from chemgen.paths import chemgen_home
+    from chemgen.flows.events import Event, follow
     from chemgen.flows.quiet import output_to_log
-    from chemgen.flows.retrain import BranchFailed, PROFILES, nightly_retrain
+    from chemgen.flows.retrain import PROFILES, BranchFailed, nightly_retrain
+    from chemgen.paths import chemgen_home
 
     console = console or Console()
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
-    log = chemgen_home() / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    console.print(f"nightly retrain ({profile}): curate once -> for each model ({', '.join(PROFILES[profile].plans)}): "
-                  f"champion (the shipped model first) -> train a challenger from it -> sample and score both -> "
-                  f"register -> gate; libraries' output goes to {log}", highlight=False)
+    plans = PROFILES[profile].plans
+    cores = os.cpu_count() or 1
+    workers = min(len(plans), workers or max(cores, len(plans)))
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    log = chemgen_home() / "logs" / f"run-{stamp}.log"
+    events = chemgen_home() / "logs" / f"run-{stamp}.events.jsonl"
+    console.print(f"nightly retrain ({profile}): curate once -> for each model ({', '.join(plans)}"
+                  f"{', side by side' if workers > 1 else ''}): champion (the shipped model first) -> train a "
+                  f"challenger from it -> sample and score both -> register -> gate; libraries' output goes to {log}",
+                  highlight=False)
+    flow = nightly_retrain
+    if workers > 1:
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        threads = max(1, cores // workers)
+        flow = nightly_retrain.with_options(task_runner=ProcessPoolTaskRunner(
+            max_workers=workers, initializer=_worker_threads, initargs=(threads,)))
     failure: BranchFailed | None = None
+    start = time.perf_counter()
     with output_to_log(log) as terminal:
-        screen = Console(file=terminal, force_terminal=console.is_terminal, width=console.width)
-        with screen.status(f"running the {profile} profile (a few minutes on 2 cores)"):
+        screen = Console(file=terminal, force_terminal=console.is_terminal, width=console.width, highlight=False)
+
+        def show(event: Event) -> None:
+            screen.print(f"[dim]{time.perf_counter() - start:6.0f} s[/]  [bold]{event.source}[/]: {event.message}")
+
+        screen.print(f"[dim]{0:6.0f} s[/]  starting Prefect and MLflow (embedded)")
+        with follow(events, show):
             try:
-                result = nightly_retrain(profile=profile, model_names=model_names,
-                                         data_dir=str(data_dir) if data_dir else None)
+                result = flow(profile=profile, model_names=model_names, data_dir=str(data_dir) if data_dir else None,
+                              parallel=workers > 1, events=str(events))
             except BranchFailed as error:   # the other branches finished: summarise them all, then fail
                 failure, result = error, error.result
     print_summary(result, profile, console)
     if failure is not None:
         raise failure
     return result
+
+
+def _worker_threads(threads: int) -> None:
+    """A branch worker's torch threads: its share of the machine's cores (set once, when the process starts)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def print_summary(result: dict[str, Any], profile: str, console: Console) -> None:

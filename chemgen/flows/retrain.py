@@ -34,6 +34,7 @@ from prefect.states import Failed
 from chemgen import gates, tracking
 from chemgen.errors import ChemgenError, UsageError
 from chemgen.paths import chemgen_home
+from chemgen.flows.events import RunEvents
 from chemgen.scoring import SCORING_VERSION
 from chemgen.flows import settings  # noqa: F401  (Prefect's embedded defaults, before prefect is imported)
 
@@ -66,27 +67,30 @@ class Profile:
 
 
 PROFILES = {
-    # A few minutes on 2 CPU cores: fine-tune the shipped models on small slices, then let each gate decide.
-    "demo": Profile(qm9_rows=2_000, mp20_rows=300, plans={
-        "adit": Plan("gpu-quick", minutes={"dit": 1.5}, steps=None, samples=200, sample_steps=50,
+    # Under 3 minutes on 2 CPU cores with the branches side by side (`chemgen run`): fine-tune each shipped model for
+    # 15 s on small slices, score champion and challenger on the same few samples, and let each gate decide. The
+    # samples are too few for the gate to promote on anything but a large difference: the demo shows the path.
+    "demo": Profile(qm9_rows=1_000, mp20_rows=200, plans={
+        # ADiT samples at about 0.7 s per step for a batch of 48 on one core: 32 samples x 16 steps per dataset
+        "adit": Plan("gpu-quick", minutes={"dit": 0.25}, steps=None, samples=32, sample_steps=16,
                      datasets=("qm9", "mp20")),
-        # GFMDiff samples at about 0.07 s per molecule and step on one core: 50 molecules x 20 steps
-        "gfmdiff": Plan("cpu", minutes={"denoiser": 0.5}, steps=None, samples=50, sample_steps=20,
+        # GFMDiff samples at about 0.07 s per molecule and step on one core: 16 molecules x 10 steps
+        "gfmdiff": Plan("cpu", minutes={"denoiser": 0.25}, steps=None, samples=16, sample_steps=10,
                         datasets=("qm9",)),
-        # 500 molecules of the spectra store (their graphs are perceived on each new store version, 30 ms each);
-        # 8 test queries x 4 candidates at 20 of the 1,000 steps: the flow's plumbing, not the paper's protocol
-        "diffspectra": Plan("cpu", minutes={"denoiser": 0.5}, steps=None, samples=4, sample_steps=20,
-                            datasets=(SPECTRA_DATASET,), queries=8, limit=500)}),
-    # The nightly job: full data; the champions trained on for two CPU hours (ADiT's VAE trains on GPU leases).
+        # 200 molecules of the spectra store (their graphs are perceived on each new store version, 30 ms each);
+        # 4 test queries x 4 candidates at 10 of the 1,000 steps: the flow's plumbing, not the paper's protocol
+        "diffspectra": Plan("cpu", minutes={"denoiser": 0.25}, steps=None, samples=4, sample_steps=10,
+                            datasets=(SPECTRA_DATASET,), queries=4, limit=200)}),
+    # The nightly job: full data; the champions trained on for two CPU hours (ADiT's VAE trains on GPUs).
     "nightly": Profile(qm9_rows=None, mp20_rows=None, plans={
         "adit": Plan("gpu-quick", minutes={"dit": 120.0}, steps=None, samples=1000, sample_steps=None,
                      datasets=("qm9", "mp20")),
         # EDM's T = 500 for 1,000 molecules is about 10 core-hours on a CPU: the nightly gate compares champion and
-        # challenger at 100 steps on 500 molecules (both alike); the paper's protocol runs on GPU leases
+        # challenger at 100 steps on 500 molecules (both alike); the paper's protocol runs on GPUs
         "gfmdiff": Plan("cpu", minutes={"denoiser": 120.0}, steps=None, samples=500, sample_steps=100,
                         datasets=("qm9",)),
         # 100 test queries x 10 candidates at 100 steps is about 30 minutes per model on one core; the paper's
-        # 1,000 steps on every test molecule runs on GPU leases (models/gpu/diffspectra-ablation.sh)
+        # 1,000 steps on every test molecule runs on GPUs (models/gpu/diffspectra-ablation.sh)
         "diffspectra": Plan("cpu", minutes={"denoiser": 120.0}, steps=None, samples=10, sample_steps=100,
                             datasets=(SPECTRA_DATASET,), queries=100)}),
 }
@@ -290,12 +294,14 @@ def _run(task_: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str, str], run_dir: Any,
-            tags: dict[str, str], fail_at: str | None) -> dict[str, Any]:
-    """One model's branch: resolve the champion -> train -> sample and score both -> register and gate.
+            tags: dict[str, str], fail_at: str | None, events: str | None = None) -> dict[str, Any]:
+    """One model's branch: resolve the champion -> train -> sample and score both -> register and gate, saying
+    what it does to ``events`` (`chemgen.flows.events`).
 
     Returns its outcome (``status``: registered, skipped or failed, with ``task`` and ``error``); never raises
     for a failed task, so that the flow goes on with the other branches."""
     start = time.perf_counter()
+    say = RunEvents(events).say
     outcome: dict[str, Any] = {"model": model, "name": name, "config": plan.config, "status": "running"}
     try:
         with tracking.run(f"retrain-{model}", tags={**tags, "model": model, "registered_name": name},
@@ -305,20 +311,30 @@ def _branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str,
             tags = {**tags, "mlflow.parentRunId": run.info.run_id, "model": model}
             champion = None
             if plan.init == "champion":
+                say(model, f"resolving the champion of {name}")
                 champion = _run(resolve_champion, model, plan.config, name, tags)
                 reason = _no_init_reason(model, plan.config, name, profile, champion)
                 if reason:   # never train from scratch when the plan says to continue the champion
                     tracking.log_params({"skipped": reason[:500]})
                     outcome.update(status="skipped", reason=reason, champion=champion)
+                    say(model, f"skipped: {reason}")
                     return outcome
+                say(model, f"champion: version {champion['version']}")
             outcome["champion"] = champion
             if SPECTRA_DATASET in plan.datasets:   # not curated by the flow: the store as it is on disk now
                 versions = {**versions, SPECTRA_DATASET: spectra_store_version()}
+            budget = ", ".join([f"{k} {v:g} min" for k, v in (plan.minutes or {}).items()]
+                               + [f"{k} {v} steps" for k, v in (plan.steps or {}).items()])
+            say(model, f"training a challenger ({budget}) from "
+                       f"{'the champion' if champion and champion['init'] else 'random weights'}")
             trained = outcome["train"] = _run(
                 train_model, model, plan.config, str(run_dir / "train"), champion["init"] if champion else None,
                 plan.minutes, plan.steps, {d: versions[d] for d in plan.datasets}, tags, fail_at, plan.limit)
+            say(model, f"challenger trained in {trained['seconds']:.0f} s: "
+                       + ", ".join(f"{k} {v:,} steps" for k, v in trained["steps"].items()))
             metrics: dict[str, float] = {}
             for dataset in plan.datasets:
+                say(model, f"sampling and scoring the challenger on {dataset}")
                 metrics.update(_evaluate(trained["model_dir"], dataset, plan, str(run_dir / f"samples-{dataset}"),
                                          versions, tags, "challenger", fail_at))
             outcome["metrics"] = metrics
@@ -331,6 +347,7 @@ def _branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str,
             if champion is not None:
                 champion_metrics = {}
                 for dataset in plan.datasets:
+                    say(model, f"sampling and scoring the champion on {dataset}")
                     # the downloaded lineage when there is one (no second registry load), else the pinned URI
                     champion_metrics.update(_evaluate(champion.get("model_dir") or champion["uri"], dataset, plan,
                                                       str(run_dir / f"champion-{dataset}"), versions, tags,
@@ -345,14 +362,18 @@ def _branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str,
                        "sample_steps": str(plan.sample_steps), "seed": "0",
                        "datasets": ",".join(f"{d}@{versions[d]}" for d in plan.datasets), "scoring": SCORING_VERSION}
             # the gate's sample count: queries for the benchmark (the n of its top-k rates), else samples
-            outcome["registration"] = _run(register_and_gate, trained["model_dir"], name, metrics, champion_metrics,
-                                           plan.queries or plan.samples, context, tags, fail_at,
-                                           champion["version"] if champion else None)
+            say(model, "registering the challenger; the gate decides")
+            registration = outcome["registration"] = _run(
+                register_and_gate, trained["model_dir"], name, metrics, champion_metrics, plan.queries or plan.samples,
+                context, tags, fail_at, champion["version"] if champion else None)
             outcome["status"] = "registered"
+            say(model, f"registered {name} version {registration['version']}: "
+                       + ("promoted to champion" if registration["promoted"] else "the champion stays"))
     except Exception as error:  # noqa: BLE001  (reported in the result; the other branches go on)
         failed = error if isinstance(error, _TaskFailed) else _TaskFailed("nightly-retrain", error)
         outcome.update(status="failed", task=failed.task_name,
                        error=f"{type(failed.error).__name__}: {failed.error}")
+        say(model, f"FAILED in task {failed.task_name}: {outcome['error']}")
     finally:
         outcome["seconds"] = time.perf_counter() - start
     return outcome
@@ -373,10 +394,18 @@ def _no_init_reason(model: str, config: str, name: str, profile: str, champion: 
     return None
 
 
+@task(name="model-branch", retries=0)
+def model_branch(model: str, plan: Plan, name: str, profile: str, versions: dict[str, str], run_dir: Any,
+                 tags: dict[str, str], fail_at: str | None, events: str | None) -> dict[str, Any]:
+    """One model's branch as a task of its own, so that branches can run side by side (`_branch`)."""
+    return _branch(model, plan, name, profile, versions, run_dir, tags, fail_at, events)
+
+
 @flow(name="nightly-retrain", log_prints=True)
 def nightly_retrain(profile: str = "demo", models: list[str] | None = None, model_names: dict[str, str] | None = None,
                     data_dir: str | None = None, fail_at: str | None = None,
-                    overrides: dict[str, Any] | None = None) -> Any:
+                    overrides: dict[str, Any] | None = None, parallel: bool = False,
+                    events: str | None = None) -> Any:
     """Curate once, then retrain, register and gate every model of the profile; see the module docstring.
 
     ``models`` runs only these branches (default: every plan of the profile); ``model_names`` registers a model
@@ -384,7 +413,9 @@ def nightly_retrain(profile: str = "demo", models: list[str] | None = None, mode
     (``qm9_rows``, ``mp20_rows``) and of a model's plan (``{"adit": {"steps": {"dit": 5}, "init": None}}``).
     ``fail_at`` injects a failure into one task (``train``, ``sample-molecule``, ``sample-crystal``,
     ``register``) of every branch, or of one model's branch (``"gfmdiff:register"``), to exercise retries and
-    isolation.
+    isolation. ``parallel`` runs the branches side by side, as tasks on the flow's task runner (the main job gives
+    it a process pool, `chemgen.flows.main_job`); otherwise one after the other in this process. ``events`` is a
+    file the flow and its branches append what they do to (`chemgen.flows.events`).
 
     Returns the result: the curated datasets and each branch's outcome (``branches``; ``failed`` lists the
     branches that failed, with their task and error). When a branch failed, the flow run ends Failed, with
@@ -416,16 +447,25 @@ def nightly_retrain(profile: str = "demo", models: list[str] | None = None, mode
         # Curated once for every branch: a failure here fails the flow (no branch has data to train on).
         needed = [d for d in DATASET_ORDER if any(d in p.datasets for p in plans.values())]
         rows = {"qm9": chosen.qm9_rows, "mp20": chosen.mp20_rows}
+        say = RunEvents(events).say
+        say("flow", "curating " + ", ".join(f"{n} ({rows[n] or 'all'} rows)" for n in needed))
         datasets = [curate_dataset(name, rows[name], data_dir) for name in needed]
+        say("flow", "curated: " + ", ".join(f"{d['name']}@{d['version']} ({'reused' if d['reused'] else 'new'})"
+                                            for d in datasets))
         # The exact versions curated here travel to training and scoring (a slice never becomes LATEST).
         versions = {d["name"]: d["version"] for d in datasets}
         for d in datasets:
             from chemgen.data.store import read_manifest
 
             tracking.log_dataset_manifest(read_manifest(d["name"], d["version"]))
-        # One branch after the other (2 cores; MLflow's active run is per thread), each under its own name.
-        branches = {m: _branch(m, p, names[m], profile, versions, run_dir / m, tags, _fail_at_for(m, fail_at))
-                    for m, p in plans.items()}
+        # Each branch under its own name; side by side on the task runner's workers, or one after the other.
+        if parallel:
+            futures = {m: model_branch.submit(m, p, names[m], profile, versions, run_dir / m, tags,
+                                              _fail_at_for(m, fail_at), events) for m, p in plans.items()}
+            branches = {m: f.result() for m, f in futures.items()}
+        else:
+            branches = {m: _branch(m, p, names[m], profile, versions, run_dir / m, tags, _fail_at_for(m, fail_at),
+                                   events) for m, p in plans.items()}
         failed = [{"model": m, "task": b["task"], "error": b["error"]} for m, b in branches.items()
                   if b["status"] == "failed"]
         if failed:

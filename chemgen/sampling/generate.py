@@ -28,9 +28,13 @@ def generate_records(model: Any, dataset: str, n: int, seed: int = 0, batch_size
 def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike, seed: int = 0,
                     num_steps: int | None = None, solver: str | None = None, cfg_scale: float | None = None,
                     batch_size: int = 500, score: bool = True, store: str | os.PathLike | None = None,
-                    versions: dict[str, str] | None = None) -> dict[str, Any]:
+                    versions: dict[str, str] | None = None, references: Any = None) -> dict[str, Any]:
     """Generate n structures of a dataset (or kind: molecule = qm9, crystal = mp20), write them (SDF + XYZ or
-    CIF + XYZ) with a CSV summary, and score them against that dataset's references."""
+    CIF + XYZ) with a CSV summary, and score them against that dataset's references.
+
+    The references (`chemgen.scoring.report.generated_references`, unless given) are read first: a dataset that was
+    never curated leaves out the metrics that need it (novelty, distribution distances) and says so in
+    ``result["notes"]``, before any sample is drawn."""
     import pandas as pd
 
     from chemgen import io as structure_io
@@ -41,6 +45,8 @@ def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset, kind = resolve_dataset(dataset)
+    if score and references is None:
+        references = report.generated_references(dataset, store, (versions or {}).get(dataset), required=False)
     systems, seconds = generate_records(model, dataset, n, seed, batch_size, num_steps=num_steps, solver=solver,
                                         cfg_scale=cfg_scale)
     records = [s for s in systems if not isinstance(s, Failure)]
@@ -55,10 +61,10 @@ def sample_to_files(model: Any, dataset: str, n: int, out_dir: str | os.PathLike
     summary = pd.DataFrame(structure_rows(systems, kind)).drop(columns=["xyz", "cif"])
     result: dict[str, Any] = {"n": n, "dataset": dataset, "seconds": seconds,
                               "samples_per_second": n / max(seconds, 1e-9),
-                              "failures": len(systems) - len(records), "files": files}
+                              "failures": len(systems) - len(records), "files": files,
+                              "notes": references.missing if references else []}
     if score:
-        metrics, table, scores = report.score_generated(*split_failures(systems), dataset, store,
-                                                        (versions or {}).get(dataset))
+        metrics, table, scores = report.score_generated(*split_failures(systems), dataset, references=references)
         summary = pd.concat([summary.reset_index(drop=True), table.drop(columns=[c for c in ("index",) if c in table])
                              .add_prefix("score_").reset_index(drop=True)], axis=1)
         result["metrics"] = metrics

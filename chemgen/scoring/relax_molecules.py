@@ -29,8 +29,8 @@ stretched or squeezed by 0.1 A reads as no bond or a double bond), and its +10 p
 breaks too: on real QM9 molecules with 0.10 / 0.16 A of RMS noise it loses 13 / 27 % of the
 bonds to hydrogen, and 84 / 99 % of molecules change connectivity. A force field on that graph
 holds radicals and cannot restore the molecule: relaxing on EDM's strict connectivity gave 15 %
-molecule stability at 0.10 A (300 molecules), the widened graph 88 % (the table is in the
-README). On clean QM9 geometries the widened graph is EDM's connectivity for every molecule EDM
+molecule stability at 0.10 A (300 molecules), the widened graph 88 % (the table is in
+docs/guides/scoring.md). On clean QM9 geometries the widened graph is EDM's connectivity for every molecule EDM
 calls stable (2,000 checked). The graph is a function of the generated coordinates alone, the
 same rule for every input; nothing looks at a reference molecule.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -150,22 +151,61 @@ def training_references(dataset: str = "mp20", data_dir: str | None = None) -> A
 
 
 # ---------------------------------------------------------------------------- scoring
+@dataclass
+class References:
+    """What generated systems of one dataset are compared with: the novelty reference (QM9's training SMILES per
+    protocol, or a crystal set's training structures) and, for crystals, test structures for the distribution
+    distances. ``missing`` says, per reference that could not be had, why (its metrics are then not reported)."""
+
+    novelty: Any = None
+    ground_truth: list[AtomicSystem] | None = None
+    missing: list[str] = field(default_factory=list)
+
+
+def generated_references(dataset: str, store: str | os.PathLike | None = None, version: str | None = None,
+                         required: bool = True) -> References:
+    """The references `score_generated` compares a dataset's samples with. ``required=False`` lets a dataset that
+    was never curated cost its metrics (said in ``missing``) rather than the run: read them before drawing
+    samples, so that a missing one is known before the expensive part."""
+    from chemgen.data.store import StoreError, load
+    from chemgen.datasets import resolve_dataset
+
+    dataset, kind = resolve_dataset(dataset)
+    refs = References()
+    if kind == "molecule":
+        try:
+            refs.novelty = qm9_reference_smiles(store=store, version=version)
+        except StoreError as err:
+            if required:
+                raise
+            refs.missing.append(f"novelty is not reported: {err}")
+        return refs
+    refs.novelty = training_references(dataset)
+    if refs.novelty is None:
+        refs.missing.append(f"novelty is not reported: no {dataset} training split on hand")
+    try:
+        refs.ground_truth = load(dataset, "test", version=version, limit=1000, root=store)
+    except StoreError as err:
+        if required:
+            raise
+        refs.missing.append(f"distribution distances are not reported: {err}")
+    return refs
+
+
 def score_generated(items: Sequence[AtomicSystem | None], reasons: Sequence[str | None] | None, dataset: str,
-                    store: str | os.PathLike | None = None,
-                    version: str | None = None) -> tuple[dict[str, float], pd.DataFrame, Any]:
-    """Score generated systems of one dataset (or kind) against that dataset's references: QM9's
-    training SMILES (curated, LATEST or ``version``) for novelty; for crystals the training split
-    for novelty (`training_references`) and 1,000 curated test structures for the distribution
+                    store: str | os.PathLike | None = None, version: str | None = None,
+                    references: References | None = None) -> tuple[dict[str, float], pd.DataFrame, Any]:
+    """Score generated systems of one dataset (or kind) against that dataset's references (`generated_references`,
+    read here unless given): QM9's training SMILES (curated, LATEST or ``version``) for novelty; for crystals the
+    training split for novelty (`training_references`) and 1,000 curated test structures for the distribution
     distances."""
     from chemgen.datasets import resolve_dataset
 
     dataset, kind = resolve_dataset(dataset)
+    references = references if references is not None else generated_references(dataset, store, version)
     if kind == "molecule":
-        return score_systems(items, kind, reasons, references=qm9_reference_smiles(store=store, version=version))
-    from chemgen.data.store import load
-
-    return score_systems(items, kind, reasons, references=training_references(dataset),
-                         ground_truth=load(dataset, "test", version=version, limit=1000, root=store))
+        return score_systems(items, kind, reasons, references=references.novelty)
+    return score_systems(items, kind, reasons, references=references.novelty, ground_truth=references.ground_truth)
 
 
 def score_systems(systems: Sequence[AtomicSystem | None], kind: str, reasons: Sequence[str | None] | None = None,

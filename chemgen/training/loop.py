@@ -281,7 +281,7 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
     """Train until ``minutes`` of wall time (after compilation) or ``max_steps`` steps, whichever comes first.
 
     ``stop_at`` (a ``time.perf_counter()`` instant) is a hard deadline that shortens the time budget,
-    compilation included, so that a lease-bound run ends, decayed, in time to save its results.
+    compilation included, so that a run on borrowed time ends, decayed, in time to save its results.
     ``model`` is the module the parameters belong to (checkpointed whole); ``checkpoint_dir`` keeps
     ``last.ckpt`` every ``checkpoint_minutes``, and a rerun with the same folder resumes
     from it. ``diagnose`` (every ``diagnose_every`` steps) returns diagnostics logged as ``diag/...``; the logger sees every

@@ -1,4 +1,4 @@
-"""Train any chemgen model through its lineage on a machine with only torch: one prepared command per GPU lease.
+"""Train any chemgen model through its lineage on a machine with only torch: one command, packs in, lineage out.
 
 GPU machines here lack the chemistry stack (RDKit, pymatgen, pyarrow, MLflow, Prefect), so a CPU machine
 curates the data into tensor packs (``chemgen train packs``), and this module, which imports
@@ -12,7 +12,7 @@ torch, Lightning and chemgen's torch-only modules alone:
    16 MiB, the lineage log with this run appended) and samples of each dataset as tensors.
 
 ``--deadline-minutes`` bounds the whole run: stages shrink, each still ending with its decay, so
-that the lineage and the samples are written before the lease's limit. Back on the CPU machine,
+that the lineage and the samples are written before the machine's time is up. Back on a machine with the full stack,
 ``chemgen train import <out>`` scores the samples and promotes the checkpoint into
 ``models/weights/`` only if the gate prefers it.
 

@@ -161,6 +161,36 @@ def test_one_flow_registers_and_gates_each_model_under_its_own_name(gfmdiff_weig
     assert gates.gate_metrics_for(names["gfmdiff"]) != gates.gate_metrics_for(names["adit"])
 
 
+def test_branches_run_side_by_side_in_worker_processes(mp20_slice_dir, tmp_path):
+    """The main job's way: each branch a task in its own worker process, both at once, each saying what it does
+    in the events file; their MLflow runs still hang under the flow's run."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    from chemgen.flows.events import read_events
+
+    names = {"adit": "chemgen-adit-parallel", "gfmdiff": "chemgen-gfmdiff-parallel"}
+    scratch = {"adit": QUICK_ADIT, "gfmdiff": {**QUICK_GFMDIFF, "init": None}}   # nothing shipped in the workers
+    events = tmp_path / "events.jsonl"
+    flow = nightly_retrain.with_options(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    result = flow(profile="demo", models=list(names), model_names=names, data_dir=str(mp20_slice_dir),
+                  overrides={**ROWS, **scratch}, parallel=True, events=str(events))
+    assert not result["failed"]
+    branches = result["branches"]
+    assert branches["adit"]["status"] == branches["gfmdiff"]["status"] == "registered"
+    said, _ = read_events(events)
+    for model, name in names.items():
+        lines = [e.message for e in said if e.source == model]
+        assert lines[0].startswith("training a challenger") and lines[-1].startswith(f"registered {name} version")
+        assert str(tracking.version_by_alias(name, tracking.CHAMPION).version) == "1"
+        branch_run = tracking.client().get_run(branches[model]["mlflow_run_id"])
+        assert branch_run.data.tags["mlflow.parentRunId"] == result["mlflow_run_id"]
+    assert said[0].source == "flow" and said[0].message.startswith("curating")
+    # side by side: each branch started before the other finished
+    first_start = {m: next(e.time for e in said if e.source == m) for m in names}
+    last = {m: [e.time for e in said if e.source == m][-1] for m in names}
+    assert first_start["gfmdiff"] < last["adit"] and first_start["adit"] < last["gfmdiff"]
+
+
 def test_a_failed_branch_does_not_block_the_other(gfmdiff_weights, mp20_slice_dir, monkeypatch):
     """GFMDiff's registration fails: ADiT's branch still registers and gates, GFMDiff's failure is in the result,
     nothing half-registered stays behind, and the flow run ends Failed once both branches have finished."""

@@ -43,7 +43,7 @@ def good(qm9_sample, sample_scores) -> list[AtomicSystem]:
     return [s for s, keep in zip(qm9_sample, ok) if keep][:20]
 
 
-# EDM protocol on all 130,831 QM9 molecules, as this code reproduces it (README; EDM/GeoLDM's
+# EDM protocol on all 130,831 QM9 molecules, as this code reproduces it (docs/guides/scoring.md; EDM/GeoLDM's
 # published "Data" row, ANCHORS B2, rounds to 99.0 / 95.2 / 97.7).
 FULL_QM9_EDM = {"atom_stability": 0.9936, "molecule_stability": 0.9528, "validity": 0.9768}
 Z = 4.0  # standard errors: a correct table fails by chance with probability ~6e-5 per metric

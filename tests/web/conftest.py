@@ -20,7 +20,7 @@ from chemgen.web.settings import WebSettings
 
 # A held-out test molecule of the committed spectra store (C1CC11C2CC1CC2, GDB 19566) for which the shipped
 # DiffSpectra samples valid molecules: 13 of 24 at 100 steps with seed 0 (not the query's own: the model is
-# early, models/README.md). About 45 s on one core.
+# early, its model card says). About 45 s on one core.
 QUERY_MOLECULE = 19566
 SPECTRA_STORE = Path(__file__).resolve().parents[2] / "datasets" / "spectra" / "qm9-xtb"
 ELUCIDATION = {"samples": 24, "steps": 100, "top_k": 5, "rerank": False, "seed": 0}
