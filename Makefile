@@ -62,7 +62,7 @@ check-wheel: install
 	  case "$$out" in *"$$want"*) ;; *) echo "$$out"; echo "check-wheel: '$$*' failed without saying '$$want'"; exit 1;; esac; }; \
 	run "$$T/site/bin/chemgen" --help > /dev/null; \
 	run "$$PYBIN" -c 'import os, chemgen; assert chemgen.__file__.startswith(os.environ["PYTHONPATH"]), chemgen.__file__'; \
-	run "$$PYBIN" -c 'from chemgen.config import load_config; assert load_config("gpu-quick").name == "adit-gpu-quick"'; \
+	run "$$PYBIN" -c 'from chemgen.models.specs import load_config; assert load_config("gpu-quick").name == "adit-gpu-quick"'; \
 	run "$$PYBIN" -c 'from chemgen.web.app import HERE, create_app; assert (HERE / "templates" / "base.html").is_file(); create_app()'; \
 	fails_with "not run from a source checkout" "$$PYBIN" -c 'from chemgen.paths import default_data_dir; default_data_dir()'; \
 	fails_with "CHEMGEN_WEIGHTS_DIR" "$$PYBIN" -c 'from chemgen.paths import shipped_weights_dir; shipped_weights_dir()'; \

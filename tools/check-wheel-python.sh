@@ -18,8 +18,8 @@ fi
 where="$(mktemp -d)"
 trap 'rm -rf "$where"' EXIT
 "$python" -m venv "$where/venv"
+"$where/venv/bin/python" -m pip install --quiet pyyaml   # before the wheel: pip then has nothing to say of its deps
 "$where/venv/bin/python" -m pip install --quiet --no-deps "$wheel"
-"$where/venv/bin/python" -m pip install --quiet pyyaml
 "$where/venv/bin/python" -m compileall -q "$where"/venv/lib/python*/site-packages/chemgen > /dev/null
 (cd "$where" && "$where/venv/bin/python" -c '
 import yaml  # noqa: F401 - the configs are YAML
