@@ -30,14 +30,15 @@ def sampling_sweep(model: Any, dataset: str, n: int, cfg_scales: Sequence[float]
     and sample count are not run again: an interrupted sweep resumes where it stopped."""
     import pandas as pd
 
-    from chemgen.io import atomic_write
-
     from chemgen.datasets import resolve_dataset
+    from chemgen.io import atomic_write
     from chemgen.sampling.generate import generate_records
     from chemgen.samples import split_failures
     from chemgen.scoring import report
 
     dataset, kind = resolve_dataset(dataset)
+    # read once, before the first cell samples: a dataset never curated fails here, not after minutes of sampling
+    references = report.generated_references(dataset, store, version)
     done: dict[tuple[str, int, float], dict[str, Any]] = {}
     if checkpoint is not None and Path(checkpoint).is_file():
         for row in pd.read_csv(checkpoint).to_dict("records"):
@@ -50,7 +51,7 @@ def sampling_sweep(model: Any, dataset: str, n: int, cfg_scales: Sequence[float]
             continue
         systems, seconds = generate_records(model, dataset, n, seed, batch_size, num_steps=num_steps, solver=solver,
                                             cfg_scale=cfg)
-        metrics, _, _ = report.score_generated(*split_failures(systems), dataset, store, version)
+        metrics, _, _ = report.score_generated(*split_failures(systems), dataset, references=references)
         rows.append({"dataset": dataset, "n": n, "seed": seed, "solver": solver, "steps": num_steps, "cfg_scale": cfg,
                      "seconds": seconds, "samples_per_second": n / seconds,
                      **{m: metrics.get(m, float("nan")) for m in (PRIMARY[kind], *SECONDARY[kind])}})
