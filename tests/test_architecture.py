@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "chemgen"
 # all its modules; a module not named is a bug of this table (the test says which).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "paths", "atoms", "geometry", "datasets", "io", "bonds", "config", "dense", "samples", "lineage",
-     "tracking", "gates", "configs"),
+     "tracking", "gates", "configs", "testing"),
     ("data", "spectra", "nn", "diffusion", "scoring"),
     ("models",),
     ("training", "sampling", "elucidation", "registry"),
@@ -123,6 +123,17 @@ def test_the_package_imports_nothing_of_the_repository_outside_it():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             found += [f"{module} imports {n}" for n in names if n.split(".")[0] in outside]
     assert found == []
+
+
+def test_e3nn_is_imported_only_by_the_testing_helpers():
+    """The models are plain torch, so training needs torch alone; e3nn checks them from `chemgen.testing`."""
+    found = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [module for n in names if n.split(".")[0] == "e3nn"]
+    assert sorted(set(found)) == ["chemgen.testing"]
 
 
 def test_the_walk_sees_imports_inside_functions_and_finds_a_planted_circle(tmp_path):

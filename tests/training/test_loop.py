@@ -19,6 +19,7 @@ from chemgen.training.loop import EMA, WSDSchedule, ema_decay_at, fit
 from chemgen.geometry import det_3x3, inverse_3x3, random_rotation
 from chemgen.models.adit.diagnostics import kabsch_rmsd, short_distance_errors
 from chemgen.models.adit.vae import AllAtomVAE, short_distance_error
+from chemgen.testing import random_rotations
 
 from tests.models.test_adit import small_config
 
@@ -122,7 +123,7 @@ def test_closed_form_3x3_inverse_and_quaternion_rotations():
 def test_kabsch_rmsd_ignores_rotation_and_distance_errors_ignore_both(qm9_systems):
     dense = TensorPack.from_systems(qm9_systems[:6]).dense(torch.arange(6))
     pos, mask = dense.pos.double(), dense.mask
-    rotated = pos @ random_rotation(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64).transpose(1, 2)
+    rotated = pos @ random_rotations(6, seed=2).transpose(1, 2)
     moved = (rotated + torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)) * mask[..., None]
     assert kabsch_rmsd(moved, pos, mask).max() < 1e-6
     assert short_distance_errors(moved, pos, mask).max() < 1e-6
