@@ -65,6 +65,10 @@ class ResidentBatches:
     def __len__(self) -> int:
         return self.num_systems
 
+    def reseed(self, seed: int) -> None:
+        """Draw the buckets from ``seed`` on (the systems within a bucket follow torch's generator)."""
+        self._rng = random.Random(seed)
+
     @property
     def mean_batch_size(self) -> float:
         total = sum(self.weights)

@@ -100,8 +100,8 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
                  log: Callable[[str], None] = print, progress_bar: bool = False,
                  logger: Any = None) -> tuple[Any, dict[str, Any]]:
     """Train every stage of the model as its `TrainConfig` says (``minutes``, ``steps``, ``lr`` and
-    ``tokens_per_batch`` go into the config first, `run_config`): budget (``max_minutes`` and/or ``max_steps``; a stage with neither skips its
-    training, not its diagnostics), batch, learning rate and schedule, EMA, seed. Continues ``init`` or, if
+    ``tokens_per_batch`` go into the config first, `run_config`): budget (``max_minutes`` and/or ``max_steps``;
+    a stage with neither skips its training, not its diagnostics), batch, learning rate and schedule, EMA, seed. Continues ``init`` or, if
     ``out`` holds an interrupted run, that run. ``stop_at`` (a ``time.perf_counter()`` instant) is the end of
     training, stages shrinking so that each ends decayed. ``compile`` is True, False or the names of the stages
     to ``torch.compile``.
@@ -122,7 +122,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
     if not resumed and init is not None and (Path(init) / "lineage.jsonl").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(init) / "lineage.jsonl", folder / "lineage.jsonl")  # the run log carries on
-    resident: dict[tuple[int, int], ResidentBatches] = {}   # (tokens, seed) -> batches on the device
+    resident: dict[int, ResidentBatches] = {}   # tokens per batch -> the pack's buckets on the device
     monitor_batch = val.held_out(MONITOR_SYSTEMS).to(device) if len(val) else None
     model.to(device)
     report: dict[str, Any] = dict(manifest.get("run_report", {})) if resumed else {}  # finished stages' results
@@ -143,10 +143,10 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
             seed = cfg.seed + done_steps[name]
             torch.manual_seed(seed)
             tokens = cfg.tokens_for(device.type)
-            if (tokens, seed) not in resident:
-                resident[(tokens, seed)] = ResidentBatches(train, device, tokens_per_batch=tokens,
-                                                           oversample=OVERSAMPLE, seed=seed)
-            data = resident[(tokens, seed)]
+            if tokens not in resident:
+                resident[tokens] = ResidentBatches(train, device, tokens_per_batch=tokens, oversample=OVERSAMPLE)
+            data = resident[tokens]
+            data.reseed(seed)
             stage = model.training_stage(name, train, tuple(s for s in completed if s in model.stage_names))
             ema = EMA(stage.ema_module, stage.ema_decay) if stage.ema_module is not None else None
             monitor = None if monitor_batch is None else (lambda n=name: model.stage_monitor(n, monitor_batch))
