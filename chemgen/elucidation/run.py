@@ -145,6 +145,9 @@ def read_query(files: Sequence[str | os.PathLike | QueryFile], kinds: Sequence[s
         if not (values[covered] > 0).any():   # the model reads log10(1 + x) of x >= 0: nothing would remain
             raise SpectrumFileError(f"{item.path}: no positive {LABELS[spectrum.kind]} signal between "
                                     f"{GRID_CM1[0]:.0f} and {GRID_CM1[-1]:.0f} cm^-1")
+        if np.ptp(values[covered]) <= 1e-9 * float(np.abs(values[covered]).max()):
+            raise SpectrumFileError(f"{item.path}: a flat {LABELS[spectrum.kind]} spectrum (every value "
+                                    f"{values[covered][0]:g}): no band to compare")
         spectra[spectrum.kind], paths[spectrum.kind] = (values, covered), item.path
     return Query(spectra, paths)
 

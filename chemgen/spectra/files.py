@@ -1,9 +1,13 @@
 """Spectrum files: JCAMP-DX (through the `jcamp` package) and two-column CSV, in and out.
 
 Everything read becomes a `Spectrum` in wavenumbers (cm^-1, ascending) with absorbance (IR given
-as transmittance or absorbance) or intensity (Raman, or IR given as intensity); `resample` puts it
-on the model grid. Every problem raises `SpectrumFileError` naming the file and what is wrong.
-Writes are atomic (temporary file, then rename).
+as transmittance, absorbance or an absorption coefficient) or intensity (Raman, or IR given as intensity);
+`resample` puts it on the model grid. Measured spectra come in many forms, and each reads: x in cm^-1,
+micrometres or nanometres, ascending or descending; a JCAMP-DX file of several blocks of one spectrum (ranges
+measured apart) is merged; gaps in the data (a range not measured, or cut out) stay uncovered on the grid instead
+of being bridged by a straight line. Every problem raises `SpectrumFileError` naming the file and what is
+wrong: too few points, a file whose blocks are of different kinds, a kind the caller names that the file
+contradicts. Writes are atomic (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from chemgen.spectra.broadening import GRID_CM1
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_POINTS = 2_000_000
 MIN_OVERLAP_CM1 = 500.0   # a spectrum must cover at least this much of the model grid
+MIN_POINTS = 10           # fewer is not a spectrum (a peak list of one band, a single reading)
+# A step between neighbouring points wider than this (and than 10 x the median step) is a gap in the data
+GAP_CM1 = 25.0
 KINDS = ("ir", "raman", "uv-vis")
 JCAMP_DATA_TYPES = {"ir": "INFRARED SPECTRUM", "raman": "RAMAN SPECTRUM", "uv-vis": "UV/VIS SPECTRUM"}
 JCAMP_SUFFIXES = (".jdx", ".dx", ".jcamp", ".jcm")
@@ -91,6 +98,8 @@ def _finish(path: Path, x: np.ndarray, y: np.ndarray, x_unit: str | None, y_unit
         signal = "absorbance" if units.y_kind(y_unit) in ("transmittance", "absorbance") else "intensity"
     except units.UnitError as err:
         raise _fail(path, str(err)) from err
+    if x.size < MIN_POINTS:
+        raise _fail(path, f"{x.size} data point(s): a spectrum needs at least {MIN_POINTS}")
     order = np.argsort(x_cm1, kind="stable")
     return Spectrum(x_cm1[order], y_signal[order], kind, signal, str(path), title, meta or {})
 
@@ -121,16 +130,35 @@ def read_jcamp(path: str | os.PathLike, kind: str | None = None) -> Spectrum:
             data = jcamp.read(io.StringIO(text).readlines())
     except Exception as err:  # noqa: BLE001  the package raises bare Exceptions on bad data lines
         raise _fail(path, f"malformed JCAMP-DX ({type(err).__name__}: {err})") from err
-    if data.get("children"):
-        raise _fail(path, "compound JCAMP-DX files (several blocks) are not supported: one spectrum per file")
-    if "x" not in data or "y" not in data:
+    blocks = [block for block in data.get("children") or [data] if "x" in block and "y" in block]
+    if not blocks:
         raise _fail(path, "JCAMP-DX file without x/y data")
-    if "xunits" not in data:
-        raise _fail(path, "no ##XUNITS: cannot tell wavenumbers from wavelengths")
-    kind = kind or _kind_from_data_type(str(data.get("data type", "")))
-    meta = {k: v for k, v in data.items() if k.startswith("$") or k in ("molform", "cas registry no", "origin")}
-    return _finish(path, data["x"], data["y"], str(data["xunits"]), str(data.get("yunits", "")), kind,
-                   str(data.get("title", "")), meta)
+    read = []
+    for number, block in enumerate(blocks, start=1):
+        where = f"{path} (block {number})" if len(blocks) > 1 else path
+        if "xunits" not in block:
+            raise _fail(where, "no ##XUNITS: cannot tell wavenumbers from wavelengths")
+        said = _kind_from_data_type(str(block.get("data type", data.get("data type", ""))))
+        if kind is not None and said is not None and said != kind:
+            raise _fail(where, f"the file says it is a {said} spectrum ({block.get('data type')}), not {kind}")
+        meta = {k: v for k, v in block.items() if k.startswith("$") or k in ("molform", "cas registry no", "origin")}
+        read.append(_finish(Path(str(where)), block["x"], block["y"], str(block["xunits"]),
+                            str(block.get("yunits", "")), kind or said, str(block.get("title", data.get("title", ""))),
+                            meta))
+    kinds = sorted({s.kind for s in read})
+    if len(kinds) > 1:
+        raise _fail(path, f"blocks of different spectra ({', '.join(kinds)}): one molecule's spectrum of one kind "
+                          "per file (split the file, or name the kind)")
+    if len({s.signal for s in read}) > 1:
+        raise _fail(path, "blocks on different scales (absorbance and intensity): one scale per file")
+    if len(read) == 1:
+        return Spectrum(read[0].x_cm1, read[0].y, read[0].kind, read[0].signal, str(path), read[0].title, read[0].meta)
+    # ranges measured apart: one spectrum of all the blocks' points (overlaps keep the first block's values)
+    x = np.concatenate([s.x_cm1 for s in read])
+    y = np.concatenate([s.y for s in read])
+    order = np.argsort(x, kind="stable")
+    return Spectrum(x[order], y[order], read[0].kind, read[0].signal, str(path), read[0].title,
+                    {**read[0].meta, "blocks": len(read)})
 
 
 def write_jcamp(path: str | os.PathLike, spectrum: Spectrum, y_units: str | None = None) -> Path:
@@ -277,17 +305,31 @@ def read_spectrum(path: str | os.PathLike, kind: str | None = None, x_units: str
     raise _fail(path, f"unknown spectrum file type {path.suffix!r} (JCAMP-DX {', '.join(JCAMP_SUFFIXES)} or CSV)")
 
 
+def gaps(x_cm1: np.ndarray) -> list[tuple[float, float]]:
+    """The (low, high) ranges between neighbouring points that are further apart than `GAP_CM1` and than ten
+    times the median step: ranges that were not measured."""
+    steps = np.diff(x_cm1)
+    if steps.size == 0:
+        return []
+    wide = steps > max(GAP_CM1, 10.0 * float(np.median(steps)))
+    return [(float(x_cm1[i]), float(x_cm1[i + 1])) for i in np.flatnonzero(wide)]
+
+
 def resample(spectrum: Spectrum, grid: np.ndarray = GRID_CM1, min_overlap_cm1: float = MIN_OVERLAP_CM1
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Linear interpolation onto ``grid`` -> (values, covered mask); zero where the spectrum has no data."""
+    """Linear interpolation onto ``grid`` -> (values, covered mask); zero where the spectrum has no data, gaps
+    included (`gaps`: never bridged by a straight line)."""
     x, y = spectrum.x_cm1, spectrum.y
     unique, first = np.unique(x, return_index=True)   # repeated x: keep the first value
     x, y = unique, y[first]
-    low, high = max(x.min(), grid[0]), min(x.max(), grid[-1])
-    if high - low < min_overlap_cm1:
-        raise _fail(spectrum.source or "spectrum",
-                    f"covers {x.min():.0f}-{x.max():.0f} cm^-1, less than {min_overlap_cm1:.0f} cm^-1 of the "
-                    f"model's {grid[0]:.0f}-{grid[-1]:.0f} cm^-1 range")
     covered = (grid >= x.min()) & (grid <= x.max())
+    for low, high in gaps(x):
+        covered &= ~((grid > low) & (grid < high))
+    if covered.sum() * float(np.median(np.diff(grid))) < min_overlap_cm1:
+        raise _fail(spectrum.source or "spectrum",
+                    f"covers {x.min():.0f}-{x.max():.0f} cm^-1"
+                    + (f" with {len(gaps(x))} gap(s)" if gaps(x) else "")
+                    + f", less than {min_overlap_cm1:.0f} cm^-1 of the model's {grid[0]:.0f}-{grid[-1]:.0f} cm^-1 "
+                    "range")
     values = np.where(covered, np.interp(grid, x, y), 0.0)
     return values, covered

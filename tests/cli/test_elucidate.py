@@ -229,6 +229,9 @@ BAD_UPLOADS = {
     "no signal": (lambda p, s: _csv(p / "flat.csv", "wavenumber (cm-1),absorbance\n"
                                     + "".join(f"{500 + i},0\n" for i in range(0, 3500, 10))),
                   "flat.csv: no positive IR signal"),
+    "flat": (lambda p, s: _csv(p / "level.csv", "wavenumber (cm-1),absorbance\n"
+                               + "".join(f"{500 + i},0.5\n" for i in range(0, 3500, 10))),
+             "level.csv: a flat IR spectrum (every value 0.5): no band to compare"),
     "kind unknown": (lambda p, s: _csv(p / "what.csv", "wavenumber (cm-1),intensity\n1000,1\n2000,2\n"),
                      "what.csv: cannot tell the spectrum kind"),
 }
