@@ -75,3 +75,54 @@ def spectra_resample(
                       highlight=False)
     if failed:
         raise typer.Exit(code=1)
+
+
+library_app = typer.Typer(help="Your own libraries of computed spectra, searched by `chemgen elucidate`.",
+                          no_args_is_help=True)
+spectra_app.add_typer(library_app, name="library")
+
+
+@library_app.command("add")
+def library_add(
+    name: Annotated[str, typer.Argument(help="The library's name (a folder under $CHEMGEN_HOME/libraries).")],
+    molecules: Annotated[Optional[Path], typer.Argument(
+        help="A SMILES file (one per line, an optional name after it) or a structure file (SDF, XYZ).")] = None,
+    smiles: Annotated[Optional[list[str]], typer.Option("--smiles", help="A SMILES to add (repeatable).")] = None,
+) -> None:
+    """Compute the GFN2-xTB spectra of your candidate molecules into a library of your own (only those it does not
+    hold yet; a stopped run goes on where it stopped). Each line that cannot be computed is listed with its
+    reason."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from chemgen.spectra.user_library import add_candidates, read_lines
+
+    if molecules is None and not smiles:
+        raise CommandLineError("give a file of molecules or --smiles")
+    with Progress(TextColumn("xTB spectra"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("", total=None)
+        report = add_candidates(name, molecules, list(smiles or []),
+                                progress=lambda done, total, what: bar.update(task, completed=done, total=total,
+                                                                                description=escape(what)))
+    for line in read_lines(report.library):
+        if line["status"] != "ok":
+            err_console.print(f"[yellow]line {line['line']} ({escape(line['name'])}): {escape(line['status'])}[/]",
+                              highlight=False)
+    console.print(f"{name}: {report.computed} computed, {report.failed} could not be, {report.skipped} already there, "
+                  f"of {report.read} given, in {report.seconds:.0f} s; library {report.library}", highlight=False)
+
+
+@library_app.command("list")
+def library_list() -> None:
+    """Your libraries, with how many molecules have spectra."""
+    from chemgen.elucidation.pooling import user_libraries, user_library_root
+    from chemgen.spectra import shards
+
+    folders = user_libraries()
+    if not folders:
+        console.print(f"no libraries under {user_library_root()} (`chemgen spectra library add NAME FILE`)")
+        return
+    for folder in folders:
+        infos = shards.scan(folder)
+        console.print(f"{folder.name}: {sum(i.ok for i in infos):,} molecules with spectra, "
+                      f"{sum(i.failed for i in infos):,} failed ({folder})", highlight=False)

@@ -20,6 +20,12 @@ off, the cosine of the store's broadened spectra, for comparison):
 6. **the C-H stretches** (2,750-3,150 cm^-1) that nearly every organic molecule shares, and that dominate an
    absorbance spectrum, are weighted down (`stretch_weight`), so that the fingerprint region decides.
 
+The defaults were chosen on 150 molecules of the store's training split (never test molecules) with IR spectra
+made to look measured (`chemgen.elucidation.distortion`), one setting changed at a time against a 50,657-molecule
+library: top-1 / top-10 found 0.49 / 0.71 (with the formula, top-1 0.72), against 0.01 / 0.04 (0.07) for the plain
+cosine; the band width mattered most (FWHM 20 / 30 / 40 / 50 cm^-1: top-1 0.36 / 0.43 / 0.48 / 0.42), then the
+compression (power 0.3 / 0.5 / 0.7: 0.13 / 0.43 / 0.41).
+
 Both sides become feature vectors on `FEATURE_GRID` (8 cm^-1 steps, 500-4,000 cm^-1; with bands 20+ cm^-1 wide
 nothing is lost), and the similarity is their cosine over the part of the grid the query covers: a library's
 vectors are stored once (`stick_features`), a query's are computed per query (`query_features`, one row per
@@ -47,9 +53,9 @@ class Comparison:
     """How spectra are compared (module docstring); the defaults are for measured spectra."""
 
     frequency_scale: float = XTB_TO_B3LYP_SCALE * B3LYP_TO_FUNDAMENTAL   # computed sticks -> measured bands
-    fwhm: float = 30.0                    # cm^-1, the Gaussian the sticks become
+    fwhm: float = 40.0                    # cm^-1, the Gaussian the sticks become
     query_fwhm: float = 16.0              # cm^-1, the Gaussian the query is smoothed with (0: not smoothed)
-    baseline_window: float = 300.0        # cm^-1 (0: no baseline removed)
+    baseline_window: float = 150.0        # cm^-1 (0: no baseline removed)
     power: float = 0.5                    # y -> y^power after scaling to a maximum of 1
     stretch_weight: float = 0.35          # of the C-H stretch region, the rest weighing 1
     stretches: tuple[float, ...] = (0.97, 0.985, 1.0, 1.015, 1.03)   # the query's wavenumbers read times these

@@ -33,8 +33,9 @@ from chemgen.elucidation.identity import hill_formula, parse_formula
 from chemgen.errors import ChemgenError, UsageError
 
 MODALITIES = ("ir", "raman")
-META_FIELDS = ("inchikey", "smiles", "formula", "qm9_index", "split", "heavy_atoms", "mass", "elements")
-INDEX_FORMAT = 1
+META_FIELDS = ("inchikey", "smiles", "formula", "qm9_index", "split", "heavy_atoms", "mass", "elements", "shard",
+               "row")
+INDEX_FORMAT = 2
 
 
 class LibraryError(ChemgenError, RuntimeError):
@@ -54,6 +55,8 @@ class LibraryHit:
     library: str                            # the library's name (its folder's)
     qm9_index: int = -1                     # -1 outside QM9
     split: str = ""
+    shard: str = ""                         # where its sticks and geometry are: the shard file and row
+    row: int = -1
 
 
 @dataclass
@@ -88,9 +91,10 @@ class SpectralLibrary:
                                "qm9-spectra` or `chemgen spectra library add`)")
         name = name or folder.name
         base = Path(cache_dir) if cache_dir else _default_cache()
-        blocks = base / f"{name}-{comparison.key}" / "blocks"
+        home = base / f"{name}-{comparison.key}-v{INDEX_FORMAT}"
+        blocks = home / "blocks"
         digest = hashlib.sha256("".join(i.sha256 for i in infos).encode()).hexdigest()
-        combined = base / f"{name}-{comparison.key}" / f"combined-{digest[:16]}"
+        combined = home / f"combined-{digest[:16]}"
         if not (combined / "done").is_file():
             new = [i for i in infos if not (blocks / f"{i.sha256}.npz").is_file()]
             for done, info in enumerate(new, start=1):
@@ -168,7 +172,16 @@ class SpectralLibrary:
     def hit(self, row: int, rank: int, similarity: float, per_modality: dict[str, float]) -> LibraryHit:
         meta = self.meta
         return LibraryHit(rank, str(meta["inchikey"][row]), str(meta["smiles"][row]), str(meta["formula"][row]),
-                          similarity, per_modality, self.name, int(meta["qm9_index"][row]), str(meta["split"][row]))
+                          similarity, per_modality, self.name, int(meta["qm9_index"][row]), str(meta["split"][row]),
+                          str(meta["shard"][row]), int(meta["row"][row]))
+
+    def record(self, hit: LibraryHit) -> dict[str, Any]:
+        """The hit's row of its shard: sticks (``frequencies_cm1``, ``ir_km_mol``, ``raman_a4_amu``), relaxed
+        geometry (``atomic_numbers``, ``positions``), identity."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.folder / hit.shard)
+        return table.slice(hit.row, 1).to_pylist()[0]
 
     def count_formula(self, formula: str) -> int:
         """How many molecules of the library have this molecular formula (its isomers here)."""
@@ -198,10 +211,10 @@ def _write_block(path: Path, shard: Path, comparison: Comparison) -> None:
                                               "frequencies_cm1", "ir_km_mol", "raman_a4_amu", "failure"])
     except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise LibraryError(f"{shard}: not a readable spectra shard ({type(err).__name__}: {err})") from err
-    rows = [r for r in table.to_pylist() if r["failure"] is None]
+    rows = [(position, r) for position, r in enumerate(table.to_pylist()) if r["failure"] is None]
     features = {m: np.zeros((len(rows), len(FEATURE_GRID)), dtype=np.float16) for m in MODALITIES}
     meta: dict[str, list[Any]] = {k: [] for k in META_FIELDS}
-    for i, row in enumerate(rows):
+    for i, (position, row) in enumerate(rows):
         frequencies = np.asarray(row["frequencies_cm1"], dtype=np.float64)
         for modality, column in (("ir", "ir_km_mol"), ("raman", "raman_a4_amu")):
             if row[column] is not None:
@@ -218,10 +231,13 @@ def _write_block(path: Path, shard: Path, comparison: Comparison) -> None:
         meta["heavy_atoms"].append(sum(1 for z in numbers if z > 1))
         meta["mass"].append(float(sum(atomic_masses[z] for z in numbers)))
         meta["elements"].append(",".join(sorted(counts)))
+        meta["shard"].append(shard.name)
+        meta["row"].append(position)
     arrays = {"inchikey": np.array(meta["inchikey"], dtype=str), "smiles": np.array(meta["smiles"], dtype=str),
               "formula": np.array(meta["formula"], dtype=str), "qm9_index": np.array(meta["qm9_index"], np.int32),
               "split": np.array(meta["split"], dtype=str), "heavy_atoms": np.array(meta["heavy_atoms"], np.int16),
-              "mass": np.array(meta["mass"], np.float32), "elements": np.array(meta["elements"], dtype=str)}
+              "mass": np.array(meta["mass"], np.float32), "elements": np.array(meta["elements"], dtype=str),
+              "shard": np.array(meta["shard"], dtype=str), "row": np.array(meta["row"], dtype=np.int32)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, format=np.array(INDEX_FORMAT), **{f"features_{m}": v for m, v in features.items()}, **arrays)

@@ -1,12 +1,13 @@
 """One query's candidates as files: ``candidates.csv``, ``candidates.sdf`` and one PNG per candidate.
 
 ``candidates.csv``
-    rank, smiles, inchikey, count, fraction, similarity, score, formula, then similarity_ir,
-    similarity_raman, sample_smiles (the representative's own tautomer), failure and image (the PNG's
-    name). Empty cells where a value is absent (not re-ranked, or its spectra failed).
+    rank, smiles, inchikey, sources (where it came from: library:<name>, user:<name>, model; ``;``-joined),
+    count (samples of the generator), fraction, similarity, score, formula, formula_match, then similarity_ir,
+    similarity_raman, sample_smiles (the representative's own tautomer), failure and image (the PNG's name).
+    Empty cells where a value is absent (not scored, or its spectra failed).
 ``candidates.sdf``
-    the representatives in 3D with explicit hydrogens, in rank order, named ``<query> rank <n>``, with
-    the CSV's values as properties.
+    the candidates in 3D with explicit hydrogens (a library's relaxed geometry, a sample's own), in rank order,
+    named ``<query> rank <n>``, with the CSV's values as properties.
 ``candidate-<rank>.png``
     per modality, the query's spectrum and the candidate's computed one (each scaled to its maximum,
     query in black); the candidate drawn in 2D (as sampled) beside them; similarity, count and SMILES
@@ -34,8 +35,8 @@ from chemgen.elucidation.ranking import Candidate
 from chemgen.elucidation.rerank import COMPARED_KINDS, QuerySpectra, query_arrays
 from chemgen.spectra.broadening import GRID_CM1
 
-CSV_COLUMNS = ("rank", "smiles", "inchikey", "count", "fraction", "similarity", "score", "formula",
-               "similarity_ir", "similarity_raman", "sample_smiles", "failure", "image")
+CSV_COLUMNS = ("rank", "smiles", "inchikey", "sources", "count", "fraction", "similarity", "score", "formula",
+               "formula_match", "similarity_ir", "similarity_raman", "sample_smiles", "failure", "image")
 COLOURS = {"ir": "tab:red", "raman": "tab:blue"}
 LABELS = {"ir": "IR", "raman": "Raman"}
 
@@ -51,9 +52,11 @@ def _number(value: float | None, digits: int = 6) -> str:
 def _row(candidate: Candidate) -> dict[str, str]:
     return {
         "rank": str(candidate.rank), "smiles": candidate.smiles, "inchikey": candidate.inchikey,
+        "sources": ";".join(candidate.sources or ("model",)),
         "count": str(candidate.count), "fraction": _number(candidate.fraction),
         "similarity": _number(candidate.similarity), "score": _number(candidate.score),
         "formula": candidate.formula,
+        "formula_match": "" if candidate.formula_match is None else str(candidate.formula_match).lower(),
         **{f"similarity_{k}": _number(candidate.similarities.get(k)) for k in COMPARED_KINDS},
         "sample_smiles": candidate.sample_smiles, "failure": candidate.failure or "",
         "image": image_name(candidate),
@@ -71,7 +74,9 @@ def _write_sdf(path: Path, query_name: str, candidates: Sequence[Candidate]) -> 
     writer = Chem.SDWriter(str(path))
     try:
         for candidate in candidates:
-            mol = Chem.Mol(candidate.mol)
+            mol = Chem.Mol(candidate.mol) if candidate.mol is not None else _embedded(candidate.smiles)
+            if mol is None:
+                continue
             mol.SetProp("_Name", f"{query_name} rank {candidate.rank}")
             mol.SetProp("query", query_name)
             for column, value in _row(candidate).items():
@@ -80,6 +85,17 @@ def _write_sdf(path: Path, query_name: str, candidates: Sequence[Candidate]) -> 
             writer.write(mol)
     finally:
         writer.close()
+
+
+def _embedded(smiles: str) -> Chem.Mol | None:
+    """A 3D structure from SMILES (RDKit ETKDG, seeded), for a candidate known only by its SMILES."""
+    from rdkit.Chem import AllChem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        return None
+    mol = Chem.AddHs(mol)
+    return mol if AllChem.EmbedMolecule(mol, randomSeed=0) == 0 else None
 
 
 def _depiction(smiles: str, size: int = 320) -> np.ndarray | None:
@@ -99,7 +115,10 @@ def _depiction(smiles: str, size: int = 320) -> np.ndarray | None:
 
 def _title(query_name: str, candidate: Candidate) -> str:
     head = f"{query_name}: candidate {candidate.rank}  {candidate.smiles}  ({candidate.formula})"
-    sampled = f"sampled {candidate.count}x ({candidate.fraction:.0%} of valid samples)"
+    origin = [s for s in candidate.sources if s != "model"]
+    sampled = "; ".join(([f"from {', '.join(origin)}"] if origin else [])
+                        + ([f"sampled {candidate.count}x ({candidate.fraction:.0%} of valid samples)"]
+                           if candidate.count else []))
     if candidate.failure:
         return f"{head}\nno computed spectrum: {candidate.failure[:90]}; {sampled}"
     if candidate.similarity is None:
@@ -108,42 +127,65 @@ def _title(query_name: str, candidate: Candidate) -> str:
     return f"{head}\nspectral similarity {candidate.similarity:.3f} ({parts}); {sampled}"
 
 
-def _plot(path: Path, query_name: str, candidate: Candidate, query: dict[str, tuple[np.ndarray, np.ndarray]]
-          ) -> None:
-    import matplotlib
+class _Overlays:
+    """The per-candidate PNGs of one query, drawn on one figure: the query's curves, axes and fonts are laid out
+    once and each candidate only swaps its curves, picture and titles (ten figures built from scratch took
+    seconds, more than the library search they illustrate)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, query_name: str, query: dict[str, tuple[np.ndarray, np.ndarray]],
+                 candidates: Sequence[Candidate]):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-    computed = candidate.spectra or {}
-    kinds = [k for k in COMPARED_KINDS if k in query or k in computed] or list(COMPARED_KINDS[:1])
-    fig = plt.figure(figsize=(11, 1.2 + 2.4 * len(kinds)))
-    grid = fig.add_gridspec(len(kinds), 2, width_ratios=(3.2, 1))
-    for row, kind in enumerate(kinds):
-        ax = fig.add_subplot(grid[row, 0])
-        if kind in query:
-            values, covered = query[kind]
-            shown = np.where(covered, values, np.nan) / max(float(np.abs(values[covered]).max(initial=0)), 1e-12)
-            ax.plot(GRID_CM1, shown, color="black", lw=1.0, label=f"query {LABELS[kind]}")
-        if computed.get(kind) is not None:
-            spectrum = np.asarray(computed[kind], dtype=np.float64)
-            ax.plot(GRID_CM1, spectrum / max(float(np.abs(spectrum).max()), 1e-12), color=COLOURS[kind], lw=1.0,
-                    alpha=0.85, label=f"candidate {LABELS[kind]} (computed)")
-        ax.set_xlim(GRID_CM1[0], GRID_CM1[-1])
-        ax.set_ylabel("normalised")
-        ax.legend(loc="upper left", fontsize=8, frameon=False)
-        if row == len(kinds) - 1:
-            ax.set_xlabel("wavenumber / cm$^{-1}$")
-    picture = fig.add_subplot(grid[:, 1])
-    picture.axis("off")
-    image = _depiction(candidate.sample_smiles)
-    if image is not None:
-        picture.imshow(image)
-    picture.set_title(f"as sampled: {candidate.sample_smiles}", fontsize=8)
-    fig.suptitle(_title(query_name, candidate), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+        self.query_name = query_name
+        computed = {k for c in candidates for k, v in (c.spectra or {}).items() if v is not None}
+        kinds = [k for k in COMPARED_KINDS if k in query or k in computed] or list(COMPARED_KINDS[:1])
+        height = 1.2 + 2.4 * len(kinds)
+        self.fig = Figure(figsize=(11, height))
+        FigureCanvasAgg(self.fig)
+        grid = self.fig.add_gridspec(len(kinds), 2, width_ratios=(3.2, 1), left=0.06, right=0.98,
+                                     bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.08, hspace=0.3)
+        self.axes, self.lines = {}, {}
+        for row, kind in enumerate(kinds):
+            ax = self.axes[kind] = self.fig.add_subplot(grid[row, 0])
+            if kind in query:
+                values, covered = query[kind]
+                shown = np.where(covered, values, np.nan) / max(float(np.abs(values[covered]).max(initial=0)), 1e-12)
+                ax.plot(GRID_CM1, shown, color="black", lw=1.0, label=f"query {LABELS[kind]}")
+            (self.lines[kind],) = ax.plot(GRID_CM1, np.full(GRID_CM1.shape, np.nan), color=COLOURS[kind], lw=1.0,
+                                          alpha=0.85, label=f"candidate {LABELS[kind]} (computed)")
+            ax.set_xlim(GRID_CM1[0], GRID_CM1[-1])
+            ax.set_ylim(-0.05, 1.08)
+            ax.set_ylabel("normalised")
+            ax.legend(loc="upper left", fontsize=8, frameon=False)
+            if row == len(kinds) - 1:
+                ax.set_xlabel("wavenumber / cm$^{-1}$")
+        self.picture = self.fig.add_subplot(grid[:, 1])
+        self.picture.axis("off")
+        self.image = None
+        self.title = self.fig.suptitle("", fontsize=9)
+
+    def draw(self, path: Path, candidate: Candidate) -> None:
+        computed = candidate.spectra or {}
+        for kind, line in self.lines.items():
+            spectrum = computed.get(kind)
+            if spectrum is not None:
+                spectrum = np.asarray(spectrum, dtype=np.float64)
+                line.set_ydata(spectrum / max(float(np.abs(spectrum).max()), 1e-12))
+            line.set_visible(spectrum is not None)
+        picture = _depiction(candidate.sample_smiles)
+        if picture is not None and self.image is not None and self.image.get_array().shape == picture.shape:
+            self.image.set_data(picture)
+        elif picture is not None:
+            if self.image is not None:
+                self.image.remove()
+            self.image = self.picture.imshow(picture)
+        if self.image is not None:
+            self.image.set_visible(picture is not None)
+        self.picture.set_title(f"{'as sampled' if candidate.count else 'structure'}: {candidate.sample_smiles}",
+                               fontsize=8)
+        self.title.set_text(_title(self.query_name, candidate))
+        self.fig.savefig(path, format="png", dpi=100, pil_kwargs={"compress_level": 3})
 
 
 def write_candidates(folder: str | os.PathLike, query_name: str, candidates: Sequence[Candidate],
@@ -162,9 +204,10 @@ def write_candidates(folder: str | os.PathLike, query_name: str, candidates: Seq
         names = ["candidates.csv", "candidates.sdf"]
         _write_csv(staging / names[0], ordered)
         _write_sdf(staging / names[1], query_name, ordered)
+        overlays = _Overlays(query_name, query, ordered) if ordered else None
         for candidate in ordered:
             names.append(image_name(candidate))
-            _plot(staging / names[-1], query_name, candidate, query)
+            overlays.draw(staging / names[-1], candidate)
         for stale in folder.glob("candidate-*.png"):
             if stale.name not in names:
                 stale.unlink()

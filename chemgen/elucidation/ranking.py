@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from rdkit import Chem
@@ -45,6 +46,10 @@ class Candidate:
     score : the re-rank score after `rerank`
     spectra : the candidate's computed spectra on ``GRID_CM1`` after `rerank`
     failure : why its spectra could not be computed (then similarity and score are None)
+    sources : where it came from when candidates are pooled (`chemgen.elucidation.pooling`): "model",
+        "library:<name>", "user:<name>"
+    formula_match : whether it has the query's formula (None: no formula given)
+    origin : the library entry it came from (`chemgen.elucidation.library.LibraryHit`), None for a sample
     """
 
     rank: int
@@ -60,6 +65,9 @@ class Candidate:
     score: float | None = None
     spectra: Mapping[str, np.ndarray] | None = None
     failure: str | None = None
+    sources: tuple[str, ...] = ()
+    formula_match: bool | None = None
+    origin: Any = None
 
 
 class Ranking(list):

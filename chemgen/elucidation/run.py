@@ -1,12 +1,13 @@
 """One query's structure elucidation, from its uploaded spectrum files to ranked candidates on disk.
 
-What `chemgen elucidate`, the ``elucidate`` flow and the registry pyfunc call::
+What `chemgen elucidate`, the ``elucidate`` flow and the web app call::
 
     files (JCAMP-DX or CSV: one IR and/or one Raman spectrum of one molecule)
-      -> read_query          units normalised, resampled onto the model's 500-4,000 cm^-1 grid, checked
-      -> elucidate_spectra   DiffSpectra samples molecules for the spectra (the formula fixes the atom count),
-                             rank_candidates groups, counts and filters them by the formula
-      -> rerank              optional: GFN2-xTB spectra of each candidate compared with the query's
+      -> read_query          units normalised, resampled onto the 500-4,000 cm^-1 grid, checked
+      -> pool                every source (`chemgen.elucidation.pooling`): the computed-spectra library, the
+                             chemist's own libraries, DiffSpectra's samples (`elucidate_spectra`, their
+                             GFN2-xTB spectra computed); one comparison scores them all; a formula restricts all
+      -> assess              how sure the answer is (`chemgen.elucidation.confidence`)
       -> write_candidates    candidates.csv, candidates.sdf, candidate-NN.png; then query.json (the summary)
 
 Everything a user can get wrong is checked before the model is loaded or anything is written: the options,
@@ -16,7 +17,8 @@ raises `chemgen.spectra.files.SpectrumFileError` naming the file). A file's kind
 
 The spectra reach the model as read: DiffSpectra learnt GFN2-xTB spectra in km/mol per cm^-1 (IR) and
 A^4/amu per cm^-1 (Raman), Lorentzian FWHM 15 cm^-1, as `chemgen spectra compute` writes them; a measured
-spectrum in absorbance is on another scale, which the model was never shown.
+spectrum in absorbance is on another scale, which the model was never shown. The comparison that scores every
+candidate is built for measured spectra (`chemgen.elucidation.comparison`).
 """
 
 from __future__ import annotations
@@ -24,29 +26,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from chemgen.elucidation.identity import hill_formula, parse_formula
-from chemgen.elucidation.ranking import Ranking, rank_candidates
-from chemgen.errors import ChemgenError, UsageError
+from chemgen.elucidation.generator import (DEFAULT_SAMPLES, DEFAULT_TOP_K, MAX_SAMPLES, NoTrainedModelError,  # noqa: F401 (this module's API too)
+                                           check_formula, check_settings, default_model, elucidate_spectra,
+                                           load_elucidator)
+from chemgen.elucidation.ranking import Ranking
+from chemgen.errors import UsageError
 from chemgen.spectra.broadening import GRID_CM1
 from chemgen.spectra.files import KINDS, SpectrumFileError, read_spectrum, resample
 
 QUERY_KINDS = ("ir", "raman")        # what DiffSpectra conditions on
 LABELS = {"ir": "IR", "raman": "Raman", "uv-vis": "UV-Vis"}
-DEFAULT_SAMPLES = 100
-DEFAULT_TOP_K = 10
-MAX_SAMPLES = 10_000                 # per query: beyond this a CPU run takes days
 SUMMARY_FILE = "query.json"
-
-
-class NoTrainedModelError(ChemgenError, FileNotFoundError):
-    """No model was named and no trained DiffSpectra ships with this checkout."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +64,16 @@ class Query:
 
 @dataclass
 class Elucidation:
-    """The outcome of `elucidate`: the ranked candidates (with the query's sample counts) and the files."""
+    """The outcome of `elucidate`: the pooled, ranked candidates (with the generator's sample counts), the files,
+    how sure the answer is, and what each source did."""
 
     name: str
     ranking: Ranking
     out_dir: Path
     files: list[Path]
     summary: dict[str, Any] = field(default_factory=dict)
+    confidence: Any = None
+    reports: list[Any] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -87,42 +87,6 @@ def parse_file_argument(text: str | os.PathLike | QueryFile) -> QueryFile:
     if sep and rest and prefix.lower() in KINDS and not Path(text).exists():
         return QueryFile(Path(rest), prefix.lower())
     return QueryFile(Path(text))
-
-
-def check_formula(formula: str | None) -> tuple[str, int] | None:
-    """(Hill formula, number of atoms) of a molecular formula DiffSpectra can sample, or None for None.
-
-    Raises `UsageError` for a formula `parse_formula` refuses, an element outside QM9's H, C, N, O, F, or more
-    atoms than QM9's largest molecule."""
-    from chemgen.atoms import SYMBOLS
-    from chemgen.models.diffspectra.data import MAX_ATOMS
-    from chemgen.models.diffspectra.graphs import ATOM_ELEMENTS
-
-    if formula is None:
-        return None
-    counts = parse_formula(formula)
-    allowed = [SYMBOLS[z] for z in ATOM_ELEMENTS]
-    other = sorted(set(counts) - set(allowed))
-    if other:
-        raise UsageError(f"molecular formula {formula!r}: DiffSpectra's molecules are made of {', '.join(allowed)} "
-                         f"(QM9's elements), not {', '.join(other)}")
-    atoms = sum(counts.values())
-    if atoms > MAX_ATOMS:
-        raise UsageError(f"molecular formula {formula!r} has {atoms} atoms; DiffSpectra samples at most {MAX_ATOMS} "
-                         "(QM9's largest molecule)")
-    return hill_formula(counts), atoms
-
-
-def check_settings(num_samples: int, top_k: int | None, num_steps: int | None, seed: int | None) -> None:
-    """The sampling options, or `UsageError` naming the one that is wrong."""
-    for name, value, low, optional in (("num_samples", num_samples, 1, False), ("top_k", top_k, 1, True),
-                                       ("num_steps", num_steps, 1, True), ("seed", seed, 0, True)):
-        if value is None and optional:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise UsageError(f"{name} must be a whole number >= {low}, got {value!r}")
-    if num_samples > MAX_SAMPLES:
-        raise UsageError(f"num_samples must be at most {MAX_SAMPLES:,} per query, got {num_samples:,}")
 
 
 def read_query(files: Sequence[str | os.PathLike | QueryFile], kinds: Sequence[str] = QUERY_KINDS) -> Query:
@@ -152,63 +116,6 @@ def read_query(files: Sequence[str | os.PathLike | QueryFile], kinds: Sequence[s
     return Query(spectra, paths)
 
 
-# ---------------------------------------------------------------------------- model
-def default_model() -> Path:
-    """The shipped DiffSpectra lineage (``models/weights/diffspectra-cpu``), or `NoTrainedModelError` saying how
-    to get one."""
-    from chemgen import lineage
-    from chemgen.models.specs import model_spec
-    from chemgen.lineage import shipped_lineage
-
-    spec = model_spec("diffspectra")
-    folder = shipped_lineage(spec.shipped_config)
-    if not lineage.is_lineage(folder):
-        raise NoTrainedModelError(
-            f"no trained DiffSpectra at {folder}: train one with `chemgen train diffspectra --config cpu --steps "
-            "specformer=5000,denoiser=20000 --out RUN` and pass --model RUN/lineage (or a registered "
-            f"models:/{spec.registered_name}@ALIAS)")
-    return folder
-
-
-def load_elucidator(model: Any = None) -> Any:
-    """A DiffSpectra from a lineage folder, a registry URI, an already loaded model, or (None) the shipped one."""
-    from chemgen.models.loading import load_model
-
-    if model is None:
-        model = default_model()
-    loaded = load_model(model) if isinstance(model, (str, os.PathLike)) else model
-    if not callable(getattr(loaded, "elucidate", None)):
-        what = getattr(getattr(loaded, "config", None), "name", type(loaded).__name__)
-        raise UsageError(f"{model}: a {what} model, which samples no molecules for spectra; elucidation needs a "
-                         "DiffSpectra lineage")
-    return loaded
-
-
-def elucidate_spectra(model: Any, spectra: Mapping[str, Any], formula: str | None = None,
-                      num_samples: int = DEFAULT_SAMPLES, num_steps: int | None = None, seed: int | None = 0,
-                      top_k: int | None = DEFAULT_TOP_K) -> Ranking:
-    """Sample ``num_samples`` molecules for one query's spectra ({kind: values or (values, covered)} on
-    `GRID_CM1`) and rank them (`rank_candidates`); a formula fixes each sample's atom count and filters."""
-    import torch
-
-    from chemgen.elucidation.rerank import query_arrays
-
-    check_settings(num_samples, top_k, num_steps, seed)
-    wanted = check_formula(formula)
-    arrays = query_arrays(spectra)   # shape and finiteness, per kind
-    modalities = tuple(model.config.specformer.modalities)
-    unused = sorted(set(arrays) - set(modalities))
-    if unused:
-        raise UsageError(f"this DiffSpectra reads {', '.join(modalities)} spectra, not {', '.join(unused)}")
-    tensors = {m: torch.as_tensor(arrays[m][0], dtype=torch.float32)[None] if m in arrays else None
-               for m in modalities}
-    present = torch.tensor([[m in arrays for m in modalities]])
-    num_atoms = None if wanted is None else torch.tensor([wanted[1]])
-    samples = model.elucidate(tensors, present, num_samples=int(num_samples), num_atoms=num_atoms,
-                              num_steps=num_steps, seed=seed)[0]
-    return rank_candidates(samples, None if wanted is None else wanted[0], top_k)
-
-
 def _model_label(model: Any) -> str:
     if model is None:
         return str(default_model())
@@ -224,45 +131,65 @@ def query_name(files: Sequence[str | os.PathLike | QueryFile]) -> str:
 
 def elucidate(files: Sequence[str | os.PathLike | QueryFile], model: Any = None,
               out_dir: str | os.PathLike = "elucidation", *, formula: str | None = None,
-              num_samples: int = DEFAULT_SAMPLES, num_steps: int | None = None, seed: int | None = 0,
-              top_k: int | None = DEFAULT_TOP_K, rerank: bool = True, name: str | None = None,
-              compute_fn: Any = None, rule: str = "similarity") -> Elucidation:
-    """Candidates for the molecule whose spectra ``files`` hold, written into ``out_dir`` (module docstring).
+              sources: Sequence[str] | str | None = None, num_samples: int = DEFAULT_SAMPLES,
+              num_steps: int | None = None, seed: int | None = 0, top_k: int | None = DEFAULT_TOP_K,
+              rerank: bool = True, name: str | None = None, sticks_fn: Any = None,
+              library_folder: str | os.PathLike | None = None, user_roots: Sequence[str | os.PathLike] | None = None,
+              log: Any = None) -> Elucidation:
+    """Candidates for the molecule whose spectra ``files`` hold, pooled from every source and written into
+    ``out_dir`` (module docstring; `chemgen.elucidation.pooling`).
 
+    ``sources``: a subset of library, user, model (a list or "library,model"; None: every source that exists).
     ``model``: a lineage folder, a ``models:/NAME@ALIAS`` URI, a loaded DiffSpectra, or None (the shipped
-    lineage). ``rerank`` computes each candidate's spectra (``compute_fn``, default GFN2-xTB,
-    `chemgen.elucidation.rerank.computed_spectra`) and orders by similarity to the query (``rule``).
+    lineage). ``rerank`` computes the spectra of the generator's candidates (``sticks_fn``, default GFN2-xTB)
+    so that they are scored like the library's; without it they follow the scored ones, by sample count.
     """
+    from chemgen.elucidation.confidence import assess
     from chemgen.elucidation.outputs import write_candidates
-    from chemgen.elucidation.rerank import RERANK_RULES, computed_spectra
-    from chemgen.elucidation.rerank import rerank as rerank_by_spectra
+    from chemgen.elucidation.pooling import materialise, parse_sources, pool, xtb_sticks
     from chemgen.io import atomic_write
 
     start = time.perf_counter()
     check_settings(num_samples, top_k, num_steps, seed)
     wanted = check_formula(formula)
-    if rerank and rule not in RERANK_RULES:
-        raise UsageError(f"unknown re-rank rule {rule!r} (known: {', '.join(RERANK_RULES)})")
+    chosen = parse_sources(sources)
     query = read_query(files)
     name = name or query_name(files)
-    elucidator = load_elucidator(model)
-    ranking = elucidate_spectra(elucidator, query.spectra, formula, num_samples, num_steps, seed, top_k)
-    if rerank and ranking:
-        ranking = rerank_by_spectra(ranking, query.spectra, compute_fn or computed_spectra, rule)
+
+    def no_spectra(mol: Any) -> Any:
+        raise UsageError("not compared: re-ranking by computed spectra is off")
+
+    pooled = pool(query.spectra, chosen, formula=formula, top_k=top_k or DEFAULT_TOP_K, model=model,
+                  model_options={"num_samples": num_samples, "num_steps": num_steps, "seed": seed},
+                  sticks_fn=(sticks_fn or xtb_sticks) if rerank else no_spectra, library_folder=library_folder,
+                  user_roots=user_roots, log=log or (lambda line: None))
+    candidates = [materialise(c, pooled.folders) for c in pooled.candidates]
+    sampled = pooled.model_ranking
+    ranking = Ranking(candidates, sampled.num_samples if sampled is not None else 0,
+                      sampled.num_valid if sampled is not None else 0,
+                      sampled.num_formula_match if sampled is not None else 0, pooled.formula,
+                      sampled.invalid if sampled is not None else None)
+    confidence = assess(ranking, formula=pooled.formula is not None)
     out_dir = Path(out_dir)
     written = write_candidates(out_dir, name, ranking, query.spectra)
     summary = {
         "name": name, "files": {k: str(p) for k, p in query.files.items()},
-        "model": _model_label(model),
+        "sources": [{"source": r.source, "searched": r.searched, "detail": r.detail, "candidates": r.candidates,
+                     "seconds": round(r.seconds, 2)} for r in pooled.reports],
+        "model": _model_label(model) if any(r.source == "model" and r.searched for r in pooled.reports) else None,
         "formula": None if wanted is None else wanted[0], "num_atoms": None if wanted is None else wanted[1],
-        "num_samples": num_samples, "num_steps": num_steps or elucidator.config.diffusion.num_steps, "seed": seed,
-        "top_k": top_k, "reranked": bool(rerank and ranking), "num_valid": ranking.num_valid,
+        "isomers_in_library": pooled.isomers,
+        "num_samples": num_samples if sampled is not None else 0, "num_steps": num_steps, "seed": seed,
+        "top_k": top_k, "reranked": bool(rerank), "num_valid": ranking.num_valid,
         "num_formula_match": ranking.num_formula_match, "invalid": dict(ranking.invalid),
-        "candidates": [{"rank": c.rank, "smiles": c.smiles, "inchikey": c.inchikey, "count": c.count,
-                        "fraction": c.fraction, "similarity": c.similarity, "failure": c.failure}
+        "confidence": confidence.as_dict(),
+        "candidates": [{"rank": c.rank, "smiles": c.smiles, "inchikey": c.inchikey, "sources": list(c.sources),
+                        "count": c.count, "fraction": c.fraction, "similarity": c.similarity,
+                        "similarities": dict(c.similarities), "formula": c.formula, "formula_match": c.formula_match,
+                        "failure": c.failure}
                        for c in ranking],
         "seconds": round(time.perf_counter() - start, 2)}
     with atomic_write(out_dir / SUMMARY_FILE) as handle:
         json.dump(summary, handle, indent=1)
         handle.write("\n")
-    return Elucidation(name, ranking, out_dir, [*written, out_dir / SUMMARY_FILE], summary)
+    return Elucidation(name, ranking, out_dir, [*written, out_dir / SUMMARY_FILE], summary, confidence, pooled.reports)

@@ -19,13 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:   # annotations only: naming a model (the CLI, specs) must not cost torch's import
+    import torch
+    from torch import nn
 
-from chemgen.data.tensors import TensorPack
-from chemgen.dense import DenseBatch
+    from chemgen.data.tensors import TensorPack
+    from chemgen.dense import DenseBatch
 
 
 @dataclass(frozen=True)

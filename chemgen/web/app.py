@@ -34,6 +34,7 @@ from chemgen.web.settings import WebSettings
 HERE = Path(__file__).parent
 SPECTRUM_SUFFIXES = (".jdx", ".dx", ".jcamp", ".csv", ".txt", ".tsv")
 UPLOAD_KINDS = {"ir": "IR", "raman": "Raman"}
+CANDIDATE_SUFFIXES = (".smi", ".smiles", ".txt", ".sdf")
 DOWNLOAD_TYPES = {".csv": "text/csv", ".sdf": "chemical/x-mdl-sdfile", ".cif": "chemical/x-cif",
                   ".png": "image/png", ".md": "text/markdown", ".json": "application/json"}
 
@@ -87,11 +88,53 @@ def _chosen_model(form: Any, kind: str) -> tuple[str, str]:
     return registry.flow_model(kind, value), choices[value]
 
 
+def _chosen_sources(form: Any) -> list[str] | None:
+    """The sources the form ticked; None (every source that exists) when all or none are (a form leaves unticked
+    boxes out, so none ticked reads like an API client that does not say)."""
+    from chemgen.elucidation.pooling import SOURCES, parse_sources
+
+    ticked = [str(v) for v in form.getlist("sources")]
+    try:
+        chosen = parse_sources(ticked)
+    except ValueError as err:
+        raise UploadProblem(str(err)) from None
+    return None if chosen is None or set(chosen) == set(SOURCES) else list(chosen)
+
+
+def _check_candidates(staging: Path, stored: str, display: str, limit: int) -> int:
+    """The candidates file read as the job will read it: the number of molecules, or an error naming the file
+    (empty, over ``limit``, unreadable). Lines that cannot be computed are the job's to report, one by one."""
+    from chemgen.spectra.user_library import read_entries
+
+    try:
+        entries = read_entries(staging / stored, limit=limit)
+    except ChemgenError as error:
+        raise UploadProblem(str(error).replace(str(staging / stored), display)) from None
+    return len(entries)
+
+
+async def _stored_candidates(staging: Path, upload: UploadFile, settings: WebSettings) -> tuple[str, str]:
+    display = Path(upload.filename).name[:120]
+    suffix = Path(display).suffix.lower()
+    if suffix not in CANDIDATE_SUFFIXES:
+        raise UploadProblem(f"{display}: unknown candidates file type {suffix or '(none)'!r}; upload SMILES "
+                            f"(one per line: {', '.join(CANDIDATE_SUFFIXES[:3])}) or SDF (.sdf)", 415)
+    stored = f"uploads/candidates{suffix}"
+    (staging / stored).write_bytes(await _read_upload(upload, settings.max_upload_bytes))
+    await run_in_threadpool(_check_candidates, staging, stored, display, settings.max_user_candidates)
+    return stored, display
+
+
 async def _elucidation_job(request: Request) -> str:
     settings: WebSettings = request.app.state.settings
     form = await request.form(max_files=settings.max_files, max_fields=10)
     model, _ = await run_in_threadpool(_chosen_model, form, "elucidation")
     formula = str(form.get("formula") or "").strip() or None
+    sources = _chosen_sources(form)
+    candidates = form.get("candidates")
+    candidates = candidates if isinstance(candidates, UploadFile) and candidates.filename else None
+    if candidates is not None and sources is not None and "user" not in sources:
+        raise UploadProblem("a candidates file was uploaded but 'your own libraries' is not ticked")
     files = [(kind, form.get(kind)) for kind in UPLOAD_KINDS]
     files = [(kind, f) for kind, f in files if isinstance(f, UploadFile) and f.filename]
     if not files:
@@ -105,8 +148,12 @@ async def _elucidation_job(request: Request) -> str:
             (staging / stored).write_bytes(await _read_upload(upload, settings.max_upload_bytes))
             uploads.append({"name": display, "kind": kind, "stored": stored})
         await run_in_threadpool(_check_query, staging, uploads, formula)
-        params = {**settings.elucidation, "formula": formula, "model": model}
+        params = {**settings.elucidation, "formula": formula, "model": model, "sources": sources}
         label = " + ".join(f"{UPLOAD_KINDS[u['kind']]}: {u['name']}" for u in uploads)
+        if candidates is not None:
+            stored, display = await _stored_candidates(staging, candidates, settings)
+            params.update(candidates=stored, candidate_limit=settings.max_user_candidates)
+            label += f" + candidates: {display}"
         folder = jobs.commit_job(staging, "elucidation", params, label + (f" ({formula})" if formula else ""),
                                  uploads, settings.workers)
     except BaseException:
@@ -181,7 +228,13 @@ def elucidation_results(folder: Path) -> dict[str, Any]:
     for row in rows:
         row["svg"] = _depiction(row.get("smiles", ""))
         row["image_path"] = f"{rel}/{row['image']}" if row.get("image") else ""
-    return {"query": query, "candidates": rows, "dir": str(rel)}
+    summary = jobs.read_json(folder / rel / "query.json")
+    uploaded = None
+    if result.get("candidates"):   # the chemist's candidates file: its counts, and every line that failed, why
+        lines = _read_csv(folder / "out" / "candidates" / "lines.csv")
+        uploaded = {**result["candidates"], "lines": "out/candidates/lines.csv",
+                    "problems": [line for line in lines if line.get("status") != "ok"]}
+    return {"query": query, "candidates": rows, "dir": str(rel), "summary": summary, "uploaded": uploaded}
 
 
 def screening_results(folder: Path) -> dict[str, Any]:

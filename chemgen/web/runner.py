@@ -62,6 +62,8 @@ def flow_call(job: Path, record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         formula = params.pop("formula", None)
         if formula:
             query["formula"] = formula
+        if params.get("candidates"):   # stored in the job's folder, named relative to it
+            params["candidates"] = str(job / params["candidates"])
         kwargs = {"queries": [query], "out_dir": out, **params}
     elif record["kind"] == "screening":
         from chemgen.flows.screen import crystal_screening as flow

@@ -13,6 +13,7 @@ DEFAULT_HOST = "127.0.0.1"            # this machine only unless the operator as
 DEFAULT_PORT = 8765
 MAX_UPLOAD_BYTES = 5_000_000          # per file: a 3,501-point spectrum is ~100 kB; JCAMP-DX of a scan rarely 1 MB
 MAX_SCREENING_CANDIDATES = 1_000      # per job: relaxing more on a CPU server takes hours
+MAX_USER_CANDIDATES = 500             # per elucidation job: GFN2-xTB spectra take seconds to a minute a molecule
 THREEDMOL_ENV = "CHEMGEN_3DMOL_JS"
 MLFLOW_UI_ENV = "CHEMGEN_MLFLOW_UI_URL"
 
@@ -35,7 +36,8 @@ class WebSettings:
 
     home: Path = field(default_factory=lambda: chemgen_home() / "web")
     max_upload_bytes: int = MAX_UPLOAD_BYTES
-    max_files: int = 2                # one IR and one Raman spectrum per molecule
+    max_files: int = 3                # one IR and one Raman spectrum per molecule, and a candidates file
+    max_user_candidates: int = MAX_USER_CANDIDATES
     workers: int = 1
     elucidation_model: str = "models:/chemgen-diffspectra@champion"
     elucidation: dict[str, Any] = field(default_factory=lambda: {"samples": 100, "top_k": 10, "rerank": True})

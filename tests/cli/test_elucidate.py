@@ -125,9 +125,9 @@ def test_elucidate_feeds_the_uploaded_spectra_and_writes_the_ranking_of_the_samp
                                                                                      tmp_path, spy):
     files, spectra = write_query(tmp_path / "upload", small_spectra_store, ACETYLENE)
     out = tmp_path / "out"
-    done = runner.invoke(app, ["elucidate", *map(str, files), "--model", str(trained), "--samples", "40",
-                               "--steps", "4", "--seed", "5", "--top-k", "4", "--no-rerank", "--out", str(out)],
-                         env={"COLUMNS": "200"})
+    done = runner.invoke(app, ["elucidate", *map(str, files), "--sources", "model", "--model", str(trained),
+                               "--samples", "40", "--steps", "4", "--seed", "5", "--top-k", "4", "--no-rerank",
+                               "--out", str(out)], env={"COLUMNS": "200"})
     assert done.exit_code == 0, done.output
     (call,) = spy
     # the files' values reach the model on its grid, both modalities present, with the options given
@@ -151,16 +151,18 @@ def test_elucidate_feeds_the_uploaded_spectra_and_writes_the_ranking_of_the_samp
     # the table lists every candidate, or says that no sample was one (a model trained for seconds rarely
     # samples a valid molecule: the re-ranking test lists real ones)
     for candidate in expected:
-        assert candidate.inchikey in done.output
-    assert expected or "no candidate among 40 samples" in done.output
-    assert f"{expected.num_valid} of 40 samples valid" in done.output
+        assert candidate.smiles in done.output
+    assert expected or "no candidate from any source" in done.output
+    assert f"DiffSpectra: {expected.num_valid} of 40 samples valid" in done.output
+    assert "searched model: DiffSpectra: 40 samples" in done.output and "library" not in done.output
+    assert all(r["sources"] == "model" for r in rows)
 
 
 def test_a_formula_fixes_the_atom_count_and_filters(trained, small_spectra_store, tmp_path, spy):
     files, _ = write_query(tmp_path / "upload", small_spectra_store, ACETYLENE, kinds=("raman",))
     out = tmp_path / "out"
-    done = runner.invoke(app, ["elucidate", str(files[0]), "--model", str(trained), "--formula", "H2C2",
-                               "--samples", "30", "--steps", "4", "--no-rerank", "--out", str(out)])
+    done = runner.invoke(app, ["elucidate", str(files[0]), "--sources", "model", "--model", str(trained), "--formula",
+                               "H2C2", "--samples", "30", "--steps", "4", "--no-rerank", "--out", str(out)])
     assert done.exit_code == 0, done.output
     (call,) = spy
     assert call["num_atoms"].tolist() == [4] and call["present"].tolist() == [[False, True]]
@@ -182,14 +184,16 @@ def test_reranking_by_xtb_spectra_puts_the_matching_molecule_first(trained, smal
     monkeypatch.setattr(DiffSpectra, "elucidate", lambda self, *args, **kwargs: [samples])
     files, _ = write_query(tmp_path / "upload", small_spectra_store, ACETYLENE)
     out = tmp_path / "out"
-    done = runner.invoke(app, ["elucidate", *map(str, files), "--model", str(trained), "--samples", "5",
-                               "--out", str(out)], env={"COLUMNS": "200"})
+    done = runner.invoke(app, ["elucidate", *map(str, files), "--sources", "model", "--model", str(trained),
+                               "--samples", "5", "--out", str(out)], env={"COLUMNS": "200"})
     assert done.exit_code == 0, done.output
     rows = read_csv_rows(out / "candidates.csv")
     assert [(r["smiles"], r["count"]) for r in rows] == [("C#C", "2"), ("C#CC#N", "3")]
     top, other = (float(r["similarity"]) for r in rows)
-    assert top > 0.9 and other < top   # acetylene's own xTB spectra against its relaxed candidate
-    assert float(rows[0]["similarity_ir"]) > 0.9 and float(rows[0]["similarity_raman"]) > 0.9
+    # acetylene's own xTB spectra against its relaxed candidate (the comparison is built for measured spectra:
+    # bands widened, heights compressed, so the store's own sharp spectrum scores a little below 1)
+    assert top > 0.8 and other < top - 0.2
+    assert float(rows[0]["similarity_ir"]) > 0.8 and float(rows[0]["similarity_raman"]) > 0.8
     assert len(list(out.glob("candidate-*.png"))) == 2 and f"{top:.3f}" in done.output
 
 
@@ -278,10 +282,18 @@ def test_without_a_model_the_error_says_how_to_train_one(small_spectra_store, tm
 
     files, _ = write_query(tmp_path, small_spectra_store, ACETYLENE, kinds=("ir",))
     monkeypatch.setattr(lineage, "SHIPPED_ROOT", tmp_path / "nowhere")
-    done = runner.invoke(app, ["elucidate", str(files[0]), "--out", str(tmp_path / "out")], env={"COLUMNS": "400"})
+    done = runner.invoke(app, ["elucidate", str(files[0]), "--sources", "model", "--out", str(tmp_path / "out")],
+                         env={"COLUMNS": "400"})
     assert done.exit_code == 1 and not (tmp_path / "out").exists()
     assert f"no trained DiffSpectra at {tmp_path / 'nowhere' / 'diffspectra-cpu'}" in done.output
     assert "chemgen train diffspectra" in done.output
+    # every source that exists, by default: the library answers, and the missing model is said, not fatal
+    pooled = runner.invoke(app, ["elucidate", str(files[0]), "--out", str(tmp_path / "pooled")],
+                           env={"COLUMNS": "400", "CHEMGEN_SPECTRA_DIR": str(small_spectra_store)})
+    assert pooled.exit_code == 0, pooled.output
+    assert "not searched model: no trained DiffSpectra" in pooled.output and "searched library:qm9-xtb" in pooled.output
+    rows = read_csv_rows(tmp_path / "pooled" / "candidates.csv")
+    assert rows[0]["smiles"] == "C#C" and rows[0]["sources"] == "library:qm9-xtb"
 
 
 def test_a_model_of_another_kind_is_refused(small_spectra_store, tmp_path):

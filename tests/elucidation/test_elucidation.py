@@ -337,7 +337,9 @@ def test_write_candidates_round_trips_and_leaves_nothing_half_written(store, tmp
 
     with open(folder / "candidates.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0])[:8] == ["rank", "smiles", "inchikey", "count", "fraction", "similarity", "score", "formula"]
+    assert list(rows[0])[:10] == ["rank", "smiles", "inchikey", "sources", "count", "fraction", "similarity", "score",
+                                  "formula", "formula_match"]
+    assert {row["sources"] for row in rows} == {"model"} and {row["formula_match"] for row in rows} == {""}
     for row, c in zip(rows, candidates, strict=True):
         assert (int(row["rank"]), row["smiles"], row["inchikey"], int(row["count"]), row["formula"]) == \
             (c.rank, c.smiles, c.inchikey, c.count, c.formula)
@@ -364,18 +366,18 @@ def test_write_candidates_round_trips_and_leaves_nothing_half_written(store, tmp
 
     # a failure while writing leaves the earlier files as they were
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    real_plot = outputs._plot
+    real_draw = outputs._Overlays.draw
 
-    def plot_then_fail(path, *args):
+    def draw_then_fail(self, path, candidate):
         if path.name == "candidate-02.png":
             raise RuntimeError("disk full")
-        real_plot(path, *args)
+        real_draw(self, path, candidate)
 
-    monkeypatch.setattr(outputs, "_plot", plot_then_fail)
+    monkeypatch.setattr(outputs._Overlays, "draw", draw_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_candidates(folder, "query-1", candidates[:2], query)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    monkeypatch.setattr(outputs, "_plot", real_plot)
+    monkeypatch.setattr(outputs._Overlays, "draw", real_draw)
     # a shorter list replaces the files and removes the PNG it no longer has
     write_candidates(folder, "query-1", candidates[:1], None)
     assert sorted(p.name for p in folder.iterdir()) == ["candidate-01.png", "candidates.csv", "candidates.sdf"]

@@ -22,6 +22,7 @@ from chemgen.web.settings import WebSettings
 # DiffSpectra samples valid molecules: 13 of 24 at 100 steps with seed 0 (not the query's own: the model is
 # early, its model card says). About 45 s on one core.
 QUERY_MOLECULE = 19566
+QUERY_INCHIKEY = "STKNKCCLDSHLQB-UHFFFAOYSA-N"   # RDKit's, of the store's SMILES C1CC11C2CC1CC2
 SPECTRA_STORE = Path(__file__).resolve().parents[2] / "datasets" / "spectra" / "qm9-xtb"
 ELUCIDATION = {"samples": 24, "steps": 100, "top_k": 5, "rerank": False, "seed": 0}
 Y_UNITS = {"ir": "KM/MOL PER CM-1", "raman": "A^4/AMU PER CM-1"}

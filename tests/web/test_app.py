@@ -72,8 +72,9 @@ def test_too_large_and_too_many_files_are_refused(settings, uploads):
     with TestClient(create_app(small)) as client:
         reply = client.post("/api/elucidate", files={"ir": ("big.jdx", uploads["ir"].read_bytes())})
         assert reply.status_code == 413 and "big.jdx: larger than" in reply.json()["error"]
-        assert client.post("/api/elucidate", files=[("ir", ("a.jdx", b"1")), ("raman", ("b.jdx", b"1")),
-                                                    ("ir", ("c.jdx", b"1"))]).status_code == 400
+        reply = client.post("/api/elucidate", files=[("ir", ("a.jdx", b"1")), ("raman", ("b.jdx", b"1")),
+                                                     ("candidates", ("c.smi", b"C")), ("ir", ("d.jdx", b"1"))])
+        assert reply.status_code == 400 and "Too many files" in reply.json()["error"], reply.text
     assert list(settings.jobs_dir.iterdir()) == []
 
 
@@ -99,6 +100,53 @@ def test_a_good_upload_is_stored_under_a_server_name(client, settings, uploads):
     page = client.get(f"/jobs/{job_id}")
     assert page.status_code == 200 and "submitted" in page.text and "evil name.jdx" in page.text
     assert client.get(f"/api/jobs/{job_id}").json()["state"] == "submitted"
+
+
+BAD_CANDIDATES = [
+    (("cands.pdf", b"%PDF-1.4"), {}, 415, "cands.pdf: unknown candidates file type '.pdf'"),
+    (("cands.smi", b"# only a comment\n"), {}, 400, "cands.smi: no molecules given"),
+    (("cands.smi", b"C\nCC\nCCC\n"), {}, 400, "cands.smi: 3 molecules; at most 2 per call"),
+    (("cands.smi", b"CCO\n"), {"sources": ["library"]}, 400, "'your own libraries' is not ticked"),
+]
+
+
+@pytest.mark.parametrize(("upload", "data", "status", "message"), BAD_CANDIDATES)
+def test_a_bad_candidates_file_gets_its_error_and_leaves_no_job(settings, uploads, upload, data, status, message):
+    small = WebSettings(home=settings.home, start_jobs=False, max_user_candidates=2)
+    with TestClient(create_app(small)) as client:
+        reply = client.post("/api/elucidate", files={"ir": ("q.jdx", uploads["ir"].read_bytes()),
+                                                     "candidates": upload}, data=data)
+        assert reply.status_code == status and message in reply.json()["error"], reply.text
+    assert list(settings.jobs_dir.iterdir()) == []
+
+
+def test_a_candidates_file_is_computed_in_the_job_and_its_molecule_found_with_each_bad_line_explained(
+        client, settings, uploads):
+    """End to end through the runner (a real Prefect flow run, in this process): the chemist's candidates,
+    GFN2-xTB spectra computed in the job, searched alone; the query's molecule (GDB 19566) is among them."""
+    from chemgen.web.runner import run_job
+
+    from tests.web.conftest import QUERY_INCHIKEY
+
+    smiles = b"C1CC11C2CC1CC2 the_answer\nCCO ethanol\n[Na+].[Cl-] salt\nnot-a-molecule typo\n"
+    reply = client.post("/api/elucidate", files={"ir": ("q.ir.jdx", uploads["ir"].read_bytes()),
+                                                 "raman": ("q.raman.jdx", uploads["raman"].read_bytes()),
+                                                 "candidates": ("mine.smi", smiles)}, data={"sources": ["user"]})
+    assert reply.status_code == 202, reply.text
+    folder = jobs.job_dir(settings.jobs_dir, reply.json()["job"])
+    assert run_job(folder) == 0, (folder / "error.json").read_text() if (folder / "error.json").exists() else ""
+    result = jobs.read_json(folder / "result.json")
+    assert result["candidates"]["computed"] == 2 and result["candidates"]["failed"] == 2
+    summary = jobs.read_json(folder / "out" / "query" / "query.json")
+    assert [s["source"] for s in summary["sources"] if s["searched"]] == ["user:candidates"]
+    first = summary["candidates"][0]
+    assert first["inchikey"] == QUERY_INCHIKEY and first["sources"] == ["user:candidates"]
+    assert first["similarity"] > 0.85 and len(summary["candidates"]) == 2
+    page = client.get(f"/jobs/{folder.name}").text
+    assert "Your candidates: 2 computed, 2 could not be" in page
+    assert "several fragments" in page and "RDKit cannot parse" in page
+    lines = client.get(f"/jobs/{folder.name}/files/out/candidates/lines.csv").text.splitlines()
+    assert lines[0] == "line,name,smiles,inchikey,status" and len(lines) == 5
 
 
 @pytest.mark.parametrize("url", ["/jobs/..%2F..%2Fetc", "/jobs/0123", "/jobs/" + "0" * 32, "/api/jobs/nothing"])

@@ -13,7 +13,7 @@ import pytest
 
 from chemgen.web import jobs
 from chemgen.web.settings import WebSettings
-from tests.web.conftest import ELUCIDATION, live_server, wait_finished
+from tests.web.conftest import ELUCIDATION, QUERY_INCHIKEY, live_server, wait_finished
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 JOB_SECONDS = 900
@@ -94,9 +94,14 @@ def test_a_chemist_uploads_spectra_and_gets_ranked_candidates_across_a_server_re
         found = jobs.prefect_flow_run(state["flow_run_id"], wait=120)   # a Prefect flow run, completed
         assert found is not None and found[0] == "Completed"
         summary = browser.find_element(By.ID, "summary").text
-        assert "5 candidates from 13 valid of 24 samples" in summary and "SDF" in summary
+        assert "5 candidates; DiffSpectra: 13 valid of 24 samples" in summary and "SDF" in summary
+        searched = browser.find_element(By.ID, "sources").text
+        assert "searched library" in searched and "searched model" in searched
         rows = browser.find_elements(By.CSS_SELECTOR, "tr.candidate")
         assert len(rows) == 5 and all(r.find_elements(By.TAG_NAME, "svg") for r in rows)   # RDKit depictions
+        # the uploaded spectra are a library molecule's: the library's search lists it first, and says it is sure
+        assert QUERY_INCHIKEY in rows[0].text and rows[0].find_element(By.CLASS_NAME, "source").text == "library:qm9-xtb"
+        assert browser.find_element(By.ID, "confidence").get_attribute("class") == "confident"
         # the 3D panel shows the first candidate, drawn by 3Dmol.js (served by the app); another on a click
         assert browser.find_elements(By.CSS_SELECTOR, "#viewer3d canvas")
         assert browser.find_element(By.ID, "viewer3d").get_attribute("data-shown") == "candidate 1"
