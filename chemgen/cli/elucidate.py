@@ -26,8 +26,9 @@ def elucidate(
     formula: Annotated[Optional[str], typer.Option(
         help="Molecular formula, e.g. C4H8O2: every source keeps only molecules of it (and DiffSpectra samples its "
              "atom count).")] = None,
-    samples: Annotated[int, typer.Option(help="Molecules DiffSpectra samples for the query.")] = 100,
-    steps: Annotated[Optional[int], typer.Option(help="Ancestral sampling steps (default: the model's config).")] = None,
+    samples: Annotated[int, typer.Option(help="Molecules DiffSpectra samples for the query.")] = 32,
+    steps: Annotated[int, typer.Option(help="Ancestral sampling steps (the reference's 1,000 take ten times as "
+                                             "long as the default).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the sampler (the same seed gives the same samples).")] = 0,
     top_k: Annotated[int, typer.Option(help="Candidates kept, best first.")] = 10,
     rerank: Annotated[bool, typer.Option(

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from chemgen.elucidation.generator import (DEFAULT_SAMPLES, DEFAULT_TOP_K, MAX_SAMPLES, NoTrainedModelError,  # noqa: F401 (this module's API too)
+from chemgen.elucidation.generator import (DEFAULT_SAMPLES, DEFAULT_STEPS, DEFAULT_TOP_K, MAX_SAMPLES, NoTrainedModelError,  # noqa: F401 (this module's API too)
                                            check_formula, check_settings, default_model, elucidate_spectra,
                                            load_elucidator)
 from chemgen.elucidation.ranking import Ranking
@@ -132,7 +132,7 @@ def query_name(files: Sequence[str | os.PathLike | QueryFile]) -> str:
 def elucidate(files: Sequence[str | os.PathLike | QueryFile], model: Any = None,
               out_dir: str | os.PathLike = "elucidation", *, formula: str | None = None,
               sources: Sequence[str] | str | None = None, num_samples: int = DEFAULT_SAMPLES,
-              num_steps: int | None = None, seed: int | None = 0, top_k: int | None = DEFAULT_TOP_K,
+              num_steps: int | None = DEFAULT_STEPS, seed: int | None = 0, top_k: int | None = DEFAULT_TOP_K,
               rerank: bool = True, name: str | None = None, sticks_fn: Any = None,
               library_folder: str | os.PathLike | None = None, user_roots: Sequence[str | os.PathLike] | None = None,
               log: Any = None) -> Elucidation:

@@ -124,7 +124,7 @@ def _queries(queries: Any) -> list[tuple[str, dict[str, Any], str | None]]:
 
 @flow(name="elucidate", log_prints=True)
 def elucidate_batch(queries: list[dict[str, Any]], model: str | None = None, out_dir: str | None = None,
-                    samples: int = 100, steps: int | None = None, seed: int = 0, top_k: int = 10,
+                    samples: int = 32, steps: int | None = 100, seed: int = 0, top_k: int = 10,
                     rerank: bool = True, sources: list[str] | None = None, candidates: str | None = None,
                     candidate_limit: int | None = None) -> dict[str, Any]:
     """Elucidate every query (module docstring); returns ``{"out_dir", "model", "queries": [...], "failed",

@@ -40,7 +40,7 @@ class WebSettings:
     max_user_candidates: int = MAX_USER_CANDIDATES
     workers: int = 1
     elucidation_model: str = "models:/chemgen-diffspectra@champion"
-    elucidation: dict[str, Any] = field(default_factory=lambda: {"samples": 100, "top_k": 10, "rerank": True})
+    elucidation: dict[str, Any] = field(default_factory=lambda: {"samples": 32, "steps": 100, "top_k": 10, "rerank": True})
     screening: dict[str, Any] = field(default_factory=dict)
     max_screening_candidates: int = MAX_SCREENING_CANDIDATES
     threedmol_js: Path | None = field(default_factory=default_3dmol)
