@@ -16,6 +16,7 @@ from chemgen.cli.data import data_app
 from chemgen.cli.flows import flows_app
 from chemgen.cli.registry import registry_app
 from chemgen.cli.sample import sample_app
+from chemgen.cli.services import services_app
 from chemgen.cli.spectra import spectra_app
 from chemgen.cli.train import train_app
 
@@ -27,6 +28,7 @@ app.add_typer(sample_app, name="sample")
 app.add_typer(flows_app, name="flows")
 app.add_typer(spectra_app, name="spectra")
 app.add_typer(registry_app, name="registry")
+app.add_typer(services_app, name="services")
 app.command("run")(run.run_main_job)
 app.command("convert")(convert.convert)
 app.command("score")(score.score)
