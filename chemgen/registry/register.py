@@ -2,7 +2,9 @@
 
 The version is a pyfunc logged as "models from code" (the model's `ModelSpec.pyfunc` module, e.g.
 `chemgen.registry.generator_pyfunc`) with the lineage folder as its artifact, registered with an alias
-(``challenger`` by default); `chemgen.gates` decides later whether it becomes ``champion``.
+(``challenger`` by default); `chemgen.gates` decides later whether it becomes ``champion``. The version carries
+what a fresh environment needs (`chemgen.registry.wheel`: the chemgen wheel as an artifact, named by its
+``requirements.txt``) and its model card (`chemgen.registry.cards`) as its description.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 from chemgen import lineage, tracking
 from chemgen.models.loading import load_model
 from chemgen.models.specs import model_spec
+from chemgen.registry.cards import model_card
+from chemgen.registry.wheel import chemgen_wheel
 
 
 def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dict[str, float] | None = None,
@@ -38,15 +42,26 @@ def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dic
     import chemgen
 
     del model
+    card = model_card(model_dir)
+    # what a fresh environment installs: the chemgen wheel carried beside the weights (its metadata brings the
+    # dependencies), or for an installed chemgen without sources, the version from the team's index
+    wheel = chemgen_wheel()
+    artifacts = {"model_dir": str(model_dir)}
+    if wheel is not None:
+        artifacts["chemgen_wheel"] = str(wheel)
+    requirements = [f"artifacts/{wheel.name}" if wheel is not None else f"chemgen=={chemgen.__version__}"]
     with tracking.run(f"register-{name}", nested=tracking.active_run_id() is not None, tags=tags):
         if metrics:
             tracking.log_metrics(metrics)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(pyfunc_module.__file__), artifacts={"model_dir": str(model_dir)},
-            signature=signature, pip_requirements=[f"chemgen=={chemgen.__version__}", "torch==2.13.0"],
-            metadata={"model": spec.name, **spec.metadata})
+            name="model", python_model=str(pyfunc_module.__file__), artifacts=artifacts,
+            signature=signature, pip_requirements=requirements, metadata={"model": spec.name, **spec.metadata})
     version = mlflow.register_model(info.model_uri, name)
     try:
+        client = tracking.client()
+        # the model card is the version's description, and the registered model's (its newest version's card)
+        client.update_model_version(name, version.version, description=card)
+        client.update_registered_model(name, description=card)
         tracking.set_alias(name, alias, version.version)
         if metrics:
             tracking.client().set_model_version_tag(name, version.version, "metrics",
