@@ -95,9 +95,10 @@ PREFECT_YAML_HEADER = """\
 #   prefect work-pool create chemgen-process --type process
 #   prefect deploy --all                      # from the repository root
 #   prefect worker start --pool chemgen-process
-# For Kubernetes, create a pool of type kubernetes named chemgen-k8s and build an image with
-# `pip install .` (the image name below is an example), then deploy the *-k8s entries. An installed
-# chemgen does not guess where data and weights are: the pod's env names them (a volume at /data).
+# For Kubernetes, create a pool of type kubernetes named chemgen-k8s, build the image below with the
+# repository's Dockerfile (`docker build -t <image> .`, pushed to your registry under that name), then deploy
+# the *-k8s entries. An installed chemgen does not guess where data and weights are: the pod's env names
+# them (a volume at /data).
 """
 
 
