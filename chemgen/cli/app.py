@@ -19,6 +19,7 @@ from chemgen.cli.sample import sample_app
 from chemgen.cli.services import services_app
 from chemgen.cli.spectra import spectra_app
 from chemgen.cli.train import train_app
+from chemgen.cli.users import users_app
 
 app = typer.Typer(cls=Commands, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="chemgen: curated data, generative models and reference-exact scoring for molecules and crystals.")
@@ -29,6 +30,7 @@ app.add_typer(flows_app, name="flows")
 app.add_typer(spectra_app, name="spectra")
 app.add_typer(registry_app, name="registry")
 app.add_typer(services_app, name="services")
+app.add_typer(users_app, name="users")
 app.command("run")(run.run_main_job)
 app.command("convert")(convert.convert)
 app.command("score")(score.score)

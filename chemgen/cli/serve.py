@@ -14,7 +14,12 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on (default:
           workers: Annotated[int, typer.Option(help="Jobs (Prefect flow runs) at once; each uses the cores torch "
                                                     "is given.")] = 1,
           samples: Annotated[int, typer.Option(help="Molecules sampled per elucidation job.")] = 32,
-          rerank: Annotated[bool, typer.Option(help="Re-rank elucidation candidates by their GFN2-xTB spectra.")] = True) -> None:
+          rerank: Annotated[bool, typer.Option(help="Re-rank elucidation candidates by their GFN2-xTB spectra.")] = True,
+          auth: Annotated[str, typer.Option(help="Who may use it: none (one user, this machine), token (API tokens "
+                                                 "of `chemgen users add`) or proxy (a trusted reverse proxy's "
+                                                 "header).")] = "none",
+          auth_header: Annotated[str, typer.Option(help="With --auth proxy: the header naming the user.")] = "X-Forwarded-User",
+          jobs_per_minute: Annotated[int, typer.Option(help="Jobs one user may submit a minute.")] = 10) -> None:
     """The web app: upload spectra for ranked structures, run and browse crystal screening, see the registry."""
     import uvicorn
 
@@ -24,8 +29,9 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on (default:
     at_least("--port", port, 1)
     at_least("--workers", workers, 1)
     at_least("--samples", samples, 1)
-    settings = WebSettings(workers=workers, elucidation={"samples": samples, "steps": 100, "top_k": 10, "rerank": rerank})
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"[yellow]listening on {host}: the app has no authentication; put it behind one[/]")
+    settings = WebSettings(workers=workers, elucidation={"samples": samples, "steps": 100, "top_k": 10, "rerank": rerank},
+                           auth=auth, auth_header=auth_header, jobs_per_minute=jobs_per_minute)
+    if host not in ("127.0.0.1", "localhost", "::1") and auth == "none":
+        console.print(f"[yellow]listening on {host} without authentication: use --auth token or --auth proxy[/]")
     console.print(f"chemgen web on http://{host}:{port}  (jobs in {settings.jobs_dir})", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from chemgen.cli.common import console, err_console
+from chemgen.cli.common import CommandLineError, console, err_console
 
 services_app = typer.Typer(help="Run chemgen for a team on this host: the MLflow and Prefect servers on PostgreSQL, "
                                 "Prefect workers and the web app.", no_args_is_help=True)
@@ -29,12 +29,17 @@ def services_up(
         help="Where the MLflow server keeps artifacts: a folder or an fsspec/S3 URL (default: "
              "$CHEMGEN_HOME/services/artifacts).")] = None,
     prefix: Annotated[str, typer.Option(help="Databases <prefix>_mlflow and <prefix>_prefect.")] = "chemgen",
+    web_auth: Annotated[str, typer.Option(help="The web app's sign-in: token (users of `chemgen users add`), proxy "
+                                               "(a trusted reverse proxy's header) or none (one user).")] = "token",
 ) -> None:
     """Start every service that is not running and wait until each answers (running ones are left as they are)."""
     from chemgen.flows import services
+    from chemgen.web.auth import MODES
 
+    if web_auth not in MODES:
+        raise CommandLineError(f"--web-auth must be one of {', '.join(MODES)}, got {web_auth!r}")
     settings = services.from_options(database_url, host=host, workers=workers, artifacts=artifacts or "",
-                                     prefix=prefix,
+                                     prefix=prefix, web_auth=web_auth,
                                      ports={"mlflow": mlflow_port, "prefect": prefect_port, "web": web_port})
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[yellow]listening on {host}: put the services behind authentication and TLS[/]")

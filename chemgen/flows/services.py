@@ -7,7 +7,7 @@ with its process workers and the web app, each a process of its own, bound to 12
               server from a folder (default $CHEMGEN_HOME/services/artifacts) or any fsspec / S3 URL
     Prefect   prefect server, on PostgreSQL (database <prefix>_prefect, through asyncpg)
     workers   N ``prefect worker start`` processes on the process pool `POOL` (created if missing)
-    web       ``chemgen serve``, its flows tracked by the MLflow server and run by the Prefect server
+    web       ``chemgen serve --auth token`` (users: ``chemgen users add``), tracking to the MLflow server
 
 The PostgreSQL server comes from ``--database-url`` or ``$CHEMGEN_DATABASE_URL`` (``postgresql://USER[:PASSWORD]@
 HOST:PORT/ANY``); each service gets a database of its own there, created on the first ``up``. Every service keeps
@@ -61,6 +61,7 @@ class Settings:
     workers: int = 2
     artifacts: str = ""                         # folder or fsspec/S3 URL; "" -> <state>/artifacts
     prefix: str = "chemgen"                     # databases <prefix>_mlflow and <prefix>_prefect
+    web_auth: str = "token"                     # the web app's users: chemgen users add (`chemgen.web.auth`)
     state_dir: str = ""                         # logs, pids, services.json; "" -> $CHEMGEN_HOME/services
 
     @property
@@ -194,7 +195,8 @@ def services(settings: Settings) -> list[Service]:
                            {**client_env, "PREFECT_WORKER_HEARTBEAT_SECONDS": "10"},
                            f"{prefect_api}/work_pools/{POOL}/workers/filter", f"chemgen-worker-{i}"))
     out.append(Service("web", [python, "-m", "chemgen.cli", "serve", "--host", settings.host,
-                               "--port", str(settings.ports["web"])], client_env, settings.url("web") + "/healthz"))
+                               "--port", str(settings.ports["web"]), "--auth", settings.web_auth],
+                       client_env, settings.url("web") + "/healthz"))
     return out
 
 
@@ -418,7 +420,7 @@ def settings_from_record(state_dir: str | os.PathLike | None = None, database_ur
     if record is None:
         raise UsageError(f"no services started under {Path(state_dir) if state_dir else chemgen_home() / 'services'}: "
                          "run `chemgen services up` first")
-    keys = ("host", "ports", "workers", "artifacts", "prefix", "state_dir")
+    keys = ("host", "ports", "workers", "artifacts", "prefix", "state_dir", "web_auth")
     url = database_url or os.environ.get(DATABASE_ENV) or record["database_url"]
     return Settings(database_url=url, **{k: record[k] for k in keys})
 

@@ -2,7 +2,10 @@
 
 Pages: ``/`` (recent jobs), ``/elucidate`` (upload spectra), ``/screen`` (start a crystal screening),
 ``/jobs/{id}`` (a job's progress, then its results), ``/models`` (the registry). JSON: ``/api/jobs/{id}``,
-``POST /api/elucidate`` and ``POST /api/screen`` (the forms' twins), ``/healthz``.
+``POST /api/elucidate`` and ``POST /api/screen`` (the forms' twins), ``/healthz``, ``/login``.
+
+Who asks is settled before anything else (`chemgen.web.auth`): each user sees, polls and downloads only their own
+jobs (another user's job is a 404), every form carries a CSRF token, and job submissions are rate-limited per user.
 
 Uploads are checked before a job exists: size and count limits, a known file type, then chemgen's own spectrum
 reader on the stored copy (an error names the file as the user called it and the problem, HTTP 400 / 413).
@@ -18,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -28,7 +32,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from chemgen.errors import ChemgenError
-from chemgen.web import jobs, registry
+from chemgen.web import auth, jobs, registry
 from chemgen.web.settings import WebSettings
 
 HERE = Path(__file__).parent
@@ -45,6 +49,14 @@ class UploadProblem(ChemgenError, ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+def check_csrf(request: Request, form: Any) -> None:
+    """The form's (or the X-CSRF-Token header's) token must equal the chemgen_csrf cookie (`chemgen.web.auth`)."""
+    submitted = form.get(auth.CSRF_FIELD) or request.headers.get("x-csrf-token")
+    if not auth.csrf_ok(request.cookies.get(auth.CSRF_COOKIE), submitted):
+        raise UploadProblem("this form is stale or was not sent from chemgen's own page (CSRF check): reload it "
+                            "and send it again", 403)
 
 
 # ---------------------------------------------------------------------------- uploads
@@ -155,7 +167,7 @@ async def _elucidation_job(request: Request) -> str:
             params.update(candidates=stored, candidate_limit=settings.max_user_candidates)
             label += f" + candidates: {display}"
         folder = jobs.commit_job(staging, "elucidation", params, label + (f" ({formula})" if formula else ""),
-                                 uploads, settings.workers)
+                                 uploads, settings.workers, owner=request.state.user)
     except BaseException:
         jobs.discard_staging(staging)
         raise
@@ -182,7 +194,8 @@ async def _screening_job(request: Request) -> str:
     params = {**settings.screening, "n": n, "chemical_system": system, "model": model}
     label = f"{n} crystals from {model_label.split(' (')[0]}" + (f", {system}" if system else "")
     job_id, staging = jobs.new_staging(settings.jobs_dir)
-    folder = jobs.commit_job(staging, "screening", params, label, workers=settings.workers)
+    folder = jobs.commit_job(staging, "screening", params, label, workers=settings.workers,
+                             owner=request.state.user)
     if settings.start_jobs:
         jobs.start_runner(folder)
     return job_id
@@ -259,7 +272,58 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="chemgen", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
     app.state.settings = settings
+    store = auth.UserStore(settings.home)
+    limiter = auth.RateLimiter(settings.jobs_per_minute)
+    app.state.limiter = limiter
     templates = Jinja2Templates(directory=HERE / "templates")
+
+    public = ("/healthz", "/static/", "/vendor/", "/login")
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        path = request.url.path
+        user, bearer = auth.identify(request, settings, store)
+        request.state.user, request.state.bearer = user, bearer
+        fresh = auth.CSRF_COOKIE not in request.cookies
+        request.state.csrf = request.cookies.get(auth.CSRF_COOKIE) or auth.new_csrf_token()
+        if user is None and not path.startswith(public) and path != "/":
+            if path.startswith("/api/"):
+                return JSONResponse({"error": "not signed in: send Authorization: Bearer TOKEN (chemgen users add)"},
+                                    status_code=401)
+            return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
+        if user is None and path == "/":
+            return RedirectResponse("/login", status_code=303)
+        response = await call_next(request)
+        if fresh:
+            response.set_cookie(auth.CSRF_COOKIE, request.state.csrf, httponly=True, samesite="strict",
+                                secure=request.url.scheme == "https")
+        return response
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/") -> Response:
+        return page(request, "login.html", next=next if next.startswith("/") and not next.startswith("//") else "/")
+
+    @app.post("/login")
+    async def login(request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=4)
+        check_csrf(request, form)
+        if settings.auth != "token":
+            raise HTTPException(400, f"this server authenticates by {settings.auth}, not by token")
+        token = str(form.get("token") or "").strip()
+        if store.user_for(token) is None:
+            raise HTTPException(401, "unknown or revoked token")
+        target = str(form.get("next") or "/")
+        response = RedirectResponse(target if target.startswith("/") and not target.startswith("//") else "/", 303)
+        response.set_cookie(auth.TOKEN_COOKIE, token, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
+        return response
+
+    @app.post("/logout")
+    async def logout(request: Request) -> Response:
+        check_csrf(request, await request.form(max_files=0, max_fields=2))
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(auth.TOKEN_COOKIE)
+        return response
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -298,20 +362,21 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> Response:
-        return page(request, "index.html", recent=_with_states(jobs.list_jobs(settings.jobs_dir, limit=20)))
+        return page(request, "index.html", recent=_with_states(
+            jobs.list_jobs(settings.jobs_dir, limit=20, owner=request.state.user)))
 
     # Each kind of job: its form page, the form's POST (a redirect to the job) and the same POST as JSON
     for path, kind, make_job in (("elucidate", "elucidation", _elucidation_job), ("screen", "screening", _screening_job)):
         _job_routes(app, path, kind, make_job, page, _with_states)
 
     @app.get("/api/jobs/{job_id}")
-    def job_api(job_id: str) -> dict[str, Any]:
-        folder = jobs.job_dir(settings.jobs_dir, job_id)
+    def job_api(request: Request, job_id: str) -> dict[str, Any]:
+        folder = jobs.job_dir(settings.jobs_dir, job_id, owner=request.state.user)
         return {"job": jobs.read_json(folder / "job.json"), **asdict(jobs.job_state(folder, jobs.prefect_flow_run))}
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: str) -> Response:
-        folder = jobs.job_dir(settings.jobs_dir, job_id)
+        folder = jobs.job_dir(settings.jobs_dir, job_id, owner=request.state.user)
         record = jobs.read_json(folder / "job.json")
         state = jobs.job_state(folder, jobs.prefect_flow_run)
         results = None
@@ -321,8 +386,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                     threedmol=settings.threedmol_js is not None)
 
     @app.get("/jobs/{job_id}/files/{relative:path}")
-    def job_file(job_id: str, relative: str) -> Response:
-        folder = jobs.job_dir(settings.jobs_dir, job_id)
+    def job_file(request: Request, job_id: str, relative: str) -> Response:
+        folder = jobs.job_dir(settings.jobs_dir, job_id, owner=request.state.user)
         path = jobs.safe_file(folder / "out", relative.removeprefix("out/"))
         inline = path.suffix == ".png"
         return FileResponse(path, media_type=DOWNLOAD_TYPES.get(path.suffix, "application/octet-stream"),
@@ -354,12 +419,21 @@ def _job_routes(app: FastAPI, path: str, kind: str, make_job: Any, page: Any, wi
 
     def form(request: Request) -> Response:
         return page(request, f"{path}.html", models=registry.job_models(kind),
-                    recent=with_states(jobs.list_jobs(settings.jobs_dir, kind, 10)))
+                    recent=with_states(jobs.list_jobs(settings.jobs_dir, kind, 10, owner=request.state.user)))
+
+    async def admitted(request: Request) -> None:
+        """CSRF (forms always; the API unless a bearer token or a single-user server), then the user's rate."""
+        if not request.url.path.startswith("/api/") or not (request.state.bearer or settings.auth == "none"):
+            check_csrf(request, await request.form(max_files=settings.max_files, max_fields=10))
+        if not app.state.limiter.allow(request.state.user):
+            raise UploadProblem(f"more than {settings.jobs_per_minute} jobs a minute: wait a minute", 429)
 
     async def submit(request: Request) -> Response:
+        await admitted(request)
         return RedirectResponse(f"/jobs/{await make_job(request)}", status_code=303)
 
     async def submit_json(request: Request) -> Response:
+        await admitted(request)
         job_id = await make_job(request)
         return JSONResponse({"job": job_id, "url": f"/jobs/{job_id}"}, status_code=202)
 

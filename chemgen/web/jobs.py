@@ -84,13 +84,13 @@ def new_staging(jobs_dir: Path) -> tuple[str, Path]:
 
 
 def commit_job(staging: Path, kind: str, params: dict[str, Any], label: str,
-               uploads: list[dict[str, str]] = (), workers: int = 1) -> Path:
+               uploads: list[dict[str, str]] = (), workers: int = 1, owner: str = "local") -> Path:
     """Write job.json into the staging folder and rename it into place: the job exists whole or not at all."""
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     job_id = staging.name.removeprefix(STAGING_PREFIX)
     write_json(staging / "job.json", {"id": job_id, "kind": kind, "label": label, "params": params,
-                                      "uploads": list(uploads), "workers": workers,
+                                      "uploads": list(uploads), "workers": workers, "owner": owner,
                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     final = staging.parent / job_id
     os.replace(staging, final)
@@ -131,20 +131,25 @@ def _job_dirs(jobs_dir: Path) -> list[Path]:
     return [p for p in jobs_dir.iterdir() if JOB_ID.match(p.name) and (p / "job.json").is_file()]
 
 
-def job_dir(jobs_dir: Path, job_id: str) -> Path:
-    """The folder of job ``job_id``; `JobNotFoundError` for an id that is not 32 hex digits or has no job."""
+def job_dir(jobs_dir: Path, job_id: str, owner: str | None = None) -> Path:
+    """The folder of job ``job_id``; `JobNotFoundError` for an id that is not 32 hex digits, has no job, or (with
+    ``owner``) is another user's job: to them it does not exist."""
     if not JOB_ID.match(job_id or ""):
         raise JobNotFoundError(f"no job {job_id!r}")
     folder = jobs_dir / job_id
     if not (folder / "job.json").is_file():
         raise JobNotFoundError(f"no job {job_id}")
+    if owner is not None and read_json(folder / "job.json").get("owner", "local") != owner:
+        raise JobNotFoundError(f"no job {job_id}")
     return folder
 
 
-def list_jobs(jobs_dir: Path, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """The newest ``limit`` jobs (of ``kind``), as their job.json records."""
+def list_jobs(jobs_dir: Path, kind: str | None = None, limit: int = 50, owner: str | None = None
+              ) -> list[dict[str, Any]]:
+    """The newest ``limit`` jobs (of ``kind``, of ``owner``), as their job.json records."""
     records = [read_json(p / "job.json") for p in _job_dirs(jobs_dir)]
-    records = [r for r in records if kind is None or r["kind"] == kind]
+    records = [r for r in records if (kind is None or r["kind"] == kind)
+               and (owner is None or r.get("owner", "local") == owner)]
     return sorted(records, key=lambda r: r["created"], reverse=True)[:limit]
 
 

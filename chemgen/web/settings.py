@@ -32,7 +32,8 @@ def default_3dmol() -> Path | None:
 class WebSettings:
     """``home``: the jobs' folders; ``workers``: flow runs at once (each uses every core torch is given);
     ``elucidation`` / ``screening``: flow parameters every job of that kind gets (a user sets only what the form
-    offers); ``start_jobs``: False leaves submitted jobs for a later server (tests of the upload path)."""
+    offers); ``start_jobs``: False leaves submitted jobs for a later server (tests of the upload path);
+    ``auth``, ``auth_header``, ``trusted_proxies``, ``jobs_per_minute``: who may use it (`chemgen.web.auth`)."""
 
     home: Path = field(default_factory=lambda: chemgen_home() / "web")
     max_upload_bytes: int = MAX_UPLOAD_BYTES
@@ -46,6 +47,19 @@ class WebSettings:
     threedmol_js: Path | None = field(default_factory=default_3dmol)
     mlflow_ui_url: str | None = field(default_factory=lambda: os.environ.get(MLFLOW_UI_ENV) or None)
     start_jobs: bool = True
+    auth: str = "none"                # none | token | proxy (`chemgen.web.auth`)
+    auth_header: str = "X-Forwarded-User"
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    jobs_per_minute: int = 10         # per user
+
+    def __post_init__(self) -> None:
+        from chemgen.errors import UsageError
+        from chemgen.web.auth import MODES
+
+        if self.auth not in MODES:
+            raise UsageError(f"auth must be one of {', '.join(MODES)}, got {self.auth!r}")
+        if self.jobs_per_minute < 1:
+            raise UsageError(f"jobs_per_minute must be at least 1, got {self.jobs_per_minute}")
 
     @property
     def jobs_dir(self) -> Path:

@@ -28,6 +28,12 @@ def client(settings):
         yield c
 
 
+def csrf(client) -> str:
+    """The CSRF token the pages set (a form carries it back)."""
+    client.get("/elucidate")
+    return client.cookies["chemgen_csrf"]
+
+
 def test_pages_render(client):
     for url, text in (("/", "Recent jobs"), ("/elucidate", 'name="raman"'), ("/screen", 'name="chemical_system"'),
                       ("/models", "Registered models"), ("/healthz", "true")):
@@ -62,7 +68,7 @@ BAD_UPLOADS = [
 def test_a_bad_upload_gets_its_error_and_leaves_no_job(client, settings, files, status, message):
     reply = client.post("/api/elucidate", files=files)
     assert reply.status_code == status and message in reply.json()["error"], reply.text
-    page = client.post("/elucidate", files=files)     # the form gets an error page saying the same
+    page = client.post("/elucidate", files=files, data={"csrf_token": csrf(client)})   # the form: an error page
     assert page.status_code == status and "This upload cannot be used" in page.text
     assert list(settings.jobs_dir.iterdir()) == []    # no job, no staging folder left behind
 
@@ -89,7 +95,8 @@ def test_a_bad_formula_or_model_is_refused(client, uploads):
 def test_a_good_upload_is_stored_under_a_server_name(client, settings, uploads):
     files = {"ir": ("../../../tmp/evil name.jdx", uploads["ir"].read_bytes()),
              "raman": ("query.raman.jdx", uploads["raman"].read_bytes())}
-    reply = client.post("/elucidate", files=files, data={"formula": "C8H12"}, follow_redirects=False)
+    reply = client.post("/elucidate", files=files, data={"formula": "C8H12", "csrf_token": csrf(client)},
+                        follow_redirects=False)
     assert reply.status_code == 303
     job_id = reply.headers["location"].rsplit("/", 1)[1]
     folder = jobs.job_dir(settings.jobs_dir, job_id)

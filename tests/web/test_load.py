@@ -19,7 +19,7 @@ BAD = [("empty-{i}.csv", b""), ("binary-{i}.jdx", b"\x00\x01\x02\x03"), ("photo-
 
 
 def test_fifty_concurrent_uploads_good_and_bad(tmp_path, uploads):
-    settings = WebSettings(home=tmp_path / "web", start_jobs=False)
+    settings = WebSettings(home=tmp_path / "web", start_jobs=False, jobs_per_minute=100)   # one user, fifty at once
     good_bytes = uploads["ir"].read_bytes()
     plan = [(f"good-{i}.jdx", good_bytes, True) if i % 5 else (BAD[(i // 5) % len(BAD)][0].format(i=i),
                                                                BAD[(i // 5) % len(BAD)][1], False)
