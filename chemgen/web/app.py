@@ -32,7 +32,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from chemgen.errors import ChemgenError
-from chemgen.web import auth, jobs, registry
+from chemgen.web import auth, jobs, registry, schemas
 from chemgen.web.settings import WebSettings
 
 HERE = Path(__file__).parent
@@ -369,10 +369,12 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     for path, kind, make_job in (("elucidate", "elucidation", _elucidation_job), ("screen", "screening", _screening_job)):
         _job_routes(app, path, kind, make_job, page, _with_states)
 
-    @app.get("/api/jobs/{job_id}")
-    def job_api(request: Request, job_id: str) -> dict[str, Any]:
+    @app.get("/api/jobs/{job_id}", response_model=schemas.JobStatus, responses=schemas.ERRORS)
+    def job_api(request: Request, job_id: str) -> schemas.JobStatus:
+        """A job's record, state and progress (only the signed-in user's own jobs)."""
         folder = jobs.job_dir(settings.jobs_dir, job_id, owner=request.state.user)
-        return {"job": jobs.read_json(folder / "job.json"), **asdict(jobs.job_state(folder, jobs.prefect_flow_run))}
+        return schemas.JobStatus(job=jobs.read_json(folder / "job.json"),
+                                 **asdict(jobs.job_state(folder, jobs.prefect_flow_run)))
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: str) -> Response:
@@ -432,11 +434,14 @@ def _job_routes(app: FastAPI, path: str, kind: str, make_job: Any, page: Any, wi
         await admitted(request)
         return RedirectResponse(f"/jobs/{await make_job(request)}", status_code=303)
 
-    async def submit_json(request: Request) -> Response:
+    async def submit_json(request: Request) -> schemas.JobSubmitted:
         await admitted(request)
         job_id = await make_job(request)
-        return JSONResponse({"job": job_id, "url": f"/jobs/{job_id}"}, status_code=202)
+        return schemas.JobSubmitted(job=job_id, url=f"/jobs/{job_id}")
 
     app.add_api_route(f"/{path}", form, methods=["GET"], response_class=HTMLResponse, name=f"{path}-form")
     app.add_api_route(f"/{path}", submit, methods=["POST"], name=f"{path}-submit")
-    app.add_api_route(f"/api/{path}", submit_json, methods=["POST"], name=f"{path}-api")
+    app.add_api_route(f"/api/{path}", submit_json, methods=["POST"], name=f"{path}-api", status_code=202,
+                      response_model=schemas.JobSubmitted, responses=schemas.ERRORS,
+                      openapi_extra=schemas.ELUCIDATE_FORM if kind == "elucidation" else schemas.SCREEN_FORM,
+                      summary=f"Start a{'n' if kind == 'elucidation' else ''} {kind} job")

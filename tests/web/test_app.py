@@ -218,3 +218,18 @@ def test_the_default_model_is_a_champion_and_the_shipped_checkpoint_comes_last(m
     assert list(registry.job_models("screening")) == [
         "models:/chemgen-adit@champion", "models:/chemgen-adit-demo@champion", "models:/chemgen-adit@challenger",
         "models:/chemgen-adit-demo@challenger", "shipped"]
+
+
+def test_the_openapi_schema_describes_the_api(client):
+    schema = client.get("/openapi.json").json()
+    submit = schema["paths"]["/api/elucidate"]["post"]
+    form = submit["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"ir", "raman", "formula", "sources", "candidates", "model", "csrf_token"} <= set(form)
+    assert form["ir"]["format"] == "binary"
+    assert submit["responses"]["202"]["content"]["application/json"]["schema"]["$ref"].endswith("/JobSubmitted")
+    assert {"400", "401", "403", "413", "415", "429"} <= set(submit["responses"])
+    status = schema["paths"]["/api/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert status["schema"]["$ref"].endswith("/JobStatus")
+    assert {"state", "progress", "flow_run_id", "job"} <= set(schema["components"]["schemas"]["JobStatus"]["properties"])
+    assert "chemical_system" in schema["paths"]["/api/screen"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]["schema"]["properties"]
