@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,7 +19,10 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on (default:
                                                  "of `chemgen users add`) or proxy (a trusted reverse proxy's "
                                                  "header).")] = "none",
           auth_header: Annotated[str, typer.Option(help="With --auth proxy: the header naming the user.")] = "X-Forwarded-User",
-          jobs_per_minute: Annotated[int, typer.Option(help="Jobs one user may submit a minute.")] = 10) -> None:
+          jobs_per_minute: Annotated[int, typer.Option(help="Jobs one user may submit a minute.")] = 10,
+          retention_days: Annotated[Optional[float], typer.Option(
+              help="Delete finished jobs older than this many days, with their files (checked hourly; default: "
+                   "keep).")] = None) -> None:
     """The web app: upload spectra for ranked structures, run and browse crystal screening, see the registry."""
     import uvicorn
 
@@ -30,7 +33,8 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on (default:
     at_least("--workers", workers, 1)
     at_least("--samples", samples, 1)
     settings = WebSettings(workers=workers, elucidation={"samples": samples, "steps": 100, "top_k": 10, "rerank": rerank},
-                           auth=auth, auth_header=auth_header, jobs_per_minute=jobs_per_minute)
+                           auth=auth, auth_header=auth_header, jobs_per_minute=jobs_per_minute,
+                           retention_days=retention_days)
     if host not in ("127.0.0.1", "localhost", "::1") and auth == "none":
         console.print(f"[yellow]listening on {host} without authentication: use --auth token or --auth proxy[/]")
     console.print(f"chemgen web on http://{host}:{port}  (jobs in {settings.jobs_dir})", highlight=False)

@@ -264,11 +264,23 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        import asyncio
+
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         if settings.start_jobs:
             jobs.resume_submitted(settings.jobs_dir)
             jobs.warm_up_prefect()
+        expiring = None
+        if settings.retention_days is not None:
+            async def expire_hourly() -> None:
+                while True:
+                    await run_in_threadpool(jobs.expire_jobs, settings.jobs_dir, settings.retention_days)
+                    await asyncio.sleep(3600)
+
+            expiring = asyncio.create_task(expire_hourly())
         yield
+        if expiring is not None:
+            expiring.cancel()
 
     app = FastAPI(title="chemgen", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
     app.state.settings = settings

@@ -124,6 +124,28 @@ def resume_submitted(jobs_dir: Path) -> list[str]:
     return started
 
 
+def expire_jobs(jobs_dir: Path, days: float, now: float | None = None) -> list[str]:
+    """Delete finished jobs (completed, failed, crashed) created more than ``days`` ago, folder and files together;
+    a job that is still running is kept whatever its age. Returns the ids deleted."""
+    import datetime
+
+    now = time.time() if now is None else now
+    deleted = []
+    for folder in _job_dirs(jobs_dir):
+        try:
+            created = datetime.datetime.fromisoformat(read_json(folder / "job.json")["created"]).timestamp()
+        except (KeyError, ValueError, OSError):
+            continue
+        if now - created <= days * 86400 or not job_state(folder).finished:
+            continue
+        # renamed out of the listing first: a reader sees the whole job or none of it
+        doomed = folder.with_name(f".expired-{folder.name}")
+        os.replace(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        deleted.append(folder.name)
+    return deleted
+
+
 # ---------------------------------------------------------------------------- reading
 def _job_dirs(jobs_dir: Path) -> list[Path]:
     if not jobs_dir.is_dir():

@@ -51,6 +51,7 @@ class WebSettings:
     auth_header: str = "X-Forwarded-User"
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     jobs_per_minute: int = 10         # per user
+    retention_days: float | None = None   # finished jobs older than this are deleted with their files (None: kept)
 
     def __post_init__(self) -> None:
         from chemgen.errors import UsageError
@@ -58,6 +59,8 @@ class WebSettings:
 
         if self.auth not in MODES:
             raise UsageError(f"auth must be one of {', '.join(MODES)}, got {self.auth!r}")
+        if self.retention_days is not None and not self.retention_days > 0:
+            raise UsageError(f"retention_days must be above 0, got {self.retention_days}")
         if self.jobs_per_minute < 1:
             raise UsageError(f"jobs_per_minute must be at least 1, got {self.jobs_per_minute}")
 

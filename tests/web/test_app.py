@@ -233,3 +233,23 @@ def test_the_openapi_schema_describes_the_api(client):
     assert {"state", "progress", "flow_run_id", "job"} <= set(schema["components"]["schemas"]["JobStatus"]["properties"])
     assert "chemical_system" in schema["paths"]["/api/screen"]["post"]["requestBody"]["content"][
         "multipart/form-data"]["schema"]["properties"]
+
+
+def test_retention_deletes_old_finished_jobs_with_their_files_and_keeps_the_rest(settings, uploads):
+    import time as clock
+
+    with TestClient(create_app(settings)) as client:
+        ids = [client.post("/api/elucidate", files={"ir": (f"q{i}.jdx", uploads["ir"].read_bytes())}).json()["job"]
+               for i in range(3)]
+    folders = [jobs.job_dir(settings.jobs_dir, i) for i in ids]
+    jobs.write_json(folders[0] / "result.json", {"queries": []})        # finished long ago: goes
+    jobs.write_json(folders[1] / "error.json", {"error": "bad"})        # failed long ago: goes
+    (folders[0] / "out").mkdir()
+    (folders[0] / "out" / "candidates.csv").write_text("rank\n")
+    # the third was never run (submitted): kept whatever its age
+    later = clock.time() + 8 * 86400
+    assert sorted(jobs.expire_jobs(settings.jobs_dir, 7, now=later)) == sorted(ids[:2])
+    assert [p.name for p in settings.jobs_dir.iterdir()] == [ids[2]]
+    assert jobs.expire_jobs(settings.jobs_dir, 7) == []                  # nothing old enough now
+    with pytest.raises(Exception, match="retention_days"):
+        WebSettings(retention_days=0)
