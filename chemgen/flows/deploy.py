@@ -25,6 +25,7 @@ from prefect import Flow, serve
 
 import chemgen
 from chemgen.flows.curate import curate_all
+from chemgen.flows.elucidate import elucidate_batch
 from chemgen.flows.retrain import nightly_retrain
 from chemgen.flows.screen import DEFAULT_WORKERS, crystal_screening
 from chemgen.flows.spectra import curate_spectra_flow
@@ -68,6 +69,8 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
                description="Curate every dataset; unchanged input reuses its version."),
     Deployment("on-demand", curate_spectra_flow, ("chemgen", "data", "spectra"), {"workers": 1},
                description="Compute the QM9 xTB spectra no shard covers yet."),
+    Deployment("on-demand", elucidate_batch, ("chemgen", "elucidation"),
+               description="Candidate structures for uploaded spectra, from every source, with their confidence."),
 )
 
 
@@ -93,7 +96,7 @@ PREFECT_YAML_HEADER = """\
 #
 # Prefect deployments for teams running a Prefect server (PREFECT_API_URL set).
 #   prefect work-pool create chemgen-process --type process
-#   prefect deploy --all                      # from the repository root
+#   CHEMGEN_REPO=$PWD prefect deploy --all    # from the repository root (workers run the flows there)
 #   prefect worker start --pool chemgen-process
 # For Kubernetes, create a pool of type kubernetes named chemgen-k8s, build the image below with the
 # repository's Dockerfile (`docker build -t <image> .`, pushed to your registry under that name), then deploy
@@ -102,8 +105,10 @@ PREFECT_YAML_HEADER = """\
 """
 
 
-def prefect_yaml_spec() -> dict[str, Any]:
-    """prefect.yaml's content: every deployment on the process pool, and the Kubernetes twins."""
+def prefect_yaml_spec(kubernetes: bool = True, directory: str = "{{ $CHEMGEN_REPO }}") -> dict[str, Any]:
+    """prefect.yaml's content: every deployment on the process pool, and (``kubernetes``) the Kubernetes twins;
+    a worker runs each flow in ``directory`` (where ``chemgen/`` is; by default the CHEMGEN_REPO variable of the
+    shell that deploys, which `prefect deploy` fills in)."""
     entries = []
     for spec in DEPLOYMENTS:
         base: dict[str, Any] = {"name": spec.name, "description": spec.description, "entrypoint": spec.entrypoint}
@@ -114,13 +119,12 @@ def prefect_yaml_spec() -> dict[str, Any]:
         base["tags"] = list(spec.tags)
         entries.append({**base, "work_pool": {"name": PROCESS_POOL}})
     for spec in DEPLOYMENTS:
-        if spec.kubernetes:
+        if spec.kubernetes and kubernetes:
             base = next(e for e in entries if e["entrypoint"] == spec.entrypoint and e["name"] == spec.name)
             entries.append({**copy.deepcopy(base), "name": f"{spec.name}-k8s", "work_pool": {
                 "name": KUBERNETES_POOL, "job_variables": {"image": KUBERNETES_IMAGE, "env": dict(KUBERNETES_ENV)}}})
     return {"name": "chemgen", "prefect-version": _prefect_version(),
-            "pull": [{"prefect.deployments.steps.set_working_directory": {
-                "directory": "{{ $CHEMGEN_REPO | default('.') }}"}}],
+            "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": directory}}],
             "deployments": entries}
 
 
@@ -130,11 +134,12 @@ def _prefect_version() -> str:
     return version("prefect")
 
 
-def render_prefect_yaml() -> str:
+def render_prefect_yaml(kubernetes: bool = True, directory: str = "{{ $CHEMGEN_REPO }}") -> str:
     """The text of prefect.yaml (deterministic: the committed file must equal it)."""
     import yaml
 
-    return PREFECT_YAML_HEADER + "\n" + yaml.safe_dump(prefect_yaml_spec(), sort_keys=False, width=110)
+    return PREFECT_YAML_HEADER + "\n" + yaml.safe_dump(prefect_yaml_spec(kubernetes, directory), sort_keys=False,
+                                                       width=110)
 
 
 def check_parameters() -> list[str]:

@@ -6,7 +6,9 @@ with its process workers and the web app, each a process of its own, bound to 12
     MLflow    mlflow server, backend store on PostgreSQL (database <prefix>_mlflow), artifacts served by the
               server from a folder (default $CHEMGEN_HOME/services/artifacts) or any fsspec / S3 URL
     Prefect   prefect server, on PostgreSQL (database <prefix>_prefect, through asyncpg)
-    workers   N ``prefect worker start`` processes on the process pool `POOL` (created if missing)
+    workers   N ``prefect worker start`` processes on the process pool `POOL` (created if missing), which run
+              the deployments `register_deployments` puts there (chemgen.flows.deploy: nightly retraining on
+              its cron schedule, curation, screening, spectra curation, elucidation)
     web       ``chemgen serve --auth token`` (users: ``chemgen users add``), tracking to the MLflow server
 
 The PostgreSQL server comes from ``--database-url`` or ``$CHEMGEN_DATABASE_URL`` (``postgresql://USER[:PASSWORD]@
@@ -301,6 +303,33 @@ def _ensure_pool(settings: Settings) -> bool:
     return True
 
 
+def code_root() -> Path:
+    """The folder the deployments' entrypoints (``chemgen/flows/<flow>.py:<function>``) are relative to: the source
+    checkout, or site-packages for an installed chemgen."""
+    import chemgen
+
+    return Path(chemgen.__file__).resolve().parent.parent
+
+
+def register_deployments(settings: Settings) -> int:
+    """Every deployment of `chemgen.flows.deploy.DEPLOYMENTS` on the process pool of the Prefect server (the
+    nightly retraining with its cron schedule, curation, screening, spectra curation, elucidation): written as a
+    prefect.yaml without the Kubernetes twins and deployed with ``prefect deploy --all``. Idempotent: a deployment
+    that exists is updated. Returns how many there are."""
+    from chemgen.flows.deploy import prefect_yaml_spec, render_prefect_yaml
+
+    spec_file = settings.state / "prefect.yaml"
+    _write_text(spec_file, render_prefect_yaml(kubernetes=False, directory=str(code_root())))
+    env = {**os.environ, "PREFECT_API_URL": settings.url("prefect") + "/api",
+           "PREFECT_HOME": str(settings.state / "prefect-home")}
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                           str(spec_file)], cwd=code_root(), env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise ServiceError(f"registering the deployments on {settings.url('prefect')} failed:\n"
+                           f"{(done.stdout + done.stderr)[-3000:]}")
+    return len(prefect_yaml_spec(kubernetes=False)["deployments"])
+
+
 def _record(settings: Settings) -> None:
     record = {**asdict(settings), "database_url": _hide_password(settings.database_url),
               "urls": {name: settings.url(name) for name in DEFAULT_PORTS}, "pool": POOL,
@@ -349,6 +378,8 @@ def up(settings: Settings, log: Callable[[str], None] = print, timeout: float = 
         _wait(state, service, timeout)
         started.append(service.name)
         log(f"{service.name}: started (pid {pid})" + ("" if service.worker else f", {service.health}"))
+    count = register_deployments(settings)
+    log(f"{count} deployments on {POOL} (prefect deployment ls)")
     # workers beyond the number asked for (an earlier `up --workers 4`) are stopped
     names = {s.name for s in wanted}
     for pid_file in sorted(state.glob("worker-*.pid")):

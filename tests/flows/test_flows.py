@@ -317,7 +317,7 @@ def test_deployments_and_prefect_yaml_point_at_the_flows():
     built = deployments()
     assert sorted((d.flow_name, d.name) for d in built) == [
         ("crystal-screening", "on-demand"), ("curate", "on-demand"), ("curate-spectra", "on-demand"),
-        ("nightly-retrain", "nightly")]
+        ("elucidate", "on-demand"), ("nightly-retrain", "nightly")]
     nightly = next(d for d in built if d.name == "nightly")
     assert nightly.schedules[0].schedule.cron == NIGHTLY_CRON and nightly.parameters == {"profile": "nightly"}
     assert deployments(profile="demo")[0].parameters == {"profile": "demo"}

@@ -111,6 +111,45 @@ def test_up_starts_every_service_on_postgresql_and_is_idempotent(settings, monke
     assert {s.name: s.pid for s in services.status(settings)} == pids
 
 
+def test_the_flows_are_deployments_on_the_pool_and_a_worker_runs_them(settings, tmp_path):
+    """Every deployment of chemgen.flows.deploy is on the server (the nightly one on its cron schedule); a run of
+    the elucidation deployment is picked up by the worker and completes (its one query fails, as it should:
+    the file does not exist), writing the batch where the run was told to."""
+    import json
+    import subprocess
+    import sys
+
+    from chemgen.flows.deploy import NIGHTLY_CRON
+
+    services.up(settings, log=lambda line: None)
+    env = {**os.environ, "PREFECT_API_URL": settings.url("prefect") + "/api",
+           "PREFECT_HOME": str(settings.state / "prefect-home")}
+    out = tmp_path / "batch"
+    script = (
+        "import json, sys\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.deployments import run_deployment\n"
+        "with get_client(sync_client=True) as client:\n"
+        "    deployments = client.read_deployments()\n"
+        "    names = sorted(f'{client.read_flow(d.flow_id).name}/{d.name}' for d in deployments)\n"
+        "    nightly = next(d for d in deployments if d.name == 'nightly')\n"
+        "    crons = [s.schedule.cron for s in nightly.schedules]\n"
+        "    pools = sorted({d.work_pool_name for d in deployments})\n"
+        "run = run_deployment('elucidate/on-demand', timeout=300, parameters={'queries': [{'files': "
+        "['/nonexistent/unknown.jdx']}], 'sources': ['library'], 'out_dir': sys.argv[1]})\n"
+        "print(json.dumps({'names': names, 'crons': crons, 'pools': pools, 'state': run.state.name}))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["names"] == ["crystal-screening/on-demand", "curate-spectra/on-demand", "curate/on-demand",
+                               "elucidate/on-demand", "nightly-retrain/nightly"]
+    assert answer["crons"] == [NIGHTLY_CRON] and answer["pools"] == [services.POOL]
+    assert answer["state"] == "Completed", (settings.state / "worker-1.log").read_text()[-3000:]
+    batch = json.loads((out / "batch.json").read_text())
+    assert batch["failed"] == ["unknown"] and "no such file" in batch["queries"][0]["error"]
+
+
 def test_a_dead_service_makes_status_fail_and_up_restarts_only_it(settings):
     services.up(settings, log=lambda line: None)
     web = next(s for s in services.status(settings) if s.name == "web")
