@@ -22,7 +22,11 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on (default:
           jobs_per_minute: Annotated[int, typer.Option(help="Jobs one user may submit a minute.")] = 10,
           retention_days: Annotated[Optional[float], typer.Option(
               help="Delete finished jobs older than this many days, with their files (checked hourly; default: "
-                   "keep).")] = None) -> None:
+                   "keep).")] = None,
+          dispatch: Annotated[str, typer.Option(
+              help="How jobs run: runner (a process of this server's each, embedded Prefect) or deployment (runs of "
+                   "the deployments on the Prefect server PREFECT_API_URL names, picked up by its pool's "
+                   "workers).")] = "runner") -> None:
     """The web app: upload spectra for ranked structures, run and browse crystal screening, see the registry."""
     import uvicorn
 
@@ -34,7 +38,7 @@ def serve(host: Annotated[str, typer.Option(help="Address to listen on (default:
     at_least("--samples", samples, 1)
     settings = WebSettings(workers=workers, elucidation={"samples": samples, "steps": 100, "top_k": 10, "rerank": rerank},
                            auth=auth, auth_header=auth_header, jobs_per_minute=jobs_per_minute,
-                           retention_days=retention_days)
+                           retention_days=retention_days, dispatch=dispatch)
     if host not in ("127.0.0.1", "localhost", "::1") and auth == "none":
         console.print(f"[yellow]listening on {host} without authentication: use --auth token or --auth proxy[/]")
     console.print(f"chemgen web on http://{host}:{port}  (jobs in {settings.jobs_dir})", highlight=False)

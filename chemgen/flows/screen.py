@@ -21,6 +21,7 @@ in one CIF, a Markdown report and an E_hull plot, all logged to one MLflow run. 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -330,7 +331,12 @@ def crystal_screening(n: int = 20, model: str = "models:/chemgen-adit@champion",
 
         mlflow.log_artifacts(summary["out_dir"], artifact_path="screening")
         progress.update(1.0, f"done: {summary['n_metastable_sun']} metastable S.U.N. of {n}")
-    return {**summary, "seconds": time.perf_counter() - start, "flow_run_id": str(flow_run.id)}
+    result = {**summary, "seconds": time.perf_counter() - start, "flow_run_id": str(flow_run.id)}
+    from chemgen.io import atomic_write
+
+    with atomic_write(Path(summary["out_dir"]) / "summary.json") as handle:   # the result, for whoever reads files
+        json.dump(result, handle, indent=1, default=float)
+    return result
 
 
 def dask_cluster_kwargs(n_workers: int = 2, dashboard_address: str | None = DASHBOARD_ADDRESS) -> dict[str, Any]:

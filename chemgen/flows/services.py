@@ -9,7 +9,8 @@ with its process workers and the web app, each a process of its own, bound to 12
     workers   N ``prefect worker start`` processes on the process pool `POOL` (created if missing), which run
               the deployments `register_deployments` puts there (chemgen.flows.deploy: nightly retraining on
               its cron schedule, curation, screening, spectra curation, elucidation)
-    web       ``chemgen serve --auth token`` (users: ``chemgen users add``), tracking to the MLflow server
+    web       ``chemgen serve --auth token --dispatch deployment`` (users: ``chemgen users add``): its jobs are
+              deployment runs the workers pick up, tracked by the MLflow server
 
 The PostgreSQL server comes from ``--database-url`` or ``$CHEMGEN_DATABASE_URL`` (``postgresql://USER[:PASSWORD]@
 HOST:PORT/ANY``); each service gets a database of its own there, created on the first ``up``. Every service keeps
@@ -197,7 +198,8 @@ def services(settings: Settings) -> list[Service]:
                            {**client_env, "PREFECT_WORKER_HEARTBEAT_SECONDS": "10"},
                            f"{prefect_api}/work_pools/{POOL}/workers/filter", f"chemgen-worker-{i}"))
     out.append(Service("web", [python, "-m", "chemgen.cli", "serve", "--host", settings.host,
-                               "--port", str(settings.ports["web"]), "--auth", settings.web_auth],
+                               "--port", str(settings.ports["web"]), "--auth", settings.web_auth,
+                               "--dispatch", "deployment"],
                        client_env, settings.url("web") + "/healthz"))
     return out
 

@@ -51,6 +51,22 @@ class UploadProblem(ChemgenError, ValueError):
         self.status = status
 
 
+async def _start(folder: Path, settings: WebSettings) -> None:
+    """Run a committed job: a runner process of this server's, or a deployment run on the team's Prefect pool (a
+    submission the server cannot make fails the job, with the reason on its page)."""
+    if not settings.start_jobs:
+        return
+    if settings.dispatch == "runner":
+        jobs.start_runner(folder)
+        return
+    from chemgen.web import runner
+
+    try:
+        await run_in_threadpool(runner.dispatch_deployment, folder)
+    except Exception as error:  # noqa: BLE001 - the job records why it never ran
+        jobs.write_json(folder / "error.json", {"error": f"could not submit the flow run: {error}"})
+
+
 def check_csrf(request: Request, form: Any) -> None:
     """The form's (or the X-CSRF-Token header's) token must equal the chemgen_csrf cookie (`chemgen.web.auth`)."""
     submitted = form.get(auth.CSRF_FIELD) or request.headers.get("x-csrf-token")
@@ -171,8 +187,7 @@ async def _elucidation_job(request: Request) -> str:
     except BaseException:
         jobs.discard_staging(staging)
         raise
-    if settings.start_jobs:
-        jobs.start_runner(folder)
+    await _start(folder, settings)
     return job_id
 
 
@@ -196,8 +211,7 @@ async def _screening_job(request: Request) -> str:
     job_id, staging = jobs.new_staging(settings.jobs_dir)
     folder = jobs.commit_job(staging, "screening", params, label, workers=settings.workers,
                              owner=request.state.user)
-    if settings.start_jobs:
-        jobs.start_runner(folder)
+    await _start(folder, settings)
     return job_id
 
 
@@ -241,7 +255,7 @@ def elucidation_results(folder: Path) -> dict[str, Any]:
     for row in rows:
         row["svg"] = _depiction(row.get("smiles", ""))
         row["image_path"] = f"{rel}/{row['image']}" if row.get("image") else ""
-    summary = jobs.read_json(folder / rel / "query.json")
+    summary = jobs.read_json(folder / rel / "query.json") if query.get("status") == "done" else {}
     uploaded = None
     if result.get("candidates"):   # the chemist's candidates file: its counts, and every line that failed, why
         lines = _read_csv(folder / "out" / "candidates" / "lines.csv")
@@ -267,8 +281,9 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         import asyncio
 
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        if settings.start_jobs:
+        if settings.start_jobs and settings.dispatch == "runner":
             jobs.resume_submitted(settings.jobs_dir)
+        if settings.start_jobs:
             jobs.warm_up_prefect()
         expiring = None
         if settings.retention_days is not None:
@@ -387,6 +402,25 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         folder = jobs.job_dir(settings.jobs_dir, job_id, owner=request.state.user)
         return schemas.JobStatus(job=jobs.read_json(folder / "job.json"),
                                  **asdict(jobs.job_state(folder, jobs.prefect_flow_run)))
+
+    @app.post("/api/jobs/{job_id}/cancel", responses=schemas.ERRORS)
+    async def cancel_api(request: Request, job_id: str) -> dict[str, str]:
+        """Cancel one of your jobs: its flow run is cancelled."""
+        folder = jobs.job_dir(settings.jobs_dir, job_id, owner=request.state.user)
+        if not (request.state.bearer or settings.auth == "none"):
+            check_csrf(request, await request.form(max_files=0, max_fields=2))
+        from chemgen.web import runner
+
+        return {"job": job_id, "outcome": await run_in_threadpool(runner.cancel, folder)}
+
+    @app.post("/jobs/{job_id}/cancel")
+    async def cancel_form(request: Request, job_id: str) -> Response:
+        folder = jobs.job_dir(settings.jobs_dir, job_id, owner=request.state.user)
+        check_csrf(request, await request.form(max_files=0, max_fields=2))
+        from chemgen.web import runner
+
+        await run_in_threadpool(runner.cancel, folder)
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
     def job_page(request: Request, job_id: str) -> Response:

@@ -185,6 +185,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# What each kind's flow writes into the job's out/ as its result (a deployment run is read back from it)
+RESULT_FILES = {"elucidation": "batch.json", "screening": "summary.json"}
+QUEUED_STATES = ("Scheduled", "Late", "Pending", "AwaitingRetry", "AwaitingConcurrencySlot")
+ENDED_STATES = ("Failed", "Crashed", "Cancelled", "TimedOut")
+
+
 def job_state(folder: Path, prefect: Any = None) -> JobState:
     """The job's state from its files; while it runs, Prefect's flow-run state and progress (``prefect``: a
     callable flow_run_id -> (state name, progress, description) or None; None skips Prefect)."""
@@ -193,6 +199,8 @@ def job_state(folder: Path, prefect: Any = None) -> JobState:
         return JobState("completed", 1.0, "", run, "Completed")
     if (folder / "error.json").exists():
         return JobState("failed", None, read_json(folder / "error.json").get("error", ""), _run_id(folder), "Failed")
+    if _dispatched(folder):
+        return _deployment_state(folder, prefect)
     runner = folder / "runner.json"
     if not runner.exists():
         return JobState("submitted", None, "waiting for a runner")
@@ -209,6 +217,40 @@ def job_state(folder: Path, prefect: Any = None) -> JobState:
     if found is None:
         return JobState("running", None, "", run_id)
     name, progress, description = found
+    return JobState("running", progress, description or "", run_id, name)
+
+
+def _dispatched(folder: Path) -> bool:
+    """Whether the job is a deployment run on the team's Prefect server (`chemgen.web.runner.dispatch_deployment`)
+    rather than a runner process of this server's."""
+    try:
+        return read_json(folder / "run.json").get("dispatch") == "deployment"
+    except (OSError, ValueError):
+        return False
+
+
+def _deployment_state(folder: Path, prefect: Any) -> JobState:
+    """A deployment run's state from Prefect; when it has ended, its ending is written into the job's files
+    (result.json from the flow's result file, or error.json), so that later reads need no Prefect."""
+    run_id = _run_id(folder)
+    found = prefect(run_id) if prefect is not None else None
+    if found is None:
+        return JobState("running", None, "", run_id)
+    name, progress, description = found
+    if name == "Completed":
+        kind = read_json(folder / "job.json")["kind"]
+        produced = folder / "out" / RESULT_FILES[kind]
+        if produced.is_file():
+            write_json(folder / "result.json", read_json(produced))
+            return JobState("completed", 1.0, "", run_id, name)
+        write_json(folder / "error.json", {"error": f"the flow run completed without {RESULT_FILES[kind]}"})
+        return job_state(folder)
+    if name in ENDED_STATES:
+        write_json(folder / "error.json", {"error": f"the flow run ended {name}" + (f": {description}" if description
+                                                                                    else "")})
+        return job_state(folder)
+    if name in QUEUED_STATES:
+        return JobState("queued", 0.0, "waiting for a worker of the pool", run_id, name)
     return JobState("running", progress, description or "", run_id, name)
 
 

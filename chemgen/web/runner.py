@@ -75,6 +75,54 @@ def flow_call(job: Path, record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return flow.with_options(flow_run_name=name, on_running=[_record_flow_run(job)]), kwargs
 
 
+def dispatch_deployment(job: Path) -> str:
+    """Submit the job as a run of its flow's ``on-demand`` deployment on the team's Prefect server (PREFECT_API_URL;
+    `chemgen services up` registers the deployments), without waiting: a worker of the pool runs it, and the job's
+    state is read back from Prefect (`chemgen.web.jobs.job_state`). Returns the flow run's id."""
+    from chemgen.flows import settings  # noqa: F401  (Prefect's defaults, before prefect is imported)
+    from prefect.deployments import run_deployment
+
+    record = read_json(job / "job.json")
+    flow, kwargs = flow_call(job, record)
+    run = run_deployment(f"{flow.name}/on-demand", parameters=kwargs, timeout=0,
+                         tags=["chemgen-web", f"web-{record['kind']}", f"user-{record.get('owner', 'local')}"],
+                         flow_run_name=f"web-{record['kind']}-{record['id'][:8]}")
+    write_json(job / "run.json", {"flow_run_id": str(run.id), "name": run.name, "dispatch": "deployment"})
+    return str(run.id)
+
+
+def cancel(job: Path) -> str:
+    """Cancel a job: its flow run is set Cancelling (Cancelled while it waits for a worker), and a runner process
+    of this server's is stopped. Returns what was done; a finished job is left as it is."""
+    import signal
+
+    from chemgen.web.jobs import job_state
+
+    if job_state(job).finished:
+        return "already finished"
+    run_id = read_json(job / "run.json").get("flow_run_id") if (job / "run.json").exists() else None
+    if run_id:
+        import uuid
+
+        from chemgen.flows import settings  # noqa: F401
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled, Cancelling
+
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(uuid.UUID(run_id))
+            waiting = run.state is None or run.state.name in ("Scheduled", "Late", "Pending")
+            client.set_flow_run_state(run.id, Cancelled() if waiting else Cancelling(), force=True)
+    runner = job / "runner.json"
+    if runner.exists() and read_json(runner).get("pid"):
+        try:
+            os.killpg(int(read_json(runner)["pid"]), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if not (job / "result.json").exists():
+        write_json(job / "error.json", {"error": "cancelled by its user"})
+    return "cancelled"
+
+
 def run_job(job: Path) -> int:
     record = read_json(job / "job.json")
     write_json(job / "runner.json", {"pid": os.getpid(), "queued": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -52,6 +52,7 @@ class WebSettings:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     jobs_per_minute: int = 10         # per user
     retention_days: float | None = None   # finished jobs older than this are deleted with their files (None: kept)
+    dispatch: str = "runner"          # runner: a process of this server's per job; deployment: the Prefect pool's
 
     def __post_init__(self) -> None:
         from chemgen.errors import UsageError
@@ -59,6 +60,8 @@ class WebSettings:
 
         if self.auth not in MODES:
             raise UsageError(f"auth must be one of {', '.join(MODES)}, got {self.auth!r}")
+        if self.dispatch not in ("runner", "deployment"):
+            raise UsageError(f"dispatch must be runner or deployment, got {self.dispatch!r}")
         if self.retention_days is not None and not self.retention_days > 0:
             raise UsageError(f"retention_days must be above 0, got {self.retention_days}")
         if self.jobs_per_minute < 1:

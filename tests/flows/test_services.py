@@ -150,6 +150,49 @@ def test_the_flows_are_deployments_on_the_pool_and_a_worker_runs_them(settings, 
     assert batch["failed"] == ["unknown"] and "no such file" in batch["queries"][0]["error"]
 
 
+def test_the_web_apps_jobs_are_deployment_runs_and_cancelling_one_cancels_its_flow_run(settings, tmp_path):
+    """The web app `up` starts signs users in by token and submits each job as a deployment run: a worker runs
+    it and the page reads it back from Prefect; a job cancelled while it waits has its flow run cancelled."""
+    import httpx
+
+    from chemgen.paths import chemgen_home
+    from chemgen.web.auth import UserStore
+
+    from tests.web.conftest import spectrum_files, wait_finished
+
+    services.up(settings, log=lambda line: None)
+    token = UserStore(chemgen_home() / "web").add(f"ada-{settings.prefix}")
+    headers = {"Authorization": f"Bearer {token}"}
+    files = spectrum_files(tmp_path / "upload")
+    base = settings.url("web")
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+        def submit() -> str:
+            with open(files["ir"], "rb") as handle:
+                # 'user' only: no library of the user's here, so the query fails fast and the flow run completes
+                reply = http.post("/api/elucidate", files={"ir": ("q.ir.jdx", handle)}, data={"sources": ["user"]})
+            assert reply.status_code == 202, reply.text
+            return reply.json()["job"]
+
+        done = wait_finished(http, submit(), timeout=240)   # an httpx client is a test client too
+        assert done["state"] == "completed" and done["flow_run_id"], (done, (settings.state / "worker-1.log").read_text()[-3000:])
+        waiting = submit()
+        cancelled = http.post(f"/api/jobs/{waiting}/cancel").json()
+        assert cancelled["outcome"] == "cancelled"
+        state = http.get(f"/api/jobs/{waiting}").json()
+        assert state["state"] == "failed" and "cancelled" in state["message"]
+    env = {**os.environ, "PREFECT_API_URL": settings.url("prefect") + "/api",
+           "PREFECT_HOME": str(settings.state / "prefect-home")}
+    import subprocess
+    import sys
+
+    script = ("import sys, uuid\nfrom prefect.client.orchestration import get_client\n"
+              "with get_client(sync_client=True) as c:\n"
+              "    print(c.read_flow_run(uuid.UUID(sys.argv[1])).state.name)\n")
+    read = subprocess.run([sys.executable, "-c", script, state["flow_run_id"]], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert read.stdout.strip() in ("Cancelled", "Cancelling"), read.stderr[-2000:]
+
+
 def test_a_dead_service_makes_status_fail_and_up_restarts_only_it(settings):
     services.up(settings, log=lambda line: None)
     web = next(s for s in services.status(settings) if s.name == "web")

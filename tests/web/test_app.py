@@ -253,3 +253,12 @@ def test_retention_deletes_old_finished_jobs_with_their_files_and_keeps_the_rest
     assert jobs.expire_jobs(settings.jobs_dir, 7) == []                  # nothing old enough now
     with pytest.raises(Exception, match="retention_days"):
         WebSettings(retention_days=0)
+
+
+def test_a_completed_job_whose_query_failed_shows_the_error(client, settings, uploads):
+    job_id = client.post("/api/elucidate", files={"ir": ("q.jdx", uploads["ir"].read_bytes())}).json()["job"]
+    folder = jobs.job_dir(settings.jobs_dir, job_id)
+    jobs.write_json(folder / "result.json", {"queries": [{"name": "query", "status": "failed", "out_dir": "x/query",
+                                                         "error": "no libraries of your own"}]})
+    page = client.get(f"/jobs/{job_id}")
+    assert page.status_code == 200 and "no libraries of your own" in page.text
