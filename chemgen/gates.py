@@ -231,8 +231,10 @@ def evaluate_and_promote(name: str, version: str | int, evaluation: Evaluation,
                                      champion_version)
         decision = replace(decision, reason=f"{decision.reason} (champion: version {champion.version}"
                                             + ("" if decision.promote else "; this version stays a challenger") + ")")
-    if decision.promote:
-        tracking.promote(name, version)
+    if decision.promote and not tracking.promote(name, version,
+                                                  expected=None if champion is None else str(champion.version)):
+        decision = replace(decision, promote=False, reason=f"{decision.reason}; not promoted: the champion moved "
+                                                           f"while this run decided (another run promoted); {KEEP}")
     tracking.client().set_model_version_tag(name, str(version), DECISION_TAG,
                                             ("promoted: " if decision.promote else "held: ") + decision.reason)
     return decision

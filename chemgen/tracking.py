@@ -200,13 +200,41 @@ def version_by_alias(name: str, alias: str) -> Any | None:
         return None
 
 
-def promote(name: str, version: str | int) -> None:
-    """Make ``version`` the champion (the version downstream teams load), remembering the one it replaces."""
+_UNSET = object()
+
+
+@contextmanager
+def promotion_lock(name: str):
+    """One promotion of ``name`` at a time on this host (a file lock under ``$CHEMGEN_HOME/locks``, which the
+    workers of one installation share): reading the champion and moving it happen together."""
+    import fcntl
+
+    folder = chemgen_home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"promote-{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def promote(name: str, version: str | int, expected: Any = _UNSET) -> bool:
+    """Make ``version`` the champion (the version downstream teams load), remembering the one it replaces.
+
+    ``expected``: the champion's version the caller decided against (None: there was none). The alias moves only
+    if it still points there, checked and moved under `promotion_lock`: of two runs that beat the same champion at
+    the same time, one promotes and the other finds the champion moved. Returns whether the alias moved."""
     model_version(name, version)  # an unknown model or version is the caller's mistake, said as such
-    current = version_by_alias(name, CHAMPION)
-    if current is not None and str(current.version) != str(version):
-        client().set_model_version_tag(name, str(version), "previous_champion", str(current.version))
-    set_alias(name, CHAMPION, version)
+    with promotion_lock(name):
+        current = version_by_alias(name, CHAMPION)
+        found = None if current is None else str(current.version)
+        if expected is not _UNSET and found != (None if expected is None else str(expected)):
+            return False
+        if current is not None and found != str(version):
+            client().set_model_version_tag(name, str(version), "previous_champion", found)
+        set_alias(name, CHAMPION, version)
+    return True
 
 
 def rollback(name: str) -> str:

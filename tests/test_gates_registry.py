@@ -79,6 +79,50 @@ def test_scores_of_a_champion_that_moved_during_the_run_are_not_used(model, tmp_
     assert f"the champion moved from version {first}" in decision.reason
 
 
+def test_the_champion_moves_only_from_where_the_promoter_found_it(model, tmp_path):
+    first, second, third = (new_version(model, tmp_path) for _ in range(3))
+    assert tracking.promote(model, first, expected=None)
+    assert tracking.promote(model, second, expected=first) and champion(model) == second
+    assert not tracking.promote(model, third, expected=first) and champion(model) == second   # it moved: refused
+    assert not tracking.promote(model, third, expected=None)
+
+
+def test_two_runs_beating_the_same_champion_at_once_promote_once(model, tmp_path, monkeypatch):
+    """Both runs read the champion before either promotes (held at a barrier): one moves the alias, the other
+    finds it moved and keeps its version a challenger."""
+    import threading
+
+    first = new_version(model, tmp_path)
+    tracking.promote(model, first)
+    challengers = [new_version(model, tmp_path), new_version(model, tmp_path)]
+    barrier = threading.Barrier(2, timeout=60)
+    compare = gates._against_champion
+
+    def both_read_first(*args, **kwargs):
+        barrier.wait()
+        return compare(*args, **kwargs)
+
+    monkeypatch.setattr(gates, "_against_champion", both_read_first)
+    decisions = {}
+
+    def run(version: str) -> None:
+        decisions[version] = gates.evaluate_and_promote(
+            model, version, Evaluation({k: 0.9 for k in GOOD}, 200, CONTEXT),
+            champion_evaluation=Evaluation(GOOD, 200, CONTEXT), champion_version=first)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in challengers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    promoted = [v for v, d in decisions.items() if d.promote]
+    assert len(decisions) == 2 and len(promoted) == 1 and champion(model) == promoted[0]
+    held = next(d for v, d in decisions.items() if v != promoted[0])
+    assert "the champion moved" in held.reason
+    tags = tracking.client().get_model_version(model, promoted[0]).tags
+    assert tags["previous_champion"] == first
+
+
 def test_recorded_champion_scores_in_another_context_or_with_nan_hold_the_challenger(model, tmp_path):
     first = new_version(model, tmp_path)
     gates.evaluate_and_promote(model, first, Evaluation(GOOD, 200, {**CONTEXT, "scoring": "0"}))
