@@ -380,6 +380,8 @@ def up(settings: Settings, log: Callable[[str], None] = print, timeout: float = 
         _wait(state, service, timeout)
         started.append(service.name)
         log(f"{service.name}: started (pid {pid})" + ("" if service.worker else f", {service.health}"))
+    if not pool_checked and _ensure_pool(settings):   # no worker started now (--workers 0): the deployments need it
+        log(f"created work pool {POOL} (process)")
     count = register_deployments(settings)
     log(f"{count} deployments on {POOL} (prefect deployment ls)")
     # workers beyond the number asked for (an earlier `up --workers 4`) are stopped
