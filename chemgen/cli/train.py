@@ -55,6 +55,7 @@ def _train_model(model: str):
         from chemgen.samples import save_samples
         from chemgen.training import tracked
         from chemgen.training.continuation import lineage_to_continue
+        from chemgen.training.distributed import world as launched_world
         from chemgen.training.stages import stage_values
 
         spec = model_spec(model)
@@ -75,9 +76,15 @@ def _train_model(model: str):
         versions = dataset_versions(data)
         start = lineage_to_continue(model, cfg.name, init=init, fresh=fresh)
         samples = samples if samples is not None else (1000 if promote else 0)
+        world = launched_world()
+        if world.distributed and out is None:   # each rank would name its own folder from its own clock
+            raise CommandLineError(f"a run on {world.size} processes ({world.launcher}) needs --out: a folder every "
+                                   "rank sees")
         out = out or chemgen_home() / "runs" / f"{cfg.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
         outcome = tracked.train(model, cfg, out, init=start, minutes=minute_budget, steps=step_budget, store=store,
                                 versions=versions, tokens_per_batch=tokens_per_batch)
+        if not world.is_zero:   # rank 0 reports, samples, promotes and registers
+            return
         console.print(f"[bold green]{model} trained[/] in {outcome.seconds / 60:.1f} min: steps {outcome.steps} "
                       f"(from {start or 'random weights'}); model {outcome.model_dir}; MLflow run {outcome.run_id}")
         if samples > 0:

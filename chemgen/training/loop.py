@@ -15,6 +15,12 @@ a constant rate, and a linear decay over the last ``decay_fraction`` of the run.
 lineage all use the same peak rate, and each ends with its own short decay before it is
 evaluated; the next run warms up again from the decayed weights.
 
+Under a launcher (``torchrun``, SLURM; `chemgen.training.distributed`) the same loop trains data-parallel with
+Lightning's DDP strategy: each rank steps on its shard of the global batch, DDP averages the gradients, and the
+ranks agree on the schedule and on when to stop by taking rank 0's clock every ``sync_every`` steps (a time
+budget read on each rank's own clock would let them drift into different learning rates, or one stop while the
+others wait for it).
+
 Model FLOP utilisation counts the model's FLOPs per step (``torch.utils.flop_counter``, on
 padded tokens) against the chip's dense bf16 peak.
 """
@@ -35,6 +41,7 @@ import torch
 from torch import nn
 
 from chemgen.dense import DenseBatch
+from chemgen.training.distributed import World
 from chemgen.training.resident import ResidentBatches
 
 LossFn = Callable[[DenseBatch], dict[str, torch.Tensor]]
@@ -164,8 +171,11 @@ class StageModule(L.LightningModule):
     def __init__(self, model: nn.Module, loss_fn: LossFn, params: list[nn.Parameter], schedule: WSDSchedule,
                  budget: float | None, max_steps: int | None, weight_decay: float, ema: EMA | None, log_every: int,
                  log: Callable[[str], None], diagnose: Callable[[], dict[str, float]] | None, diagnose_every: int | None,
-                 prefix: str = "", grad_clip: float | None = None):
+                 prefix: str = "", grad_clip: float | None = None, world: World | None = None, sync_every: int = 20):
         super().__init__()
+        self.world = world or World()
+        self.sync_every = sync_every if self.world.distributed else 1
+        self.synced_progress = 0.0   # rank 0's clock, as of the last sync
         self.grad_clip = grad_clip
         self.model = model
         self.loss_fn, self.params, self.schedule = loss_fn, params, schedule
@@ -189,6 +199,10 @@ class StageModule(L.LightningModule):
     def progress(self) -> float:
         step = self.trainer.global_step
         by_time = 0.0 if self.budget is None else (1.0 if self.budget <= 0 else self.elapsed() / self.budget)
+        if self.world.distributed and self.budget is not None:
+            if step % self.sync_every == 0:   # every rank takes rank 0's clock (one small broadcast)
+                self.synced_progress = float(self.trainer.strategy.broadcast(by_time, src=0))
+            by_time = self.synced_progress
         return max(by_time, step / self.max_steps if self.max_steps else 0.0)
 
     # ---------------------------------------------------------------- Lightning hooks
@@ -254,12 +268,15 @@ class StageModule(L.LightningModule):
 
     # ---------------------------------------------------------------- reporting
     def _read_loss(self, step: int, quiet: bool = False) -> None:
-        mean = self.running.item() / self.since  # the one host sync, every log_every steps
+        running = self.running
+        if self.world.distributed:   # every rank reads at the same steps: the mean over all of them
+            running = self.trainer.strategy.reduce(running.clone(), reduce_op="mean")
+        mean = running.item() / self.since  # the one host sync, every log_every steps
         if not math.isfinite(mean):
             raise FloatingPointError(f"training loss became {mean} at step {step}")
         self.losses.append((step, mean))
-        rate = self.systems / max(self.elapsed(), 1e-9)
-        if not quiet:
+        rate = self.systems * self.world.size / max(self.elapsed(), 1e-9)
+        if not quiet and self.world.is_zero:
             self.log_line(f"step {step:>7d}  loss {mean:.4f}  lr {self.lr:.2e}  {rate:,.0f} systems/s")
         self._log_metrics({"train/loss": mean, "train/lr": self.lr, "train/systems_per_second": rate}, step)
         self.running.zero_()
@@ -277,7 +294,7 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
         model: nn.Module | None = None, checkpoint_dir: str | Path | None = None,
         checkpoint_minutes: float = 10.0, progress_bar: bool = False, logger: Any = None,
         diagnose: Callable[[], dict[str, float]] | None = None, diagnose_every: int | None = None,
-        metric_prefix: str = "") -> FitResult:
+        metric_prefix: str = "", world: World | None = None) -> FitResult:
     """Train until ``minutes`` of wall time (after compilation) or ``max_steps`` steps, whichever comes first.
 
     ``stop_at`` (a ``time.perf_counter()`` instant) is a hard deadline that shortens the time budget,
@@ -286,6 +303,9 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
     ``last.ckpt`` every ``checkpoint_minutes``, and a rerun with the same folder resumes
     from it. ``diagnose`` (every ``diagnose_every`` steps) returns diagnostics logged as ``diag/...``; the logger sees every
     name after ``metric_prefix`` (a stage's name: ``vae/train/loss``).
+
+    ``world`` (`chemgen.training.distributed.world`) trains data-parallel when it has several ranks: ``data`` is
+    this rank's shard, on this rank's device; the result counts the systems of every rank.
     """
     if minutes is None and max_steps is None:
         raise ValueError("fit needs a time budget (minutes) or max_steps")
@@ -329,8 +349,9 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
     if stop_at is not None:
         budget = max(0.0, min(budget if budget is not None else float("inf"), stop_at - time.perf_counter()))
     holder = model if model is not None else nn.ParameterList(params)
+    world = world or World()
     module = StageModule(holder, step_fn, params, schedule, budget, max_steps, weight_decay, ema, log_every, log,
-                         diagnose, diagnose_every, metric_prefix, grad_clip)
+                         diagnose, diagnose_every, metric_prefix, grad_clip, world)
     callbacks: list[Any] = []
     resume = None
     if checkpoint_dir is not None:
@@ -345,7 +366,14 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
         from lightning.pytorch.callbacks import TQDMProgressBar
 
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=[device.index or 0] if cuda else 1,
+    placement: dict[str, Any] = {"devices": [device.index or 0] if cuda else 1}
+    if world.distributed:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # one process per device, started by the launcher; gloo between CPU processes, NCCL between GPUs
+        placement = {"devices": world.local_size, "num_nodes": world.nodes,
+                     "strategy": DDPStrategy(process_group_backend="nccl" if cuda else "gloo")}
+    trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", **placement,
                         precision="bf16-mixed" if use_bf16 else "32-true", max_epochs=1, max_steps=-1,
                         logger=logger or False,
                         callbacks=callbacks, enable_checkpointing=checkpoint_dir is not None,
@@ -354,14 +382,21 @@ def fit(loss_fn: LossFn, params: Iterable[nn.Parameter], data: ResidentBatches, 
     safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
     precision = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")   # TF32 for the fp32 output heads while training only:
+    # DDP synchronises every parameter of the module that requires a gradient: the stage's own, no others
+    trained = {id(p) for p in params}
+    frozen = [p for p in holder.parameters() if p.requires_grad and id(p) not in trained] if world.distributed else []
+    for p in frozen:
+        p.requires_grad_(False)
     try:                                         # diagnostics and sampling keep full float32
         trainer.fit(module, _Draws(data), ckpt_path=resume, **safe)  # checkpoints hold tensors only: never unpickle
     finally:
         torch.set_float32_matmul_precision(precision)
+        for p in frozen:
+            p.requires_grad_(True)
     holder.to(device)   # Lightning's teardown moves the module to the CPU: diagnostics and sampling run on `device`
     if cuda:
         torch.cuda.synchronize(device)
-    result = FitResult(trainer.global_step, module.elapsed(), module.systems, compile_seconds, compiled,
+    result = FitResult(trainer.global_step, module.elapsed(), module.systems * world.size, compile_seconds, compiled,
                        module.losses)
     if flops_per_token is not None and result.seconds > 0:
         result.flops_per_step = flops_per_token * data.mean_batch_tokens

@@ -9,6 +9,10 @@ this run appended to its log once the run is done) and, while a stage trains, th
 checkpoint (``<out>/checkpoints/<stage>/last.ckpt``). Each stage ends by saving the lineage with the
 stage listed as completed, so a rerun into the same folder skips finished stages and resumes the
 interrupted one exactly where its last checkpoint left it.
+
+Under a launcher (``torchrun``, ``srun``: `chemgen.training.distributed`) every rank runs `train_stages` on its
+own device and shard of the data, and only rank 0 writes: the lineage, its log and the Lightning checkpoints. The
+run folder must then be on a file system every rank sees (a rerun resumes from it on every rank).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from chemgen.data.tensors import TensorPack
 from chemgen.errors import UsageError
 from chemgen.lineage import LineageError
 from chemgen.models.specs import generator_class
+from chemgen.training.distributed import World, world as launched_world
 from chemgen.training.loop import EMA, WSDSchedule, fit
 from chemgen.training.resident import ResidentBatches
 
@@ -98,7 +103,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
                  tokens_per_batch: int | None = None, compile: bool | set[str] = False, stop_at: float | None = None,
                  device: str | torch.device | None = None, data_versions: list[str] | None = None,
                  log: Callable[[str], None] = print, progress_bar: bool = False,
-                 logger: Any = None) -> tuple[Any, dict[str, Any]]:
+                 logger: Any = None, world: World | None = None) -> tuple[Any, dict[str, Any]]:
     """Train every stage of the model as its `TrainConfig` says (``minutes``, ``steps``, ``lr`` and
     ``tokens_per_batch`` go into the config first, `run_config`): budget (``max_minutes`` and/or ``max_steps``;
     a stage with neither skips its training, not its diagnostics), batch, learning rate and schedule, EMA, seed. Continues ``init`` or, if
@@ -106,11 +111,17 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
     training, stages shrinking so that each ends decayed. ``compile`` is True, False or the names of the stages
     to ``torch.compile``.
 
-    Returns the trained model (eval mode, on ``device``) and the run's report; ``<out>/lineage`` holds it.
+    ``world`` (default: what the launcher set, one process without one) trains data-parallel over its ranks;
+    ``device`` then names the kind (cuda, cpu) and each rank takes its own.
+
+    Returns the trained model (eval mode, on ``device``) and the run's report; ``<out>/lineage`` holds it (written
+    by rank 0 alone).
     """
     out = Path(out)
     folder = out / "lineage"
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world = world or launched_world()
+    device = world.device(device) if world.distributed else torch.device(
+        device or ("cuda" if torch.cuda.is_available() else "cpu"))
     resumed = lineage.is_lineage(folder)
     stage_names = tuple(generator_class(model_name).stage_names)
     config = run_config(config, stage_names, minutes=minutes, steps=steps, lr=lr, tokens_per_batch=tokens_per_batch,
@@ -119,7 +130,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
     model, done_steps, manifest = initial_model(model_name, config, folder if resumed else
                                                 (Path(init) if init is not None else None))
     completed = list(manifest.get("completed_stages", [])) if resumed else []
-    if not resumed and init is not None and (Path(init) / "lineage.jsonl").is_file():
+    if world.is_zero and not resumed and init is not None and (Path(init) / "lineage.jsonl").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(init) / "lineage.jsonl", folder / "lineage.jsonl")  # the run log carries on
     resident: dict[int, ResidentBatches] = {}   # tokens per batch -> the pack's buckets on the device
@@ -130,7 +141,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
         "model": model_name, "config": config.name, "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "train_systems": len(train), "init": str(init) if init else None, "steps_before": dict(done_steps),
-        "resumed_after": list(completed)}
+        "resumed_after": list(completed), "processes": world.size}
     for i, name in enumerate(model.stage_names):
         if name in completed:
             continue
@@ -144,7 +155,8 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
             torch.manual_seed(seed)
             tokens = cfg.tokens_for(device.type)
             if tokens not in resident:
-                resident[tokens] = ResidentBatches(train, device, tokens_per_batch=tokens, oversample=OVERSAMPLE)
+                resident[tokens] = ResidentBatches(train, device, tokens_per_batch=tokens, oversample=OVERSAMPLE,
+                                                   world=world)
             data = resident[tokens]
             data.reseed(seed)
             stage = model.training_stage(name, train, tuple(s for s in completed if s in model.stage_names))
@@ -157,7 +169,7 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
                          compile=compile if isinstance(compile, bool) else name in compile,
                          log=log, stop_at=stage_stop, model=model, checkpoint_dir=out / "checkpoints" / name,
                          checkpoint_minutes=cfg.checkpoint_minutes, progress_bar=progress_bar, logger=logger,
-                         diagnose=monitor, diagnose_every=cfg.val_every_steps, metric_prefix=f"{name}/")
+                         diagnose=monitor, diagnose_every=cfg.val_every_steps, metric_prefix=f"{name}/", world=world)
             if ema is not None:
                 ema.copy_to(stage.ema_module)
             done_steps[name] += result.steps
@@ -167,11 +179,13 @@ def train_stages(model_name: str, config: Any, train: TensorPack, val: TensorPac
                                         for b in data.buckets]}
             log(f"{name} {report[name]}")
         model.eval()
-        report[f"{name}_diagnostics"] = model.stage_diagnostics(name, val, out)
-        log(f"{name} diagnostics {report[f'{name}_diagnostics']}")
+        if world.is_zero:   # the other ranks hold the same weights: they wait for rank 0 in the next stage
+            report[f"{name}_diagnostics"] = model.stage_diagnostics(name, val, out)
+            log(f"{name} diagnostics {report[f'{name}_diagnostics']}")
         completed.append(name)
-        _save(model, model_name, config, folder, done_steps, data_versions, completed, report)
-        shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)   # the lineage holds the stage now
+        if world.is_zero:
+            _save(model, model_name, config, folder, done_steps, data_versions, completed, report)
+            shutil.rmtree(out / "checkpoints" / name, ignore_errors=True)   # the lineage holds the stage now
     model.eval()
     return model, report
 

@@ -11,6 +11,12 @@ torch, Lightning and chemgen's torch-only modules alone:
 3. writes the new checkpoint as a lineage (``<out>/lineage``: manifest, weight shards of at most
    16 MiB, the lineage log with this run appended) and samples of each dataset as tensors.
 
+On several GPUs or machines, the launcher starts one process per GPU and Lightning's DDP trains them together on
+shards of the data (`chemgen.training.distributed`); rank 0 alone writes::
+
+    torchrun --nproc-per-node 8 -m chemgen.training.standalone --model adit ... --out /shared/run
+    srun --nodes 2 --ntasks-per-node 8 --gpus-per-node 8 python -m chemgen.training.standalone ... --out /shared/run
+
 ``--deadline-minutes`` bounds the whole run: stages shrink, each still ending with its decay, so
 that the lineage and the samples are written before the machine's time is up. Back on a machine with the full stack,
 ``chemgen train import <out>`` scores the samples and promotes the checkpoint into
@@ -31,6 +37,7 @@ import torch
 
 from chemgen.data.tensors import TensorPack
 from chemgen.models.specs import generator_class, model_spec
+from chemgen.training.distributed import world as launched_world
 from chemgen.training.stages import finish_run, run_config, stage_values, train_stages
 from chemgen.samples import save_samples
 
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> Path:
     from chemgen.models.specs import load_config
 
     run_start = time.perf_counter()
+    world = launched_world()
     spec = model_spec(args.model)
     stages = tuple(generator_class(args.model).stage_names)
     minutes = per_stage(args.minutes, stages, "minutes", every_stage=True) if args.minutes else None
@@ -101,11 +109,15 @@ def main(argv: list[str] | None = None) -> Path:
     train, val = TensorPack.load(args.packs / "train.pt"), TensorPack.load(args.packs / "val.pt")
     args.out.mkdir(parents=True, exist_ok=True)
     data_versions = [d for d in args.data.split(",") if d]
-    print(json.dumps({"model": args.model, "config": config.name, "train_systems": len(train)}), flush=True)
+    if world.is_zero:
+        print(json.dumps({"model": args.model, "config": config.name, "train_systems": len(train),
+                          "processes": world.size}), flush=True)
     model, report = train_stages(args.model, config, train, val, args.out, init=args.init, device=device,
-                                 compile=compiled, stop_at=stop_at,
+                                 compile=compiled, stop_at=stop_at, world=world,
                                  data_versions=data_versions, log=lambda line: print(line, flush=True),
-                                 progress_bar=args.progress)
+                                 progress_bar=args.progress and world.is_zero)
+    if not world.is_zero:   # rank 0 samples and writes the lineage's log and the report
+        return args.out
     for dataset in spec.sample_datasets:
         report[f"sampling_{dataset}"] = save_samples(model, dataset, args.samples, args.out / f"samples_{dataset}.pt",
                                                      args.sample_batch, seed=1000, num_steps=args.steps)

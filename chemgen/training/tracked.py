@@ -44,7 +44,11 @@ def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os
 
     ``init`` continues a lineage (e.g. the shipped one); a rerun into the same ``out_dir`` resumes an
     interrupted run (`chemgen.training.stages`). The trained model is ``<out_dir>/lineage``.
+
+    Under a launcher (``torchrun``, ``srun``) every rank calls this; rank 0 alone opens the MLflow run and writes
+    the lineage, and the other ranks return an outcome with no run id.
     """
+    from chemgen.training.distributed import world as launched_world
     from chemgen.training.stages import finish_run, run_config, train_stages
 
     config = load_config(config, model) if isinstance(config, (str, Path)) else config
@@ -57,6 +61,11 @@ def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os
     train_pack, val_pack, manifests = training_packs(config.data, store, versions, model)
     data = [f"{m['name']}@{m['version']}" for m in manifests]
     start = time.perf_counter()
+    world = launched_world()
+    if not world.is_zero:   # a rank of a multi-process run trains its shard; rank 0 tracks and writes the lineage
+        _, report = train_stages(model, config, train_pack, val_pack, out_dir, init=init, device=device,
+                                 data_versions=data, log=lambda line: None, world=world)
+        return TrainingOutcome(out_dir / "lineage", "", {}, time.perf_counter() - start, report)
     with tracking.run(f"{model}-{config.name}", tags={"model": model, **(tags or {})},
                       nested=tracking.active_run_id() is not None) as run:
         tracking.log_params({**config.flat_params(), "model": model, "device": device,
@@ -67,7 +76,7 @@ def train(model: str, config: Any, out_dir: str | os.PathLike, *, init: str | os
         _, report = train_stages(model, config, train_pack, val_pack, out_dir, init=init, device=device,
                                  data_versions=data,
                                  log=lambda line: None if progress else print(line),
-                                 progress_bar=progress, logger=tracking.lightning_logger())
+                                 progress_bar=progress, logger=tracking.lightning_logger(), world=world)
         seconds = time.perf_counter() - start
         manifest = finish_run(out_dir / "lineage", report, seconds / 60)
         final = {}
