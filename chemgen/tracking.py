@@ -159,6 +159,56 @@ def set_alias(name: str, alias: str, version: str | int) -> None:
     client().set_registered_model_alias(name, alias, str(version))
 
 
+# A registration is several calls to the registry (the version, its description, alias and tags). The version is
+# created with the registering process's identity and gets COMPLETE_TAG last, so a version whose writer was killed
+# in between (SIGKILL, a lost machine: no `except` runs) is recognisable and is removed by the next registration or
+# `chemgen services up`, instead of lingering half-registered.
+WRITER_TAG, COMPLETE_TAG = "chemgen.writer", "chemgen.complete"
+
+
+def writer_identity() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _writer_gone(writer: str) -> bool:
+    """Whether the process ``host:pid`` is known to be dead: only a process of this host can be checked."""
+    import os
+    import socket
+
+    host, _, pid = writer.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def incomplete_versions(name: str | None = None, registry: Any = None) -> list[Any]:
+    """Versions (of ``name``, or of every model) whose registration never finished and whose writer is dead.
+    Versions from before the marker (no writer tag) and registrations still under way are not among them.
+    ``registry``: an `MlflowClient` of another server than this process's."""
+    query = f"name='{name}'" if name else ""
+    return [v for v in (registry or client()).search_model_versions(query)
+            if COMPLETE_TAG not in v.tags and v.tags.get(WRITER_TAG) and _writer_gone(v.tags[WRITER_TAG])]
+
+
+def remove_incomplete_versions(name: str | None = None, registry: Any = None) -> list[tuple[str, str]]:
+    """Delete the half-registered versions `incomplete_versions` finds; returns (model, version) of each."""
+    registry = registry or client()
+    removed = []
+    for version in incomplete_versions(name, registry):
+        registry.delete_model_version(version.name, version.version)
+        removed.append((version.name, str(version.version)))
+    return removed
+
+
 def require_model(name: str) -> None:
     """Raise `RegistryError` unless ``name`` is a registered model (the message lists the ones there are)."""
     from mlflow.exceptions import MlflowException

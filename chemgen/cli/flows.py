@@ -39,3 +39,22 @@ def flows_screen(n: int = 100, model: str = "models:/chemgen-adit@champion", see
 
     print_metrics(result["metrics"], console, title=f"screening of {n} crystals")
     console.print(f"report: {result['out_dir']}/report.md")
+
+
+@flows_app.command("rerun")
+def flows_rerun(flow_run: Annotated[str, typer.Argument(help="Id of a flow run of a deployment (crashed, failed).")],
+                wait: Annotated[bool, typer.Option(help="Follow the new run until it ends.")] = True) -> None:
+    """Run a deployment's flow run again with the same parameters on the team's Prefect server (PREFECT_API_URL):
+    how a run whose worker died is completed."""
+    from chemgen.cli.common import CommandLineError
+    from chemgen.flows.submit import RunFailed, follow, rerun, server_url
+
+    if not server_url():
+        raise CommandLineError('no Prefect server: set PREFECT_API_URL (eval "$(chemgen services env)")')
+    run = rerun(flow_run, tags=["chemgen-cli"])
+    console.print(f"submitted {run.deployment} again: flow run {run.name} ({run.id})", highlight=False)
+    if wait:
+        try:
+            follow(run.id, log=lambda line: console.print(line, highlight=False))
+        except RunFailed as error:
+            raise CommandLineError(str(error)) from None

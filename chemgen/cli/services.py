@@ -25,6 +25,9 @@ def services_up(
     prefect_port: Annotated[int, typer.Option(help="Prefect server's port.")] = 4200,
     web_port: Annotated[int, typer.Option(help="Web app's port.")] = 8765,
     workers: Annotated[int, typer.Option(help="Prefect process workers on the chemgen-process pool.")] = 2,
+    concurrency: Annotated[int, typer.Option(
+        help="Flow runs the pool runs at once, every user's and flow's together; the rest wait their turn "
+             "(0: one per worker).")] = 0,
     artifacts: Annotated[Optional[str], typer.Option(
         help="Where the MLflow server keeps artifacts: a folder or an fsspec/S3 URL (default: "
              "$CHEMGEN_HOME/services/artifacts).")] = None,
@@ -38,7 +41,7 @@ def services_up(
 
     if web_auth not in MODES:
         raise CommandLineError(f"--web-auth must be one of {', '.join(MODES)}, got {web_auth!r}")
-    settings = services.from_options(database_url, host=host, workers=workers, artifacts=artifacts or "",
+    settings = services.from_options(database_url, host=host, workers=workers, concurrency=concurrency, artifacts=artifacts or "",
                                      prefix=prefix, web_auth=web_auth,
                                      ports={"mlflow": mlflow_port, "prefect": prefect_port, "web": web_port})
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -62,6 +62,7 @@ class Settings:
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     workers: int = 2
+    concurrency: int = 0                        # flow runs at once on the pool; 0 -> one per worker
     artifacts: str = ""                         # folder or fsspec/S3 URL; "" -> <state>/artifacts
     prefix: str = "chemgen"                     # databases <prefix>_mlflow and <prefix>_prefect
     web_auth: str = "token"                     # the web app's users: chemgen users add (`chemgen.web.auth`)
@@ -70,6 +71,12 @@ class Settings:
     @property
     def state(self) -> Path:
         return Path(self.state_dir) if self.state_dir else chemgen_home() / "services"
+
+    @property
+    def flow_runs(self) -> int:
+        """The pool's concurrency limit: how many flow runs its workers run at once, all users and flows together
+        (chemgen's flows use every core they are given, so one per worker by default)."""
+        return self.concurrency or max(1, self.workers)
 
     @property
     def artifact_destination(self) -> str:
@@ -99,6 +106,8 @@ def from_options(database_url: str | None = None, **options: Any) -> Settings:
                         **{k: v for k, v in options.items() if v is not None})
     if settings.workers < 0:
         raise UsageError(f"workers must be 0 or more, got {settings.workers}")
+    if settings.concurrency < 0:
+        raise UsageError(f"concurrency must be 1 or more (0: one flow run per worker), got {settings.concurrency}")
     for name, port in settings.ports.items():
         if not 1 <= int(port) <= 65535:
             raise UsageError(f"{name} port must be 1-65535, got {port}")
@@ -290,19 +299,65 @@ def _wait(state: Path, service: Service, timeout: float) -> None:
 
 
 def _ensure_pool(settings: Settings) -> bool:
-    """The process work pool on the Prefect server; True if it was created."""
+    """The process work pool on the Prefect server, with its concurrency limit (`Settings.flow_runs`): the pool,
+    not the web server or lock files, decides how many flow runs run at once; the others wait as Late/Scheduled
+    until a slot frees. True if the pool was created."""
     env = {**os.environ, "PREFECT_API_URL": settings.url("prefect") + "/api",
            "PREFECT_HOME": str(settings.state / "prefect-home")}
     found = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "inspect", POOL], env=env,
                            capture_output=True, text=True, timeout=120)
-    if found.returncode == 0:
-        return False
-    made = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
-                          env=env, capture_output=True, text=True, timeout=120)
-    if made.returncode != 0:
-        raise ServiceError(f"work pool {POOL}: could not be created on {settings.url('prefect')}:\n"
-                           f"{(made.stdout + made.stderr)[-2000:]}")
-    return True
+    if found.returncode != 0:
+        made = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", POOL, "--type", "process"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        if made.returncode != 0:
+            raise ServiceError(f"work pool {POOL}: could not be created on {settings.url('prefect')}:\n"
+                               f"{(made.stdout + made.stderr)[-2000:]}")
+    limited = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "set-concurrency-limit", POOL,
+                              str(settings.flow_runs)], env=env, capture_output=True, text=True, timeout=120)
+    if limited.returncode != 0:
+        raise ServiceError(f"work pool {POOL}: could not set its concurrency limit:\n"
+                           f"{(limited.stdout + limited.stderr)[-2000:]}")
+    return found.returncode != 0
+
+
+def _api(settings: Settings, path: str, body: dict[str, Any]) -> Any:
+    """POST ``body`` to the Prefect server's REST API (no Prefect client: its settings are this process's)."""
+    request = urllib.request.Request(f"{settings.url('prefect')}/api/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        text = reply.read()
+    return json.loads(text) if text else None
+
+
+def reap_crashed_runs(settings: Settings) -> list[str]:
+    """Flow runs of the pool that the server believes are running but whose process is gone (a worker killed with
+    its flow runs, a machine restarted): set Crashed, so that their jobs say so and a retry can start. Returns
+    their ids. The pool's workers are this host's (`up` runs them), so a missing process is a dead one."""
+    runs = _api(settings, "flow_runs/filter", {
+        "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "CANCELLING"]}}},
+        "work_pools": {"name": {"any_": [POOL]}}})
+    crashed = []
+    for run in runs:
+        pid = str(run.get("infrastructure_pid") or "").rpartition(":")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        _api(settings, f"flow_runs/{run['id']}/set_state", {"state": {
+            "type": "CRASHED", "name": "Crashed",
+            "message": f"its process {pid} is gone: the worker running it died (found by chemgen services up)"},
+            "force": True})
+        crashed.append(run["id"])
+    return crashed
+
+
+def remove_half_registered(settings: Settings) -> list[tuple[str, str]]:
+    """Model versions on the MLflow server whose registration was killed before it finished
+    (`chemgen.tracking.incomplete_versions`), deleted."""
+    from mlflow import MlflowClient
+
+    from chemgen import tracking
+
+    registry = MlflowClient(tracking_uri=settings.url("mlflow"), registry_uri=settings.url("mlflow"))
+    return tracking.remove_incomplete_versions(registry=registry)
 
 
 def code_root() -> Path:
@@ -380,8 +435,15 @@ def up(settings: Settings, log: Callable[[str], None] = print, timeout: float = 
         _wait(state, service, timeout)
         started.append(service.name)
         log(f"{service.name}: started (pid {pid})" + ("" if service.worker else f", {service.health}"))
-    if not pool_checked and _ensure_pool(settings):   # no worker started now (--workers 0): the deployments need it
+    # no worker started now (all running, or --workers 0): the deployments need the pool, and its limit follows
+    # this `up`'s settings
+    if not pool_checked and _ensure_pool(settings):
         log(f"created work pool {POOL} (process)")
+    log(f"work pool {POOL}: at most {settings.flow_runs} flow run{'s' * (settings.flow_runs > 1)} at once")
+    for run_id in reap_crashed_runs(settings):
+        log(f"flow run {run_id}: marked Crashed (its process died with its worker); `chemgen flows rerun {run_id}` completes it")
+    for name, version in remove_half_registered(settings):
+        log(f"{name} version {version}: removed (its registration was killed before it finished)")
     count = register_deployments(settings)
     log(f"{count} deployments on {POOL} (prefect deployment ls)")
     # workers beyond the number asked for (an earlier `up --workers 4`) are stopped

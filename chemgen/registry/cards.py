@@ -413,3 +413,23 @@ def model_card(lineage_folder: str | os.PathLike) -> str:
                                    registered=spec.registered_name if spec else model)
         lines += ["## Use", "", "```bash", usage, "```", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# MLflow's registry keeps a description in a VARCHAR(5000) column: PostgreSQL and MySQL refuse a longer one (SQLite
+# does not check), and the registration would fail on a team's server.
+DESCRIPTION_LIMIT = 5000
+
+
+def registry_description(card: str, full_card: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """The model card as a registry description: whole where it fits, else its first sections up to ``limit``
+    characters and where the whole card is (``full_card``: e.g. the run artifact it was logged as)."""
+    if len(card) <= limit:
+        return card
+    note = f"\n\n*The card continues in {full_card}.*\n"
+    sections = card.split("\n## ")
+    kept = sections[0]
+    for section in sections[1:]:
+        if len(kept) + len(section) + 4 + len(note) > limit:
+            break
+        kept += "\n## " + section
+    return kept[: limit - len(note)].rstrip() + note

@@ -9,6 +9,7 @@ what a fresh environment needs (`chemgen.registry.wheel`: the chemgen wheel as a
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from typing import Any
 from chemgen import lineage, tracking
 from chemgen.models.loading import load_model
 from chemgen.models.specs import model_spec
-from chemgen.registry.cards import model_card
+from chemgen.registry.cards import model_card, registry_description
 from chemgen.registry.wheel import chemgen_wheel
+
+log = logging.getLogger(__name__)
 
 
 def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dict[str, float] | None = None,
@@ -26,7 +29,8 @@ def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dic
     (default name: the model's, e.g. ``chemgen-adit``).
 
     If anything fails after the version exists, the version is deleted again: the registry
-    never keeps a half-registered model.
+    never keeps a half-registered model. A registering process killed outright leaves a version without
+    `tracking.COMPLETE_TAG`, which the next registration of the model deletes.
     """
     import importlib
 
@@ -50,22 +54,27 @@ def register(model_dir: str | os.PathLike, name: str | None = None, metrics: dic
     if wheel is not None:
         artifacts["chemgen_wheel"] = str(wheel)
     requirements = [f"artifacts/{wheel.name}" if wheel is not None else f"chemgen=={chemgen.__version__}"]
-    with tracking.run(f"register-{name}", nested=tracking.active_run_id() is not None, tags=tags):
+    with tracking.run(f"register-{name}", nested=tracking.active_run_id() is not None, tags=tags) as run:
         if metrics:
             tracking.log_metrics(metrics)
+        mlflow.log_text(card, "model_card.md")   # whole, where the registry's description may hold only its start
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(pyfunc_module.__file__), artifacts=artifacts,
             signature=signature, pip_requirements=requirements, metadata={"model": spec.name, **spec.metadata})
-    version = mlflow.register_model(info.model_uri, name)
+    for model_name, number in tracking.remove_incomplete_versions(name):
+        log.warning("removed %s version %s: its registration was killed before it finished", model_name, number)
+    version = mlflow.register_model(info.model_uri, name, tags={tracking.WRITER_TAG: tracking.writer_identity()})
     try:
         client = tracking.client()
         # the model card is the version's description, and the registered model's (its newest version's card)
-        client.update_model_version(name, version.version, description=card)
-        client.update_registered_model(name, description=card)
+        description = registry_description(card, f"`model_card.md` of MLflow run {run.info.run_id}")
+        client.update_model_version(name, version.version, description=description)
+        client.update_registered_model(name, description=description)
         tracking.set_alias(name, alias, version.version)
         if metrics:
             tracking.client().set_model_version_tag(name, version.version, "metrics",
                                                     ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        tracking.client().set_model_version_tag(name, version.version, tracking.COMPLETE_TAG, "true")   # last
     except BaseException:
         tracking.client().delete_model_version(name, version.version)
         raise

@@ -102,16 +102,9 @@ def cancel(job: Path) -> str:
         return "already finished"
     run_id = read_json(job / "run.json").get("flow_run_id") if (job / "run.json").exists() else None
     if run_id:
-        import uuid
+        from chemgen.flows.submit import cancel as cancel_run
 
-        from chemgen.flows import settings  # noqa: F401
-        from prefect.client.orchestration import get_client
-        from prefect.states import Cancelled, Cancelling
-
-        with get_client(sync_client=True) as client:
-            run = client.read_flow_run(uuid.UUID(run_id))
-            waiting = run.state is None or run.state.name in ("Scheduled", "Late", "Pending")
-            client.set_flow_run_state(run.id, Cancelled() if waiting else Cancelling(), force=True)
+        cancel_run(run_id)
     runner = job / "runner.json"
     if runner.exists() and read_json(runner).get("pid"):
         try:

@@ -196,6 +196,154 @@ def test_the_web_apps_jobs_are_deployment_runs_and_cancelling_one_cancels_its_fl
     assert read.stdout.strip() in ("Cancelled", "Cancelling"), read.stderr[-2000:]
 
 
+def _client_env(settings) -> dict[str, str]:
+    return {**os.environ, "PREFECT_API_URL": settings.url("prefect") + "/api",
+            "PREFECT_HOME": str(settings.state / "prefect-home"), "MLFLOW_TRACKING_URI": settings.url("mlflow"),
+            "CHEMGEN_HOME": str(settings.state.parent)}
+
+
+def _python(settings, script: str, *args: str, timeout: int = 400):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script, *args], env=_client_env(settings), capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:] + (settings.state / "worker-1.log").read_text()[-3000:]
+    return done.stdout
+
+
+def test_the_pool_runs_one_flow_run_at_a_time_and_chemgen_run_submits_the_nightly_deployment(settings, tmp_path):
+    """The pool's concurrency limit, not the web server, queues the runs: with one slot, the nightly run that
+    `chemgen run` submits waits while an elucidation runs. It is then cancelled (the demo would take minutes)."""
+    import json
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    services.up(settings, log=lambda line: None)
+    with urllib.request.urlopen(f"{settings.url('prefect')}/api/work_pools/{services.POOL}", timeout=30) as reply:
+        assert json.loads(reply.read())["concurrency_limit"] == settings.flow_runs == 1
+    first = _python(settings, "import sys; from chemgen.flows.submit import submit; print(submit('elucidate/on-demand',"
+                              " {'queries': [{'files': ['/nonexistent/a.jdx']}], 'sources': ['library'], "
+                              "'out_dir': sys.argv[1]}).id)", str(tmp_path / "first")).split()[-1]
+    cli = subprocess.run([sys.executable, "-m", "chemgen.cli", "run", "--profile", "demo", "--no-wait"],
+                         env=_client_env(settings), capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "submitted nightly-retrain/nightly (demo)" in cli.stdout
+    nightly = re.search(r"\(([0-9a-f-]{36})\)", cli.stdout).group(1)
+    script = (
+        "import json, sys, time, uuid\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from chemgen.flows.submit import cancel, follow\n"
+        "seen = []\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    while True:\n"
+        "        a, b = (c.read_flow_run(uuid.UUID(i)) for i in sys.argv[1:3])\n"
+        "        seen.append([a.state.name, b.state.name])\n"
+        "        if a.state.is_final():\n"
+        "            break\n"
+        "        time.sleep(0.5)\n"
+        "    cancel(sys.argv[2])\n"
+        "    for _ in range(240):\n"
+        "        b = c.read_flow_run(uuid.UUID(sys.argv[2]))\n"
+        "        if b.state.is_final():\n"
+        "            break\n"
+        "        time.sleep(0.5)\n"
+        "    d = c.read_deployment(b.deployment_id)\n"
+        "print(json.dumps({'seen': seen, 'b': b.state.name, 'params': b.parameters, 'deployment': d.name}))\n")
+    answer = json.loads(_python(settings, script, first, nightly).strip().splitlines()[-1])
+    assert answer["seen"][-1][0] == "Completed"
+    # never both running: the nightly run waited for the slot
+    assert not any(a == "Running" and b == "Running" for a, b in answer["seen"]), answer["seen"]
+    assert all(b in ("Scheduled", "Late", "Pending") for a, b in answer["seen"] if a == "Running")
+    assert answer["b"] == "Cancelled" and answer["params"] == {"profile": "demo"}
+    assert answer["deployment"] == "nightly"
+
+
+def test_a_worker_killed_mid_flow_leaves_a_crashed_run_that_a_rerun_completes(settings, tmp_path):
+    """The worker and its flow run's process are killed (SIGKILL: nothing of them runs again, as when their machine
+    dies). `up` restarts the worker and marks the run Crashed; `chemgen flows rerun` runs it again to completion."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.web.conftest import spectrum_files
+
+    services.up(settings, log=lambda line: None)
+    files = spectrum_files(tmp_path / "query")
+    out = tmp_path / "batch"
+    # DiffSpectra samples for the query: seconds of work in the flow run's own process
+    script = (
+        "import json, sys, time, uuid\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from chemgen.flows.submit import submit\n"
+        "run = submit('elucidate/on-demand', {'queries': [{'files': [sys.argv[1]], 'name': 'q'}], 'sources': "
+        "['model', 'library'], 'samples': 8, 'steps': 40, 'rerank': False, 'out_dir': sys.argv[2]})\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    for _ in range(400):\n"
+        "        r = c.read_flow_run(uuid.UUID(run.id))\n"
+        "        if r.state.name == 'Running' and r.infrastructure_pid:\n"
+        "            break\n"
+        "        time.sleep(0.25)\n"
+        "print(json.dumps({'id': run.id, 'state': r.state.name, 'pid': r.infrastructure_pid}))\n")
+    started = json.loads(_python(settings, script, f"ir:{files['ir']}", str(out)).strip().splitlines()[-1])
+    assert started["state"] == "Running", started
+    worker = next(s for s in services.status(settings) if s.name == "worker-1")
+    flow_pid = int(str(started["pid"]).rpartition(":")[2])
+    for group in {os.getpgid(flow_pid), worker.pid}:
+        os.killpg(group, signal.SIGKILL)
+    lines: list[str] = []
+    assert services.up(settings, log=lines.append) == ["worker-1"]
+    assert any(started["id"] in line and "marked Crashed" in line for line in lines), lines
+    state = _python(settings, "import sys, uuid\nfrom chemgen.flows.submit import state_of\n"
+                              "print(state_of(sys.argv[1])[0])", started["id"]).split()[-1]
+    assert state == "Crashed"
+    assert not (out / "batch.json").exists()   # the killed run finished nothing
+    rerun = subprocess.run([sys.executable, "-m", "chemgen.cli", "flows", "rerun", started["id"]],
+                           env=_client_env(settings), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert "Completed" in rerun.stdout
+    batch = json.loads((out / "batch.json").read_text())
+    assert batch["queries"][0]["status"] == "done" and not batch["failed"]
+
+
+def test_a_registration_killed_half_way_is_removed_and_the_champion_kept(settings, tmp_path):
+    """A process registering a model is SIGKILLed after the version exists and before its registration finished:
+    the half-registered version is removed (by `up`, as by the next registration), the champion stays."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    services.up(settings, log=lambda line: None)
+    name = f"killed-{uuid.uuid4().hex[:6]}"
+    script = (
+        "import os, signal, sys\n"
+        "from chemgen import tracking\n"
+        "from chemgen.registry.register import register\n"
+        "from chemgen.lineage import shipped_lineage\n"
+        "version = register(shipped_lineage('gfmdiff-cpu'), sys.argv[1])\n"
+        "tracking.promote(sys.argv[1], version.version, expected=None)\n"
+        "def killed(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "tracking.set_alias = killed\n"
+        "register(shipped_lineage('gfmdiff-cpu'), sys.argv[1])\n")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script, name], env=_client_env(settings), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    registry = MlflowClient(tracking_uri=settings.url("mlflow"), registry_uri=settings.url("mlflow"))
+    versions = {v.version: v for v in registry.search_model_versions(f"name='{name}'")}
+    assert sorted(versions) == ["1", "2"] and "chemgen.complete" not in versions["2"].tags
+    lines: list[str] = []
+    services.up(settings, log=lines.append)
+    assert f"{name} version 2: removed (its registration was killed before it finished)" in lines
+    assert [v.version for v in registry.search_model_versions(f"name='{name}'")] == ["1"]
+    assert registry.get_model_version_by_alias(name, "champion").version == "1"
+    mlflow.set_tracking_uri(None)
+
+
 def test_a_dead_service_makes_status_fail_and_up_restarts_only_it(settings):
     services.up(settings, log=lambda line: None)
     web = next(s for s in services.status(settings) if s.name == "web")

@@ -15,7 +15,7 @@ import pytest
 
 from chemgen import tracking
 from chemgen.paths import source_checkout
-from chemgen.registry.cards import model_card
+from chemgen.registry.cards import DESCRIPTION_LIMIT, model_card, registry_description
 from chemgen.registry.register import register
 
 LINEAGE = Path(__file__).resolve().parents[2] / "models" / "weights" / "gfmdiff-cpu"   # the smallest shipped one
@@ -45,9 +45,13 @@ def test_the_version_carries_the_wheel_its_requirements_name_and_its_model_card(
     assert "Requires-Dist: torch" in metadata and "Requires-Dist: mlflow" in metadata
     client = tracking.client()
     card = model_card(LINEAGE)
-    assert client.get_model_version(version.name, version.version).description == card
-    assert client.get_registered_model(version.name).description == card
-    assert "GFMDiff" in card or "gfmdiff" in card
+    description = client.get_model_version(version.name, version.version).description
+    assert client.get_registered_model(version.name).description == description
+    # the registry's column holds 5,000 characters on PostgreSQL: the card's first sections and where the rest is
+    assert len(card) > DESCRIPTION_LIMIT >= len(description) and card.startswith(description.split("\n\n*The card")[0])
+    assert f"`model_card.md` of MLflow run {version.run_id}" in description and "GFMDiff" in description
+    assert mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md") == card   # the whole card
+    assert registry_description("# short\n", "x") == "# short\n"
 
 
 def test_a_process_outside_the_checkout_loads_and_serves_it_from_the_wheel(registered, tmp_path):
