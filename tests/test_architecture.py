@@ -15,7 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "tracking", "gates", "configs", "testing"),
     ("data", "spectra", "nn", "diffusion", "scoring"),
     ("models",),
-    ("training", "sampling", "elucidation", "registry"),
+    ("training", "sampling", "elucidation", "registry", "screening"),
     ("flows",),
     ("cli", "web"),
 )

@@ -191,11 +191,29 @@ async def _elucidation_job(request: Request) -> str:
     return job_id
 
 
+STRUCTURE_SUFFIXES = (".cif", ".extxyz", ".xyz")
+SCREENING_SOURCES = ("adit", "substitution", "random")
+
+
+def _check_structures(staging: Path, stored: str, display: str, params: dict[str, Any]) -> int:
+    """The uploaded structures read as the flow will read them: their number, or an error naming the file and the
+    structure (a partial occupancy, an absurd cell, another chemical system)."""
+    from chemgen.screening import uploads
+    from chemgen.screening.request import ScreeningRequest
+
+    request = ScreeningRequest.parse(params["chemical_system"], params.get("formula"))
+    try:
+        return len(uploads.generate(request, [staging / stored]).candidates)
+    except ChemgenError as error:
+        raise UploadProblem(str(error).replace(str(staging / stored), display).replace(Path(stored).name, display)) \
+            from None
+
+
 async def _screening_job(request: Request) -> str:
-    from chemgen.flows.screen import parse_chemical_system
+    from chemgen.screening.request import ScreeningRequest
 
     settings: WebSettings = request.app.state.settings
-    form = await request.form(max_files=0, max_fields=10)
+    form = await request.form(max_files=1, max_fields=20)
     model, model_label = await run_in_threadpool(_chosen_model, form, "screening")
     try:
         n = int(str(form.get("n") or "20"))
@@ -204,13 +222,41 @@ async def _screening_job(request: Request) -> str:
     if not 1 <= n <= settings.max_screening_candidates:
         raise UploadProblem(f"number of candidates must be 1 to {settings.max_screening_candidates}, got {n}")
     system = str(form.get("chemical_system") or "").strip() or None
+    formula = str(form.get("formula") or "").strip() or None
+    ticked = [str(s) for s in form.getlist("sources")]
+    if any(s not in SCREENING_SOURCES for s in ticked):
+        raise UploadProblem(f"unknown source in {ticked}: choose from {', '.join(SCREENING_SOURCES)}")
+    structures = form.get("structures")
+    structures = structures if isinstance(structures, UploadFile) and structures.filename else None
+    if system is None and (formula or structures is not None or set(ticked) - {"adit"}):
+        raise UploadProblem("substitution, random structures, a formula and your own structures need a chemical "
+                            "system (e.g. Li-Mn-O)")
     if system is not None:
-        parse_chemical_system(system)  # a UsageError names the symbol
-    params = {**settings.screening, "n": n, "chemical_system": system, "model": model}
-    label = f"{n} crystals from {model_label.split(' (')[0]}" + (f", {system}" if system else "")
+        ScreeningRequest.parse(system, formula)   # a UsageError names the unknown symbol or the formula
+    params = {**settings.screening, "n": n, "chemical_system": system, "model": model, "formula": formula,
+              "sources": ticked or None}
+    sources = ", ".join(ticked or (["adit", "substitution", "random"] if system else ["adit"]))
+    label = f"{n} crystals ({sources}{', ' + model_label.split(' (')[0] if 'adit' in sources else ''})" + (
+        f", {system}" if system else "") + (f" {formula}" if formula else "")
     job_id, staging = jobs.new_staging(settings.jobs_dir)
-    folder = jobs.commit_job(staging, "screening", params, label, workers=settings.workers,
-                             owner=request.state.user)
+    try:
+        if structures is not None:
+            display = Path(structures.filename).name[:120]
+            suffix = Path(display).suffix.lower()
+            if suffix not in STRUCTURE_SUFFIXES:
+                raise UploadProblem(f"{display}: unknown structure file type {suffix or '(none)'!r}; upload CIF or "
+                                    "extxyz", 415)
+            stored = f"uploads/structures{suffix}"
+            (staging / "uploads").mkdir(parents=True, exist_ok=True)
+            (staging / stored).write_bytes(await _read_upload(structures, settings.max_upload_bytes))
+            count = await run_in_threadpool(_check_structures, staging, stored, display, params)
+            params["uploads"] = [stored]
+            label += f" + {count} of yours ({display})"
+        folder = jobs.commit_job(staging, "screening", params, label, workers=settings.workers,
+                                 owner=request.state.user)
+    except BaseException:
+        jobs.discard_staging(staging)
+        raise
     await _start(folder, settings)
     return job_id
 
@@ -267,8 +313,10 @@ def elucidation_results(folder: Path) -> dict[str, Any]:
 def screening_results(folder: Path) -> dict[str, Any]:
     result = jobs.read_json(folder / "result.json")
     rows = _read_csv(folder / "out" / "candidates.csv")
-    metrics = {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
-    return {"candidates": rows, "metrics": metrics,
+    metrics = {k: v for k, v in result.get("metrics", {}).items()
+               if isinstance(v, (int, float)) and not k.startswith("source/")}
+    sources = {name: values for name, values in result.get("sources", {}).items() if name != "pooled"}
+    return {"candidates": rows, "metrics": metrics, "sources": sources, "pooled": result.get("sources", {}).get("pooled"),
             "plot": "out/e_above_hull.png" if (folder / "out" / "e_above_hull.png").is_file() else None}
 
 

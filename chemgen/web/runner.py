@@ -68,7 +68,9 @@ def flow_call(job: Path, record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     elif record["kind"] == "screening":
         from chemgen.flows.screen import crystal_screening as flow
 
-        kwargs = {"out_dir": out, **params}
+        if params.get("uploads"):   # stored in the job's folder, named relative to it
+            params["uploads"] = [str(job / u) for u in params["uploads"]]
+        kwargs = {"out_dir": out, **{k: v for k, v in params.items() if v is not None}}
     else:
         raise ValueError(f"{job}: unknown job kind {record['kind']!r}")
     name = f"web-{record['kind']}-{record['id'][:8]}"

@@ -70,8 +70,12 @@ ELUCIDATE_FORM = _form({
     "csrf_token": {"type": "string", "description": "Needed unless the request carries a bearer token"},
 })
 SCREEN_FORM = _form({
-    "model": {"type": "string", "description": "A model the form offers"},
-    "n": {"type": "integer", "minimum": 1, "description": "Number of candidates"},
-    "chemical_system": {"type": "string", "description": "e.g. Li-Fe-O"},
+    "model": {"type": "string", "description": "A model the form offers (for the adit source)"},
+    "n": {"type": "integer", "minimum": 1, "description": "Number of candidates, shared among the sources"},
+    "chemical_system": {"type": "string", "description": "e.g. Li-Mn-O: every candidate holds exactly these elements"},
+    "formula": {"type": "string", "description": "A reduced formula of the system, e.g. LiMn2O4 (optional)"},
+    "sources": {"type": "array", "items": {"type": "string", "enum": ["adit", "substitution", "random"]},
+                "description": "Where candidates come from (default: all three with a system, adit without)"},
+    "structures": {**_FILE, "description": "Your own structures of the system: CIF or extxyz"},
     "csrf_token": {"type": "string", "description": "Needed unless the request carries a bearer token"},
 })

@@ -40,20 +40,23 @@ def novelty_reference(mp20_slice_dir):
 
 def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, small_references, tmp_path,
                                                                novelty_reference):
+    """Without a chemical system the model samples unconditionally: every decoded sample is a candidate."""
     from chemgen.flows.progress import read_progress
     from chemgen.flows.screen import crystal_screening
 
     result = crystal_screening(n=8, model=str(tiny_model_dir), relax_steps=5, references_path=str(small_references),
                                out_dir=str(tmp_path / "screen"), chunk=4, sigma=0.06, workers=2)
     table = pd.read_csv(tmp_path / "screen" / "candidates.csv")
-    assert len(table) == 8 and {"e_above_hull", "sun", "msun", "valid"} <= set(table.columns)
-    assert (tmp_path / "screen" / "report.md").read_text().startswith("# Crystal screening report (8 generated)")
+    assert len(table) == result["n_candidates"] <= 8
+    assert {"e_above_hull", "sun", "msun", "valid", "source", "found_by"} <= set(table.columns)
+    assert set(table.source) <= {"adit"}
+    assert (tmp_path / "screen" / "report.md").read_text().startswith("# Crystal screening: any (unconditional")
     assert (tmp_path / "screen" / "e_above_hull.png").read_bytes()[:4] == b"\x89PNG"
     metrics = result["metrics"]
-    assert 0 <= metrics["chgnet_mp20/metastable_rate"] <= metrics["cdvae/valid"] + 1e-12
-    assert 0 <= metrics["chgnet_mp20/expected_stable_count"] <= 8 and metrics["chgnet_mp20/sigma"] == 0.06
-    assert set(table.relax_status.dropna()) <= {"converged", "step_cap", "time_budget", "failed"}
-    # the hull and references were loaded by one task, before one relaxation task per chunk of 4 valid candidates
+    assert 0 <= metrics["chgnet_mp20/metastable_rate"] <= 1 and metrics["chgnet_mp20/sigma"] == 0.06
+    assert metrics["source/adit/attempts"] == 8
+    assert set(table.relax_status.dropna()) <= {"converged", "step_cap", "time_budget", "failed", "not relaxed"}
+    # the hull and references were loaded by one task, before one relaxation task per batch of 4 valid candidates
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -62,12 +65,10 @@ def test_crystal_screening_writes_ranked_candidates_and_report(tiny_model_dir, s
     names = [r.name.rsplit("-", 1)[0] for r in runs]
     assert names.count("load-hull-and-references") == 1
     assert names.count("relax-and-hull") == -(-int(table.valid.sum()) // 4)
-    # for the web app: the new columns (the tiny model's 8 samples are seldom valid: the CIFs and space groups
-    # are checked on real crystals below), and the run's progress
-    assert {"in_chemical_system", "space_group", "space_group_number", "cif"} <= set(table.columns)
-    assert table.in_chemical_system.all()  # no chemical system: every candidate is in
+    assert {"space_group", "space_group_number", "cif", "space_group_before", "space_group_after"} <= set(table.columns)
     _assert_cifs_and_space_groups(table, tmp_path / "screen")
-    assert read_progress(result["flow_run_id"]) == (1.0, f"done: {result['n_metastable_sun']} metastable S.U.N. of 8")
+    assert read_progress(result["flow_run_id"]) == (
+        1.0, f"done: {result['n_metastable_sun']} metastable S.U.N. of {result['n_candidates']}")
 
 
 # CuNi, Li2Mn2O4, AlAu4, Ga4Te4 of the MP-20 test rows (`mp20_systems`)
@@ -76,63 +77,59 @@ REAL_CRYSTALS = (2, 5, 7, 0)
 
 @pytest.fixture()
 def real_crystals_generated(monkeypatch, mp20_systems):
-    """The flow's generator replaced by four real MP-20 crystals and a decoding failure: the tiny model's samples
-    are seldom valid, and these give the table valid candidates, some relaxed, some not."""
-    from prefect import task
-
+    """ADiT's samples replaced by four real MP-20 crystals and a decoding failure: the tiny model's samples are
+    seldom valid, and these give the table valid candidates of known systems."""
     from chemgen.samples import Failure
-    from chemgen.flows import screen
+    from chemgen.screening import model_source
 
     picked = [mp20_systems[i] for i in REAL_CRYSTALS]
     assert [s.formula for s in picked] == ["CuNi", "Li2Mn2O4", "AlAu4", "Ga4Te4"]
 
-    @task(name="generate-crystals")
-    def generate(model: str, n: int, seed: int, num_steps: int | None) -> list:
-        return [*picked, Failure(len(picked), "no lattice")]
+    class Sampler:
+        def generate(self, n, kind, seed=0, num_steps=None):
+            return n
 
-    monkeypatch.setattr(screen, "generate", generate)
-    return [*picked, None]
+    monkeypatch.setattr("chemgen.models.loading.load_model", lambda reference: Sampler())
+    monkeypatch.setattr("chemgen.samples.to_systems", lambda n, dataset: [*picked, Failure(len(picked), "no lattice")][:n])
+    monkeypatch.setattr(model_source, "BATCH", 5)
+    return picked
 
 
-def _screen_real_crystals(out, references, chemical_system: str) -> tuple[dict, pd.DataFrame]:
+def test_a_chemical_system_keeps_only_the_models_samples_of_it(real_crystals_generated, small_references, tmp_path,
+                                                               novelty_reference):
+    """Li-Mn-O: of five samples only Li2Mn2O4 is a candidate; it is relaxed, has its CIF and space group before
+    and after, and the report counts how many samples it cost."""
     from chemgen.flows.screen import crystal_screening
 
-    result = crystal_screening(n=5, model="unused", relax_steps=5, references_path=str(references),
-                               out_dir=str(out), chunk=1, sigma=0.06, workers=2, chemical_system=chemical_system)
-    return result, pd.read_csv(out / "candidates.csv").set_index("index", drop=False).sort_index()
-
-
-def test_crystal_screening_relaxes_only_the_candidates_of_its_chemical_system(real_crystals_generated,
-                                                                               small_references, tmp_path,
-                                                                               novelty_reference):
-    """Cu-Li-Mn-Ni-O: CuNi and Li2Mn2O4 are relaxed (one chunk each), AlAu4 and Ga4Te4 only reported; every valid
-    one has its CIF (relaxed where it was) and space group."""
-    from chemgen.flows.progress import read_progress
-
-    result, table = _screen_real_crystals(tmp_path / "screen", small_references, "O-Mn-Li-Cu-Ni-O")
-    assert table.in_chemical_system.tolist() == [True, True, False, False, False]
-    assert table.valid[[0, 1]].all() and not table.valid[4]
-    assert table.relax_status.notna().tolist() == (table.valid & table.in_chemical_system).tolist()
-    assert not (table.metastable | table.msun)[~table.in_chemical_system].any()
-    _assert_cifs_and_space_groups(table, tmp_path / "screen", generated=real_crystals_generated)
-    assert table.space_group.notna().tolist() == table.valid.tolist()  # spglib finds every real crystal's group
+    result = crystal_screening(n=3, model="unused", relax_steps=5, references_path=str(small_references),
+                               out_dir=str(tmp_path / "screen"), chunk=1, sigma=0.06, workers=2,
+                               chemical_system="O-Mn-Li", sources="adit", max_samples=5)
+    table = pd.read_csv(tmp_path / "screen" / "candidates.csv")
+    assert table.formula.tolist() == ["LiMnO2"] and table.valid.all() and table.relax_status.notna().all()
+    assert table.space_group_before.notna().all()
+    _assert_cifs_and_space_groups(table, tmp_path / "screen")
     report = (tmp_path / "screen" / "report.md").read_text()
-    assert "Chemical system: Cu-Li-Mn-Ni-O" in report.split("## Top candidates")[0]
+    assert report.startswith("# Crystal screening: Li-Mn-O")
+    assert "1 of 5 samples in Li-Mn-O (5 samples per candidate" in report
+    assert result["sources"]["adit"]["candidates"] == 1 and result["metrics"]["source/adit/attempts"] == 5
     runs = tracking.client().search_runs([tracking.experiment_id(tracking.DEFAULT_EXPERIMENT)],
                                          f"tags.`prefect.flow_run_id` = '{result['flow_run_id']}'")
-    assert [r.data.params["chemical_system"] for r in runs] == ["Cu-Li-Mn-Ni-O"]
-    assert read_progress(result["flow_run_id"]) == (1.0, f"done: {result['n_metastable_sun']} metastable S.U.N. of 5")
+    assert [r.data.params["chemical_system"] for r in runs] == ["Li-Mn-O"]
 
 
-def test_crystal_screening_in_a_chemical_system_no_candidate_is_made_of(real_crystals_generated, small_references,
-                                                                        tmp_path, novelty_reference):
-    """He-Ne: nothing is relaxed, nothing is in the system, and every candidate is still reported, with its CIF
-    and space group as generated."""
-    result, table = _screen_real_crystals(tmp_path / "screen", small_references, "He-Ne")
-    assert len(table) == 5 and not table.in_chemical_system.any() and table.valid.sum() >= 2
-    assert table.relax_status.isna().all() and table.e_above_hull.isna().all() and not table.msun.any()
-    assert result["n_metastable_sun"] == 0 and result["metrics"]["chgnet_mp20/n_relaxed"] == 0
-    _assert_cifs_and_space_groups(table, tmp_path / "screen", generated=real_crystals_generated)
+def test_a_chemical_system_the_model_never_samples_gives_an_empty_report(real_crystals_generated, small_references,
+                                                                         tmp_path, novelty_reference):
+    result = crystal_screening_he_ne(small_references, tmp_path)
+    assert result["n_candidates"] == 0 and result["n_metastable_sun"] == 0
+    assert "0 of 5 samples in He-Ne (none in the system" in (tmp_path / "screen" / "report.md").read_text()
+
+
+def crystal_screening_he_ne(small_references, tmp_path):
+    from chemgen.flows.screen import crystal_screening
+
+    return crystal_screening(n=3, model="unused", relax_steps=5, references_path=str(small_references),
+                             out_dir=str(tmp_path / "screen"), chunk=1, sigma=0.06, workers=2, chemical_system="He-Ne",
+                             sources="adit", max_samples=5)
 
 
 def _assert_cifs_and_space_groups(table: pd.DataFrame, out, generated: list | None = None) -> None:
@@ -145,7 +142,7 @@ def _assert_cifs_and_space_groups(table: pd.DataFrame, out, generated: list | No
 
     from chemgen import io as structure_io
 
-    valid = table[table.valid]
+    valid = table[table.valid.astype(bool)]
     assert (valid.cif == "cifs/candidate-" + valid["index"].astype(str) + ".cif").all()
     assert table[~table.valid].cif.isna().all() and table[~table.valid].space_group.isna().all()
     assert sorted(p.name for p in (out / "cifs").iterdir()) == sorted(f"candidate-{i}.cif" for i in valid["index"])

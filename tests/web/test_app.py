@@ -178,11 +178,37 @@ def test_screening_form_checks_its_values(client, settings):
                           ({"n": "4", "chemical_system": "Li-Xx"}, "Xx"), ({"model": "../weights"}, "unknown model")):
         reply = client.post("/api/screen", data=data)
         assert reply.status_code == 400 and message in reply.json()["error"], (data, reply.text)
-    reply = client.post("/api/screen", data={"n": "4", "chemical_system": "O-Li", "model": "shipped"})
+    for data, message in (({"n": "4", "sources": ["random"]}, "need a chemical system"),
+                          ({"n": "4", "chemical_system": "Li-Mn-O", "sources": ["dft"]}, "unknown source"),
+                          ({"n": "4", "chemical_system": "Li-Mn-O", "formula": "LiFeO2"}, "not of the system")):
+        reply = client.post("/api/screen", data=data)
+        assert reply.status_code == 400 and message in reply.json()["error"], (data, reply.text)
+    reply = client.post("/api/screen", data={"n": "4", "chemical_system": "O-Li", "model": "shipped",
+                                             "sources": ["adit", "random"]})
     assert reply.status_code == 202
     record = jobs.read_json(jobs.job_dir(settings.jobs_dir, reply.json()["job"]) / "job.json")
     assert record["params"]["n"] == 4 and record["params"]["chemical_system"] == "O-Li"
-    assert record["params"]["model"].endswith("adit-gpu-quick")
+    assert record["params"]["model"].endswith("adit-gpu-quick") and record["params"]["sources"] == ["adit", "random"]
+
+
+def test_uploaded_structures_are_checked_before_the_job_exists(client, settings, tmp_path):
+    """A partially occupied CIF is refused with the file's name and the problem; a good one joins the job."""
+    from tests.web.test_browser import _mp20_test_cif
+
+    cif = _mp20_test_cif("mp-1002572")
+    before = sorted(p.name for p in settings.jobs_dir.iterdir()) if settings.jobs_dir.is_dir() else []
+    partial = cif.replace("0.25010000  1\n", "0.25010000  0.5\n")
+    reply = client.post("/api/screen", data={"n": "2", "chemical_system": "Li-Mn-O", "sources": ["random"]},
+                        files={"structures": ("ours.cif", partial.encode())})
+    assert reply.status_code == 400 and "ours.cif" in reply.json()["error"], reply.text
+    assert "partial occupancy" in reply.json()["error"] or "disordered" in reply.json()["error"]
+    after = sorted(p.name for p in settings.jobs_dir.iterdir()) if settings.jobs_dir.is_dir() else []
+    assert [name for name in after if not name.startswith(".")] == [n for n in before if not n.startswith(".")]
+    reply = client.post("/api/screen", data={"n": "2", "chemical_system": "Li-Mn-O", "sources": ["random"]},
+                        files={"structures": ("ours.cif", cif.encode())})
+    assert reply.status_code == 202, reply.text
+    record = jobs.read_json(jobs.job_dir(settings.jobs_dir, reply.json()["job"]) / "job.json")
+    assert record["params"]["uploads"] == ["uploads/structures.cif"] and "1 of yours (ours.cif)" in record["label"]
 
 
 def test_pages_polling_one_flow_run_share_one_prefect_read(monkeypatch):

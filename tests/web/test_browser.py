@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from chemgen.web import jobs
@@ -118,47 +119,63 @@ def test_a_chemist_uploads_spectra_and_gets_ranked_candidates_across_a_server_re
 
 def test_a_screening_team_starts_a_screen_and_browses_its_candidates(browser, tmp_path, mp20_slice_dir,
                                                                        small_references):
+    """Li-Mn-O from random symmetric structures and the team's own CIF: the page compares the two sources and
+    lists the pooled candidates, sortable and filterable, each with its CIF."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from chemgen.datasets import curation_recipe
     from chemgen.data.store import curate
 
     curate(curation_recipe("mp20", data_dir=mp20_slice_dir), progress=False)  # the novelty reference
+    ours = tmp_path / "ours.cif"
+    ours.write_text(_mp20_test_cif("mp-1002572"))   # LiMnO2
     screening = {"relax_steps": 5, "references_path": str(small_references), "sigma": 0.06, "chunk": 4,
-                 "workers": 1, "num_steps": 20}
+                 "workers": 1}
     settings = WebSettings(home=tmp_path / "web", screening=screening)
     with live_server(settings) as base:
         browser.get(f"{base}/screen")
-        Select(browser.find_element(By.NAME, "model")).select_by_value("shipped")
+        browser.find_element(By.NAME, "chemical_system").send_keys("Li-Mn-O")
+        for source in ("substitution", "adit"):   # random structures and ours only: no prototypes, no sampling here
+            browser.find_element(By.CSS_SELECTOR, f"input[name=sources][value={source}]").click()
         count = browser.find_element(By.NAME, "n")
         count.clear()
-        count.send_keys("6")
+        count.send_keys("5")
+        browser.find_element(By.NAME, "structures").send_keys(str(ours))
         browser.find_element(By.CSS_SELECTOR, "#screen-form button[type=submit]").click()
         WebDriverWait(browser, 120).until(ec.url_contains("/jobs/"))
         state = follow_to_the_end(browser, base, browser.current_url)
         assert state["state"] == "completed", state
         rows = browser.find_elements(By.CSS_SELECTOR, "#candidates tbody tr")
         assert len(rows) == 6
-        assert "valid" in browser.find_element(By.CSS_SELECTOR, ".headline").text
+        compared = browser.find_element(By.ID, "sources").text
+        assert "random 5" in compared and "upload 1" in compared
         assert "chgnet_mp20/metastable_rate" in browser.page_source   # the full table, folded
         # sorting by E_hull puts the lowest first; the filter hides what does not match
         header = browser.find_elements(By.CSS_SELECTOR, "#candidates thead th")[4]
         header.click()
         energies = [r.find_elements(By.TAG_NAME, "td")[4].text for r in browser.find_elements(By.CSS_SELECTOR, "#candidates tbody tr")]
         numbers = [float(e) for e in energies if e]
-        assert numbers == sorted(numbers)
-        browser.find_element(By.ID, "filter").send_keys("no such formula")
-        assert browser.find_element(By.ID, "shown").text == "0 of 6 shown"
+        assert numbers == sorted(numbers) and len(numbers) == 6
+        browser.find_element(By.ID, "filter").send_keys("upload")
+        assert browser.find_element(By.ID, "shown").text.startswith("1 of 6") or \
+            browser.find_element(By.ID, "shown").text.startswith("2 of 6")   # a random one may match ours
         browser.find_element(By.ID, "filter").clear()
         browser.find_element(By.ID, "filter").send_keys(" ")  # an input event after clear
         cifs = browser.find_elements(By.CSS_SELECTOR, "#candidates a[href$='.cif']")
-        if cifs:  # a valid candidate: its CIF downloads, its cell is drawn
-            with httpx.Client() as http:
-                assert "_cell_length_a" in http.get(cifs[0].get_attribute("href")).text
-            assert browser.find_elements(By.CSS_SELECTOR, "#viewer3d canvas")
+        assert len(cifs) == 6
+        with httpx.Client() as http:
+            assert "_cell_length_a" in http.get(cifs[0].get_attribute("href")).text
+        assert browser.find_elements(By.CSS_SELECTOR, "#viewer3d canvas")
         screenshot(browser, tmp_path, "screening")
+
+
+def _mp20_test_cif(material_id: str) -> str:
+    from tests.conftest import MP20_DIR
+
+    frame = pd.read_csv(MP20_DIR / "test.csv.gz")
+    return frame[frame.material_id == material_id].cif.iloc[0]
 
 
 def test_the_models_page_shows_versions_aliases_and_gate_decisions(browser, tmp_path):
