@@ -9,7 +9,7 @@ export OMP_NUM_THREADS := $(THREADS)
 export MKL_NUM_THREADS := $(THREADS)
 export CHEMGEN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install lock run test check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs diffspectra-packs
+.PHONY: install lock run test test-reliability check-wheel prefect-yaml fuzz bench clean-store spectra spectra-stop spectra-kill spectra-wheels gpu-packs diffspectra-packs
 install: $(VENV)/.installed
 
 # Exactly the lock, with --no-deps: torch 2.13.0 there matches the CPU build on disk (2.13.0+cpu) where pip looks
@@ -43,6 +43,10 @@ test: install
 	tools/install-test-browser.sh
 	$(PY) -m pytest -q
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# Minutes of servers restarted and workers killed mid-run (needs PostgreSQL, as `chemgen services` does)
+test-reliability: install
+	$(PY) -m pytest -q -m reliability
 
 # What `pip install .` gives a container image: build the wheel (offline, from a copy of the sources so that a
 # stale ./build never reaches it), install it without dependencies into a folder of its own and run it from

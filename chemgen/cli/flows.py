@@ -41,6 +41,9 @@ def flows_screen(
         help="ADiT's lineage folder or registry URI (default: models:/chemgen-adit@champion, else the shipped "
              "lineage).")] = None,
     max_samples: Annotated[int, typer.Option(help="Most samples ADiT draws to find its share in the system.")] = 256,
+    substitution_threshold: Annotated[float, typer.Option(
+        help="Least substitution probability of a substitution candidate (pymatgen's default; lower gives more, "
+             "less likely ones).")] = 1e-3,
     seed: int = 0,
     relax_steps: Annotated[int, typer.Option(help="FIRE steps per relaxation at most.")] = 200,
     max_relaxed: Annotated[Optional[int], typer.Option(help="Relax at most this many candidates (sources take "
@@ -71,7 +74,7 @@ def flows_screen(
                      uploads=[str(p) for p in upload or []] or None,
                      reference_entries=str(reference_entries) if reference_entries else None,
                      max_samples=max_samples, relax_budget_minutes=relax_minutes, max_relaxed=max_relaxed,
-                     workers=workers)
+                     workers=workers, substitution_threshold=substitution_threshold)
     table = Table(title=f"sources compared ({system or 'unconditional'})", title_justify="left")
     for column in ("source", "candidates", "valid", "novel", "metastable", "S.U.N.", "M.S.U.N.", "s/candidate"):
         table.add_column(column)

@@ -4,8 +4,8 @@ ranking, with the sources compared.
 ``chemical_system`` (e.g. "Li-Mn-O", optionally with a ``formula``) is what a team asks for; the sources
 (`chemgen.screening`) each yield candidates of it: ADiT's samples of the system, ion substitution into MP-20's
 training structures, PyXtal's random symmetric structures, and the team's uploaded CIF/extxyz files. ``n`` is shared
-among the generating sources in the order given (the last takes what the others could not fill); uploads come on
-top. Without a system the model samples unconditionally, as a plain generation benchmark.
+among the generating sources: substitution first, then ADiT, then random structures, which fill what the others
+could not; uploads come on top. Without a system the model samples unconditionally, as a plain generation benchmark.
 
 The MP-20 hull (with the team's ``reference_entries`` added), CHGNet's elemental references and its error (sigma)
 are loaded once, by one task, before the fan-out (on a cold cache that task runs the fits, minutes, once).
@@ -65,7 +65,8 @@ def parse_chemical_system(text: str | None) -> tuple[str, ...] | None:
 
 @task(name="generate-candidates", cache_policy=NO_CACHE)
 def generate_candidates(source: str, request: Any, n: int, seed: int, model: str | None, num_steps: int | None,
-                        max_samples: int, data_dir: str | None, uploads: list[str] | None) -> Any:
+                        max_samples: int, data_dir: str | None, uploads: list[str] | None,
+                        threshold: float = 1e-3) -> Any:
     """One source's candidates for the request (`chemgen.screening`): a `SourceRun`."""
     from chemgen.screening import model_source, random_search, substitution, uploads as uploaded
 
@@ -73,7 +74,7 @@ def generate_candidates(source: str, request: Any, n: int, seed: int, model: str
         return model_source.generate(request, n, seed, model=model, max_samples=max_samples, num_steps=num_steps,
                                      log=print)
     if source == "substitution":
-        return substitution.generate(request, n, seed, data_dir=data_dir, log=print)
+        return substitution.generate(request, n, seed, data_dir=data_dir, threshold=threshold, log=print)
     if source == "random":
         return random_search.generate(request, n, seed, log=print)
     return uploaded.generate(request, uploads or [])
@@ -202,12 +203,13 @@ def crystal_screening(n: int = 20, model: str | None = None, seed: int = 0, num_
                       sources: list[str] | str | None = None, formula: str | None = None,
                       uploads: list[str] | None = None, reference_entries: str | None = None,
                       max_samples: int = 256, relax_budget_minutes: float | None = None,
-                      max_relaxed: int | None = None) -> dict[str, Any]:
+                      max_relaxed: int | None = None, substitution_threshold: float = 1e-3) -> dict[str, Any]:
     """Screen ``n`` candidates of ``chemical_system`` from ``sources``; see the module docstring.
 
     ``model``: ADiT's lineage folder or registry URI (default: the registry's champion, else the shipped lineage);
     ``max_samples``: the most samples ADiT draws to find its share in the system. ``uploads``: CIF/extxyz files of
-    the team's own structures; ``reference_entries``: a CSV of the team's formation energies (formula,
+    the team's own structures; ``substitution_threshold``: the least substitution probability a candidate needs
+    (pymatgen's default 1e-3; lower gives more, less likely candidates); ``reference_entries``: a CSV of the team's formation energies (formula,
     e_form_per_atom) added to the hull. ``references_path``: CHGNet's elemental references (default: the cached fit);
     ``sigma``: CHGNet's error for the expected stable count (default: the cached held-out estimate). Relaxation:
     batches of ``chunk``, ``workers`` at a time, at most ``max_relaxed`` candidates and ``relax_budget_minutes``.
@@ -227,6 +229,10 @@ def crystal_screening(n: int = 20, model: str | None = None, seed: int = 0, num_
     if request is None and set(chosen) & {"substitution", "random", "upload"}:
         raise UsageError("substitution, random structures and uploads need a chemical system (e.g. Li-Mn-O)")
     extra = pipeline.read_reference_entries(reference_entries) if reference_entries else []
+    if "random" in chosen:   # a system PyXtal cannot place fails before anything runs
+        from chemgen.screening.random_search import placeable_compositions
+
+        placeable_compositions(request)
     progress = FlowProgress(f"generating candidates from {', '.join(chosen)}")
     start = time.perf_counter()
     out = out_dir or str(chemgen_home() / "runs" / f"screen-{time.strftime('%Y%m%d-%H%M%S')}-{str(flow_run.id)[:8]}")
@@ -235,18 +241,21 @@ def crystal_screening(n: int = 20, model: str | None = None, seed: int = 0, num_
         tracking.log_params({"n": n, "model": model or "default", "seed": seed, "relax_steps": relax_steps,
                              "fmax": fmax, "chunk": chunk, "workers": workers, "chemical_system": system,
                              "formula": formula or "", "sources": ",".join(chosen), "max_samples": max_samples,
-                             "reference_entries": len(extra)})
+                             "reference_entries": len(extra), "substitution_threshold": substitution_threshold})
         # submitted first: on a cold cache its fits (minutes) overlap the sources
         energy = load_energy_references.submit(references_path, data_dir, sigma, extra)
         runs = []
         if "upload" in chosen:   # a bad upload fails before minutes of generation
             runs.append(generate_candidates("upload", request, 0, seed, model, num_steps, max_samples, data_dir,
                                             uploads))
-        generating = [s for s in chosen if s in pipeline.GENERATING]
+        # substitution first (it fails at once where no prototype fits, and may run out of likely substitutions),
+        # random structures last: they fill whatever share the others could not
+        generating = sorted((s for s in chosen if s in pipeline.GENERATING), key=pipeline.RUN_ORDER.index)
         remaining = n
         for position, source in enumerate(generating):   # each its share; the last fills what the others could not
             share = remaining // (len(generating) - position)
-            run = generate_candidates(source, request, share, seed, model, num_steps, max_samples, data_dir, uploads)
+            run = generate_candidates(source, request, share, seed, model, num_steps, max_samples, data_dir, uploads,
+                                      substitution_threshold)
             remaining -= len(run.candidates)
             runs.insert(len(runs) - ("upload" in chosen), run)
             progress.update(PROGRESS_RELAX_START * (position + 1) / max(1, len(generating)),

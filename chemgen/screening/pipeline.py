@@ -28,6 +28,7 @@ from chemgen.screening.candidates import Candidate, SourceRun
 
 SOURCES = ("adit", "substitution", "random", "upload")
 GENERATING = ("adit", "substitution", "random")   # the sources --n is shared among
+RUN_ORDER = ("substitution", "adit", "random")    # cheap failures first; the last fills what the others left
 METASTABLE = 0.1    # eV/atom above the hull
 SYMPREC = 0.1       # spglib tolerance for space groups of generated and relaxed cells
 

@@ -37,6 +37,19 @@ def compatible_groups(counts: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(group.number for group in _groups() if group.check_compatible(list(counts))[0])
 
 
+def placeable_compositions(request: ScreeningRequest) -> list[tuple[dict[str, int], tuple[int, ...]]]:
+    """The request's compositions with the space groups that can hold each; raises `UsageError` when there are
+    none (the system is too large for a cell of ``max_atoms``, or nothing balances)."""
+    options = [(counts, compatible_groups(tuple(counts[e] for e in request.elements)))
+               for counts, _ in request.compositions()]
+    options = [(counts, groups) for counts, groups in options if groups]
+    if not options:
+        raise UsageError(f"{request.system}: no charge-balanced composition of at most {request.max_atoms} atoms "
+                         "per cell fits any space group (PyXtal's Wyckoff positions); raise the atoms per cell or "
+                         "give a formula")
+    return options
+
+
 def generate(request: ScreeningRequest, n: int, seed: int = 0, volume_factor: float = VOLUME_FACTOR,
              log: Any = None) -> SourceRun:
     """``n`` random symmetric structures of the request's compositions (fewer if PyXtal fails too often). Raises
@@ -49,13 +62,7 @@ def generate(request: ScreeningRequest, n: int, seed: int = 0, volume_factor: fl
     from chemgen.atoms import AtomicSystem
 
     start = time.perf_counter()
-    compositions = request.compositions()
-    options = [(counts, compatible_groups(tuple(counts[e] for e in request.elements))) for counts, _ in compositions]
-    options = [(counts, groups) for counts, groups in options if groups]
-    if not options:
-        raise UsageError(f"{request.system}: no charge-balanced composition of at most {request.max_atoms} atoms "
-                         "per cell fits any space group (PyXtal's Wyckoff positions); raise the atoms per cell or "
-                         "give a formula")
+    options = placeable_compositions(request)
     rng = np.random.default_rng(seed)
     candidates, failures, attempts = [], [], 0
     while len(candidates) < n and attempts < TRIES_PER_CANDIDATE * n:

@@ -351,7 +351,7 @@ def test_a_drifted_prefect_yaml_is_caught(tmp_path, capsys):
     from chemgen.flows.deploy import main
 
     drifted = tmp_path / "prefect.yaml"
-    drifted.write_text((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text().replace("n: 1000", "n: 20"))
+    drifted.write_text((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text().replace("n: 200", "n: 20"))
     assert main(["--check-prefect-yaml", str(drifted)]) == 1
     assert "out of date" in capsys.readouterr().err
     assert main(["--write-prefect-yaml", str(drifted)]) == 0

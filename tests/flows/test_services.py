@@ -1,6 +1,7 @@
 """`chemgen services` against a real PostgreSQL server: the MLflow and Prefect servers on it, a worker, the web app.
 
-Needs PostgreSQL on 127.0.0.1:5432 (trust auth) or $CHEMGEN_TEST_DATABASE_URL; without one the tests say so and
+The reliability tests (killed workers and registrations, a restarted MLflow server) are marked ``reliability``
+and run by ``make test-reliability`` (CI runs both). Needs PostgreSQL on 127.0.0.1:5432 (trust auth) or $CHEMGEN_TEST_DATABASE_URL; without one the tests say so and
 skip, except where CHEMGEN_REQUIRE_POSTGRES is set (.ci/run sets it: CI always has PostgreSQL, so they must run). Each run uses databases of its own (a random prefix), dropped at the end, and free ports.
 """
 
@@ -261,6 +262,7 @@ def test_the_pool_runs_one_flow_run_at_a_time_and_chemgen_run_submits_the_nightl
     assert answer["deployment"] == "nightly"
 
 
+@pytest.mark.reliability
 def test_a_worker_killed_mid_flow_leaves_a_crashed_run_that_a_rerun_completes(settings, tmp_path):
     """The worker and its flow run's process are killed (SIGKILL: nothing of them runs again, as when their machine
     dies). `up` restarts the worker and marks the run Crashed; `chemgen flows rerun` runs it again to completion."""
@@ -308,6 +310,7 @@ def test_a_worker_killed_mid_flow_leaves_a_crashed_run_that_a_rerun_completes(se
     assert batch["queries"][0]["status"] == "done" and not batch["failed"]
 
 
+@pytest.mark.reliability
 def test_a_registration_killed_half_way_is_removed_and_the_champion_kept(settings, tmp_path):
     """A process registering a model is SIGKILLed after the version exists and before its registration finished:
     the half-registered version is removed (by `up`, as by the next registration), the champion stays."""
@@ -344,6 +347,7 @@ def test_a_registration_killed_half_way_is_removed_and_the_champion_kept(setting
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.reliability
 def test_the_mlflow_server_restarted_during_a_nightly_run_loses_nothing(settings):
     """A nightly run (GFMDiff's branch, tiny config and budgets, from scratch, against a registered champion) tracks
     to the MLflow server while the server is stopped and started again: the run completes or fails with a clear

@@ -56,6 +56,7 @@ def test_substitution_random_and_an_upload_are_screened_and_compared_together(sm
     ({"formula": "LiMn2O4"}, "give the system too"),
     ({"sources": "random"}, "need a chemical system"),
     ({"chemical_system": "Li-Mn-O", "formula": "LiFeO2"}, "not of the system Li-Mn-O"),
+    ({"chemical_system": "He-Ne", "sources": "adit,random"}, "no charge-balanced composition"),
 ])
 def test_a_bad_request_fails_before_anything_runs(options, message, tmp_path):
     from chemgen.flows.screen import crystal_screening
