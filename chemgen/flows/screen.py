@@ -140,7 +140,7 @@ def rank_and_report(runs: list[Any], relaxed: list[dict[str, Any]], out_dir: str
     # what a valid candidate is now: relaxed where CHGNet moved it, else as generated
     structures = {i: (by_index.get(i, {}).get("relaxed") or candidates[i].structure)
                   for i in range(len(candidates)) if valid[i][0]}
-    cifs = report.write_cifs(table, structures, out)
+    cifs = report.write_cifs(structures, out)
     table["cif"] = [cifs.get(i) for i in table["index"]]
     table["space_group"], table["space_group_number"] = table.space_group_after, table.space_group_number_after
     relax_seconds: dict[str, float] = {}

@@ -12,7 +12,7 @@ from chemgen.screening.candidates import SourceRun
 COLOURS = {"adit": "tab:blue", "substitution": "tab:orange", "random": "tab:green", "upload": "tab:purple"}
 
 
-def write_cifs(table: Any, structures: dict[int, Any], out: Path) -> dict[int, str]:
+def write_cifs(structures: dict[int, Any], out: Path) -> dict[int, str]:
     """Each valid candidate's structure (relaxed where it was) as ``cifs/candidate-<index>.cif``; relative paths."""
     from chemgen import io as structure_io
 
