@@ -370,7 +370,7 @@ def test_the_mlflow_server_restarted_during_a_nightly_run_loses_nothing(settings
     script = (
         "import sys\n"
         "from chemgen.flows.retrain import nightly_retrain\n"
-        "quick = {'config': 'tiny', 'init': None, 'minutes': None, 'steps': {'denoiser': 2}, 'samples': 4,\n"
+        "quick = {'config': 'tiny', 'init': None, 'minutes': {'denoiser': 0.5}, 'steps': None, 'samples': 4,\n"
         "         'sample_steps': 3}\n"
         "state = nightly_retrain(profile='demo', models=['gfmdiff'], model_names={'gfmdiff': sys.argv[1]},\n"
         "                        overrides={'qm9_rows': 200, 'gfmdiff': quick}, return_state=True)\n"
@@ -379,11 +379,23 @@ def test_the_mlflow_server_restarted_during_a_nightly_run_loses_nothing(settings
         "print('STATE', state.name)\n"
         "print('BRANCH', result.get('branches', {}).get('gfmdiff', {}).get('status'), repr(result)[-2000:])\n")
 
-    def nightly(restart_after: float | None):
+    def retrain_running() -> bool:
+        experiments = [e.experiment_id for e in registry.search_experiments()]
+        return bool(registry.search_runs(experiments, f"tags.registered_name = '{name}' and "
+                                                      "attributes.status = 'RUNNING'"))
+
+    def nightly(restart: bool):
         process = subprocess.Popen([sys.executable, "-c", script, name], env=_client_env(settings),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if restart_after is not None:
-            time.sleep(restart_after)
+        if restart:
+            # restart once the model's branch is tracking (its training then runs 30 s more), whatever the machine's
+            # speed: a fixed delay let a fast machine finish the run before the restart
+            deadline = time.monotonic() + 600
+            while not retrain_running():
+                assert process.poll() is None, ("the run ended before its branch started", process.communicate())
+                assert time.monotonic() < deadline, "the branch did not start in 10 minutes"
+                time.sleep(0.5)
+            time.sleep(3)
             assert process.poll() is None, "the run ended before the restart"
             services._stop(settings.state, "mlflow")
             time.sleep(3)
@@ -391,11 +403,11 @@ def test_the_mlflow_server_restarted_during_a_nightly_run_loses_nothing(settings
         out, err = process.communicate(timeout=900)
         return process.returncode, out, err
 
-    code, out, err = nightly(restart_after=15)
+    code, out, err = nightly(restart=True)
     # completed through the restart (MLflow's client retries), or failed with the error said, not hung or half-done
     assert ("STATE Completed" in out and "BRANCH registered" in out) or "STATE Failed" in out, (code, out, err[-3000:])
     services.up(settings, log=lambda line: None)   # removes anything the restart left half-registered
-    code, out, err = nightly(restart_after=None)
+    code, out, err = nightly(restart=False)
     assert code == 0 and "STATE Completed" in out and "BRANCH registered" in out, (out, err[-3000:])
     after = {v.version: v for v in registry.search_model_versions(f"name='{name}'")}
     assert before <= set(after) and len(after) > len(before)     # no registered version lost; the rerun's added
