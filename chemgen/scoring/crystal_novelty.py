@@ -58,6 +58,9 @@ MATCHER_PRESETS: dict[str, MatcherPreset] = {
     # pymatgen's default tolerances, which FlowMM's novelty.py uses (StructureMatcher()); not
     # MatterGen's matcher, which is disorder-aware (DefaultDisorderedStructureMatcher)
     "pymatgen": MatcherPreset(ltol=0.2, stol=0.3, angle_tol=5.0),
+    # screening asks "is this a known compound?": ADiT's looser tolerances (a relaxed candidate still matches its
+    # known counterpart), on reduced primitive cells (whatever cell a source wrote it in)
+    "screening": MatcherPreset(ltol=0.3, stol=0.5, angle_tol=10.0),
 }
 
 
@@ -132,13 +135,19 @@ class ReferenceSet:
 
     ``undetermined_formulas`` are reduced formulas of reference rows whose coordinates are not on
     hand (MP-20's training rows beyond ``train_first1000`` here): a sample that matches no known
-    structure but shares such a formula can be neither called novel nor known.
+    structure but shares such a formula can be neither called novel nor known, unless those rows'
+    primitive site counts are known and differ from the sample's (`could_match_undetermined`).
     """
 
     def __init__(self, source: str = "") -> None:
         self._buckets: dict[str, list[ReducedStructure]] = {}
-        self.undetermined_formulas: set[str] = set()
+        # formula -> primitive site counts of its rows without coordinates (None: some count unknown)
+        self._undetermined: dict[str, set[int] | None] = {}
         self.source = source
+
+    @property
+    def undetermined_formulas(self) -> set[str]:
+        return set(self._undetermined)
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
@@ -146,8 +155,29 @@ class ReferenceSet:
     def add(self, formula: str, item: ReducedStructure) -> None:
         self._buckets.setdefault(_reduced_formula(formula), []).append(item)
 
-    def add_undetermined(self, formulas: Iterable[str]) -> None:
-        self.undetermined_formulas.update(_reduced_formula(f) for f in formulas)
+    def add_undetermined(self, formulas: Iterable[str], primitive_sites: Iterable[int] | None = None) -> None:
+        """Rows known only by formula, and optionally by the number of sites of their primitive cell (MP-20's
+        metadata ``num_atoms_primitive``, which equals the Niggli-reduced primitive cell's site count)."""
+        formulas = list(formulas)
+        sites = list(primitive_sites) if primitive_sites is not None else [None] * len(formulas)
+        for formula, n in zip(formulas, sites, strict=True):
+            key = _reduced_formula(formula)
+            counts = self._undetermined.setdefault(key, set())
+            if counts is None:
+                continue
+            if n is None or n != n:   # unknown (None or NaN): this formula stays undetermined whatever the count
+                self._undetermined[key] = None
+            else:
+                counts.add(int(n))
+
+    def could_match_undetermined(self, formula: str, reduced: Structure | None) -> bool:
+        """Whether some row without coordinates could be this reduced structure. `StructureMatcher` with
+        ``attempt_supercell=False`` matches only cells of equal site count after primitive reduction (pymatgen's
+        ``_strict_match``), so a reduced sample whose site count no such row of its formula has is none of them."""
+        if formula not in self._undetermined:
+            return False
+        counts = self._undetermined[formula]
+        return counts is None or reduced is None or len(reduced) in counts
 
     @classmethod
     def from_structures(cls, structures: Iterable[AtomicSystem | Structure], source: str = "") -> ReferenceSet:
@@ -205,7 +235,8 @@ def novelty_verdicts(structures: Sequence[Structure], formulas: Sequence[str], r
     """`NOVEL`, `KNOWN` or `UNDETERMINED` per structure.
 
     Known: some reference structure fits it (on reduced cells, or on the cells as they are under
-    ADiT's rules). Undetermined: nothing fits, but a reference without coordinates has its formula.
+    ADiT's rules). Undetermined: nothing fits, but a reference without coordinates has its formula
+    (and, on reduced cells, could have its primitive site count).
     """
     rules = MATCHER_PRESETS[preset]
     matcher = rules.matcher()
@@ -219,7 +250,8 @@ def novelty_verdicts(structures: Sequence[Structure], formulas: Sequence[str], r
             for ref_structure in (ref.form(on_reduced) for ref in references.bucket(formula)))
         if known:
             verdicts.append(KNOWN)
-        elif formula in references.undetermined_formulas:
+        elif (references.could_match_undetermined(formula, candidate) if on_reduced
+              else formula in references.undetermined_formulas):
             verdicts.append(UNDETERMINED)
         else:
             verdicts.append(NOVEL)

@@ -142,9 +142,10 @@ def training_references(dataset: str = "mp20", data_dir: str | None = None) -> A
     refs.source = f"{dataset} training split: {train[0].path.name} ({len(frame):,} structures)"
     metadata = dataset_dir(dataset, data_dir) / "train_metadata_no_coords.csv.gz"
     if train[0].partial and metadata.is_file():
-        rows = pd.read_csv(metadata, usecols=["material_id", "pretty_formula"])
+        rows = pd.read_csv(metadata)
         missing = rows[~rows["material_id"].isin(frame["material_id"])]
-        refs.add_undetermined(missing["pretty_formula"])
+        sites = missing["num_atoms_primitive"] if "num_atoms_primitive" in missing.columns else None
+        refs.add_undetermined(missing["pretty_formula"], sites)
         refs.source += (f" + {len(missing):,} training rows without coordinates "
                         f"({len(refs.undetermined_formulas):,} formulas: undetermined)")
     return refs

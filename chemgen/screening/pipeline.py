@@ -10,7 +10,10 @@ docs quote come from the pipeline a team runs.
   early cuts every source alike; each batch holds one source's candidates, so its time is that source's.
 * De-duplication (`deduplicate`): after relaxation, StructureMatcher (ADiT's tolerances) within each reduced
   formula, across sources; the lowest-E_hull member of a group stays, with every source that found it.
-* Novelty: against MP-20's training structures (`chemgen.scoring.report.training_references`).
+* Novelty: against MP-20's training structures (`chemgen.scoring.report.training_references`), on reduced cells
+  (the "screening" matcher: ADiT's tolerances). A candidate whose formula only training rows without coordinates
+  have is "undetermined", never novel, unless none of those rows has its primitive site count (then no match is
+  possible).
 * Rates per source are fractions of the candidates it produced; metastable is E_hull <= 0.1 eV/atom on the MP-20
   hull (with the team's reference entries), stable <= 0; S.U.N. = stable, unique, novel; M.S.U.N. = metastable, ...
 """
@@ -30,6 +33,7 @@ SOURCES = ("adit", "substitution", "random", "upload")
 GENERATING = ("adit", "substitution", "random")   # the sources --n is shared among
 RUN_ORDER = ("substitution", "adit", "random")    # cheap failures first; the last fills what the others left
 METASTABLE = 0.1    # eV/atom above the hull
+MATCHER = "screening"   # `chemgen.scoring.crystal_novelty.MATCHER_PRESETS`: uniqueness, novelty, de-duplication
 SYMPREC = 0.1       # spglib tolerance for space groups of generated and relaxed cells
 
 
@@ -145,10 +149,10 @@ def space_group(structure: Any) -> tuple[str | None, int | None]:
 
 def deduplicate(structures: Sequence[Any], formulas: Sequence[str], order: Sequence[int]) -> dict[int, int]:
     """For each structure (by index; None skipped) the index of the first structure of its group in ``order``
-    (StructureMatcher with ADiT's tolerances, within a reduced formula): itself when it is a group's first."""
+    (StructureMatcher with ADiT's tolerances on reduced cells, within a reduced formula): itself when it is a group's first."""
     from chemgen.scoring.crystal_novelty import MATCHER_PRESETS, ReducedStructure, _fits
 
-    matcher = MATCHER_PRESETS["adit"].matcher()
+    matcher = MATCHER_PRESETS[MATCHER].matcher()
     reduced = {i: ReducedStructure(structures[i]).get() for i in order if structures[i] is not None}
     representatives: dict[str, list[int]] = {}
     first: dict[int, int] = {}
@@ -206,12 +210,13 @@ def assemble(candidates: Sequence[Candidate], valid: Sequence[tuple[bool, str | 
     table["novelty"] = None
     table["unique_in_source"] = False
     if valid_idx:
-        verdicts = (novelty_verdicts([finals[i] for i in valid_idx], [formulas[i] for i in valid_idx], references)
+        verdicts = (novelty_verdicts([finals[i] for i in valid_idx], [formulas[i] for i in valid_idx], references,
+                                     MATCHER)
                     if references is not None else ["not checked"] * len(valid_idx))
         table.loc[valid_idx, "novelty"] = verdicts
         for source in table.source.unique():
             members = [i for i in valid_idx if candidates[i].source == source]
-            mask = unique_mask([finals[i] for i in members], [formulas[i] for i in members])
+            mask = unique_mask([finals[i] for i in members], [formulas[i] for i in members], MATCHER)
             table.loc[members, "unique_in_source"] = list(mask)
     table["novel"] = table.novelty == NOVEL
     # across sources: the lowest E_hull of each group stays, with every source that found it

@@ -8,7 +8,9 @@ become candidates, most probable first:
 1. the species are replaced (`SubstitutionTransformation`); the result must be charge-balanced with the
    requested oxidation states and pass SMACT's validity screen (charge neutrality, Pauling electronegativity);
 2. the volume is rescaled from the prototype's by the ionic radii of the new ions (`RLSVolumePredictor`);
-3. the cell must fit the request (its formula, its atoms per cell).
+3. the cell must fit the request (its formula, its atoms per cell);
+4. it must differ from every candidate made before (StructureMatcher, pymatgen's default tolerances): prototypes of
+   one structure type give the same candidate, which would spend the relaxation budget twice.
 
 This is the "ion exchange" baseline that generative models for materials are measured against (MatterGen,
 Zeni et al. 2025): cheap, and strong where the chemistry resembles a known compound.
@@ -106,8 +108,10 @@ def generate(request: ScreeningRequest, n: int, seed: int = 0, data_dir: str | N
     deterministic). Raises `UsageError` when no prototype of MP-20's training structures can be substituted into
     the system at all."""
     from chemgen.atoms import AtomicSystem
+    from chemgen.scoring.crystal_novelty import MATCHER_PRESETS, _fits, reduce_structure
 
     start = time.perf_counter()
+    matcher = MATCHER_PRESETS["pymatgen"].matcher()   # tight: only true copies are skipped before relaxation
     prototypes = prototypes if prototypes is not None else load_prototypes(data_dir, log=log)
     ranked = ranked_substitutions(request, prototypes, threshold)
     if not ranked:
@@ -115,7 +119,8 @@ def generate(request: ScreeningRequest, n: int, seed: int = 0, data_dir: str | N
                          f"{request.system} with probability above {threshold:g} (pymatgen's data-mined "
                          "substitution model); try the random or model sources")
     candidates, failures, per_formula = [], [], defaultdict(int)
-    attempts = 0
+    made: dict[str, list[tuple[Any, str]]] = defaultdict(list)   # reduced formula -> (reduced cell, prototype)
+    attempts = duplicates = 0
     seen: set[tuple[str, str]] = set()
     for probability, prototype, mapping in ranked:
         if len(candidates) >= n:
@@ -140,12 +145,18 @@ def generate(request: ScreeningRequest, n: int, seed: int = 0, data_dir: str | N
             continue
         per_formula[(formula, json_key(mapping))] += 1
         structure.remove_oxidation_states()
+        reduced, made_formula = reduce_structure(structure), structure.composition.reduced_formula
+        if any(_fits(matcher, earlier, reduced) for earlier, _ in made[made_formula]):
+            duplicates += 1
+            continue
+        made[made_formula].append((reduced, prototype.material_id))
         swaps = ", ".join(f"{a}->{b}" for a, b in mapping.items() if a != b)
         candidates.append(Candidate(AtomicSystem.from_pymatgen(structure, material_id=f"sub-{prototype.material_id}"),
                                     "substitution", f"{prototype.material_id} ({formula}): {swaps}",
                                     score=probability, extra={"prototype": prototype.material_id}))
     return SourceRun("substitution", candidates, attempts, time.perf_counter() - start, failures,
-                     note=f"{len(ranked):,} substitutions above p={threshold:g} from {len(prototypes):,} prototypes")
+                     note=f"{len(ranked):,} substitutions above p={threshold:g} from {len(prototypes):,} prototypes; "
+                          f"{duplicates:,} gave a structure made already")
 
 
 def json_key(mapping: dict[str, str]) -> str:

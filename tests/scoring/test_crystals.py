@@ -243,6 +243,39 @@ def test_mp20_training_reference_marks_rows_without_coordinates_undetermined() -
     assert training_references("perov5", str(DATA_DIR)) is None  # no training split on hand
 
 
+def test_rows_without_coordinates_cannot_match_a_sample_of_another_primitive_site_count(test_structures: list) -> None:
+    from chemgen.scoring.crystal_novelty import reduce_structure
+
+    sample = test_structures[3]
+    sites = len(reduce_structure(sample))
+    formula = sample.composition.reduced_formula
+    other_count, same_count = ReferenceSet(), ReferenceSet()
+    other_count.add_undetermined([formula], [sites + 1])
+    same_count.add_undetermined([formula, formula], [sites + 1, sites])
+    unknown = ReferenceSet()
+    unknown.add_undetermined([formula, formula], [sites + 1, None])   # one row's count unknown: no decision
+    # on reduced cells, a row of another primitive site count cannot fit (StructureMatcher compares equal counts)
+    assert novelty_verdicts([sample], [formula], other_count, "pymatgen") == [NOVEL]
+    assert novelty_verdicts([sample], [formula], other_count, "screening") == [NOVEL]
+    assert novelty_verdicts([sample], [formula], same_count, "pymatgen") == [UNDETERMINED]
+    assert novelty_verdicts([sample], [formula], unknown, "pymatgen") == [UNDETERMINED]
+    # ADiT's rules match the cells as they are, whose site counts the metadata does not give
+    assert novelty_verdicts([sample], [formula], other_count, "adit") == [UNDETERMINED]
+
+
+def test_mp20_metadata_primitive_site_counts_are_the_reduced_cells_site_counts() -> None:
+    """What lets rows without coordinates decide novelty by site count: on the training rows that have
+    coordinates, ``num_atoms_primitive`` is the Niggli-reduced primitive cell's site count (all 1,000 rows agree;
+    200 checked here)."""
+    from chemgen.scoring.crystal_novelty import reduce_structure
+
+    train = pd.read_csv(MP20 / "train_first1000.csv.gz", nrows=200)
+    metadata = pd.read_csv(MP20 / "train_metadata_no_coords.csv.gz", usecols=["material_id", "num_atoms_primitive"])
+    counts = metadata.set_index("material_id")["num_atoms_primitive"]
+    structures = _structures(train["cif"])
+    assert [len(reduce_structure(s)) for s in structures] == [int(counts[m]) for m in train["material_id"]]
+
+
 def test_validity_does_not_depend_on_whether_coverage_is_computed(monkeypatch: pytest.MonkeyPatch,
                                                                    test_structures: list) -> None:
     from chemgen.scoring import crystal_distribution, crystals
