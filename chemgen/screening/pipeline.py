@@ -149,7 +149,8 @@ def space_group(structure: Any) -> tuple[str | None, int | None]:
 
 def deduplicate(structures: Sequence[Any], formulas: Sequence[str], order: Sequence[int]) -> dict[int, int]:
     """For each structure (by index; None skipped) the index of the first structure of its group in ``order``
-    (StructureMatcher with ADiT's tolerances on reduced cells, within a reduced formula): itself when it is a group's first."""
+    (StructureMatcher with ADiT's tolerances on reduced cells, within a reduced formula): itself when it is a
+    group's first."""
     from chemgen.scoring.crystal_novelty import MATCHER_PRESETS, ReducedStructure, _fits
 
     matcher = MATCHER_PRESETS[MATCHER].matcher()

@@ -119,7 +119,7 @@ def generate(request: ScreeningRequest, n: int, seed: int = 0, data_dir: str | N
                          f"{request.system} with probability above {threshold:g} (pymatgen's data-mined "
                          "substitution model); try the random or model sources")
     candidates, failures, per_formula = [], [], defaultdict(int)
-    made: dict[str, list[tuple[Any, str]]] = defaultdict(list)   # reduced formula -> (reduced cell, prototype)
+    made: dict[str, list[Any]] = defaultdict(list)   # reduced formula -> reduced cells of its candidates
     attempts = duplicates = 0
     seen: set[tuple[str, str]] = set()
     for probability, prototype, mapping in ranked:
@@ -146,10 +146,10 @@ def generate(request: ScreeningRequest, n: int, seed: int = 0, data_dir: str | N
         per_formula[(formula, json_key(mapping))] += 1
         structure.remove_oxidation_states()
         reduced, made_formula = reduce_structure(structure), structure.composition.reduced_formula
-        if any(_fits(matcher, earlier, reduced) for earlier, _ in made[made_formula]):
+        if any(_fits(matcher, earlier, reduced) for earlier in made[made_formula]):
             duplicates += 1
             continue
-        made[made_formula].append((reduced, prototype.material_id))
+        made[made_formula].append(reduced)
         swaps = ", ".join(f"{a}->{b}" for a, b in mapping.items() if a != b)
         candidates.append(Candidate(AtomicSystem.from_pymatgen(structure, material_id=f"sub-{prototype.material_id}"),
                                     "substitution", f"{prototype.material_id} ({formula}): {swaps}",
